@@ -1,0 +1,3 @@
+from edgecls.cli import main
+
+raise SystemExit(main())

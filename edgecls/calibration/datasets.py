@@ -1,0 +1,285 @@
+"""Image sets for calibration and validation.
+
+A source is a folder (ImageFolder layout = labelled, flat = unlabelled) or a built-in
+offline set: `photos` (photos bundled with scikit-image / scikit-learn / matplotlib, plus
+deterministic crops and flips of them; unlabelled) and `digits` (scikit-learn's 1797
+labelled 8x8 digits). Subsets are deterministic and class-stratified; calibration and
+validation subsets of one source are disjoint, and overlap between two sources is found
+by content hash.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from edgecls.calibration.preprocess import load_rgb, resize_crop, to_model_input
+from edgecls.errors import DataError
+from edgecls.spec import ModelSpec
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+BUILTIN = ("photos", "digits")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image: how to load it, its label (or None), and a stable identity."""
+    key: str                                  # path, or "<set>:<index>" for built-in sets
+    label: int | None
+    loader: Callable[[], np.ndarray] = field(compare=False, repr=False)
+
+    def rgb(self) -> np.ndarray:
+        return self.loader()
+
+    def digest(self) -> str:
+        """Content hash: finds the same image under two names."""
+        return hashlib.sha1(np.ascontiguousarray(self.rgb()).tobytes()).hexdigest()
+
+
+@dataclass
+class ImageSet:
+    name: str
+    items: list[Item]
+    class_names: list[str] | None = None      # folder names, for labelled folders
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.items) and all(i.label is not None for i in self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    # -- construction --------------------------------------------------------------------
+    @classmethod
+    def load(cls, source: str | Path, spec: ModelSpec | None = None) -> "ImageSet":
+        if str(source) in BUILTIN:
+            return _BUILTIN_LOADERS[str(source)]()
+        return _folder(Path(source), spec)
+
+    # -- subsets -------------------------------------------------------------------------
+    def subset(self, size: int | None, seed: int = 0, exclude: "ImageSet | None" = None) -> "ImageSet":
+        """A deterministic, class-stratified subset (round-robin over shuffled classes)."""
+        pool = [i for i in self.items if exclude is None or i.key not in exclude.keys()]
+        if size is None or size >= len(pool):
+            return ImageSet(self.name, pool, self.class_names)
+        rng = np.random.default_rng(seed)
+        by_class: dict[Any, list[Item]] = {}
+        for item in pool:
+            by_class.setdefault(item.label, []).append(item)
+        queues = []
+        for label in sorted(by_class, key=lambda l: (l is None, l)):
+            members = by_class[label]
+            order = rng.permutation(len(members))
+            queues.append([members[j] for j in order])
+        chosen: list[Item] = []
+        while len(chosen) < size:
+            for q in queues:
+                if q and len(chosen) < size:
+                    chosen.append(q.pop())
+        return ImageSet(self.name, chosen, self.class_names)
+
+    def split(self, calib_size: int, val_size: int | None, seed: int = 0) -> tuple["ImageSet", "ImageSet"]:
+        """Disjoint calibration and validation subsets of this one source."""
+        calib = self.subset(calib_size, seed=seed)
+        val = self.subset(val_size, seed=seed + 1, exclude=calib)
+        return calib, val
+
+    def keys(self) -> set[str]:
+        return {i.key for i in self.items}
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for item in sorted(self.items, key=lambda i: i.key):
+            h.update(item.key.encode())
+            h.update(item.digest().encode())
+        return h.hexdigest()[:16]
+
+    def overlap(self, other: "ImageSet") -> int:
+        """How many images of `other` are also in this set (by content, not by name)."""
+        mine = {i.digest() for i in self.items}
+        return sum(1 for i in other.items if i.digest() in mine)
+
+    # -- pixels --------------------------------------------------------------------------
+    def crops(self, spec: ModelSpec, progress: bool = False) -> np.ndarray:
+        """N x H x W x 3 uint8, resized and centre-cropped as the spec says."""
+        items: Sequence[Item] = self.items
+        if progress:
+            from rich.progress import track
+            items = track(self.items, description=f"preprocessing {self.name}", transient=True)
+        h, w = spec.input_size
+        out = np.empty((len(self.items), h, w, 3), np.uint8)
+        for i, item in enumerate(items):
+            out[i] = resize_crop(item.rgb(), spec)
+        return out
+
+    def labels(self) -> np.ndarray | None:
+        return np.array([i.label for i in self.items]) if self.labelled else None
+
+
+@dataclass
+class CalibrationSet:
+    """What every INT8 exporter receives: preprocessed images plus the recipe facts."""
+    images: ImageSet
+    spec: ModelSpec
+
+    @classmethod
+    def from_source(cls, source: Any, spec: ModelSpec, size: int = 300) -> "CalibrationSet":
+        if isinstance(source, CalibrationSet):
+            return source
+        if isinstance(source, ImageSet):
+            full = source
+        elif str(source) == "photos":  # the calibration half; parity validates on the other
+            full = photos_split("calib")
+        else:
+            full = ImageSet.load(source, spec)
+        if not len(full):
+            raise DataError(f"calibration source {source}: no images found")
+        return cls(full.subset(size), spec)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batches(self, spec: ModelSpec | None = None, batch_size: int = 16) -> Iterator[np.ndarray]:
+        """Model inputs (as `spec` - layout, normalisation - says) in batches."""
+        spec = spec or self.spec
+        crops = self.images.crops(spec)
+        for i in range(0, len(crops), batch_size):
+            yield to_model_input(crops[i:i + batch_size], spec)
+
+    def recipe(self) -> dict[str, Any]:
+        return {"calibration_source": self.images.name, "calibration_size": len(self.images),
+                "calibration_hash": self.images.digest()}
+
+
+# -- folders -------------------------------------------------------------------------------
+def _folder(root: Path, spec: ModelSpec | None) -> ImageSet:
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder of images (or one of the built-in sets: "
+                        f"{', '.join(BUILTIN)})")
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not subdirs:  # flat folder: unlabelled
+        files = _images_in(root)
+        if not files:
+            raise DataError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        return ImageSet(root.name, [_file_item(f, None) for f in files])
+    mapping = _map_classes([d.name for d in subdirs], spec)
+    items = [_file_item(f, mapping[d.name]) for d in subdirs for f in _images_in(d)]
+    if not items:
+        raise DataError(f"{root}: its class folders hold no images")
+    return ImageSet(root.name, items, [d.name for d in subdirs])
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _file_item(path: Path, label: int | None) -> Item:
+    return Item(str(path.resolve()), label, lambda p=path: load_rgb(p))
+
+
+def _normal(name: str) -> str:
+    return name.lower().replace("_", " ").replace("-", " ").strip()
+
+
+def _map_classes(folders: list[str], spec: ModelSpec | None) -> dict[str, int]:
+    """Class folder -> the model's label index, by label name or by index; else folder order."""
+    if spec is not None and spec.labels:
+        by_name = {_normal(l): i for i, l in enumerate(spec.labels)}
+        if all(_normal(f) in by_name for f in folders):
+            return {f: by_name[_normal(f)] for f in folders}
+        if all(f.isdigit() and int(f) < spec.num_classes for f in folders):
+            return {f: int(f) for f in folders}
+        unknown = [f for f in folders if _normal(f) not in by_name][:3]
+        raise DataError(f"class folders {', '.join(unknown)} match neither a label of "
+                        f"{spec.name} nor a class index; rename them to its labels "
+                        "(see `edgecls info`) or to 0..N-1")
+    return {f: i for i, f in enumerate(folders)}
+
+
+# -- built-in offline sets ----------------------------------------------------------------
+def _photo_loaders() -> dict[str, Callable[[], np.ndarray]]:
+    """Real photos that ship inside installed packages (no download)."""
+    loaders: dict[str, Callable[[], np.ndarray]] = {}
+    try:
+        import skimage.data as skd
+        for name in ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field"):
+            if hasattr(skd, name):
+                loaders[name] = getattr(skd, name)
+    except ImportError:
+        pass
+    try:
+        import sklearn.datasets as skl
+        for name in ("china.jpg", "flower.jpg"):
+            loaders[name.split(".")[0]] = lambda n=name: skl.load_sample_image(n)
+    except ImportError:
+        pass
+    try:
+        import matplotlib.cbook as cbook
+        loaders["grace_hopper"] = lambda: load_rgb(cbook.get_sample_data("grace_hopper.jpg",
+                                                                         asfileobj=False))
+    except ImportError:
+        pass
+    if not loaders:
+        raise DataError("the built-in `photos` need scikit-image, scikit-learn or matplotlib: "
+                        "pip install 'edgecls[data]'")
+    return loaders
+
+
+def photo_originals() -> ImageSet:
+    """The bundled photos themselves, one each."""
+    return ImageSet("photos", [Item(f"photos:{n}", None, lambda f=f: load_rgb(f()))
+                               for n, f in _photo_loaders().items()])
+
+
+# Deterministic views of each photo: (top, left, size) as fractions of the shorter side, flip
+_VIEWS = [(0.0, 0.0, 1.0, False), (0.0, 0.0, 1.0, True), (0.1, 0.1, 0.8, False),
+          (0.0, 0.0, 0.7, False), (0.3, 0.3, 0.7, True), (0.2, 0.0, 0.6, False),
+          (0.0, 0.3, 0.6, True), (0.15, 0.15, 0.5, False), (0.05, 0.25, 0.75, False),
+          (0.25, 0.05, 0.75, True), (0.4, 0.4, 0.55, False), (0.0, 0.4, 0.6, False)]
+
+
+def _view(load: Callable[[], np.ndarray], top: float, left: float, size: float, flip: bool):
+    def make() -> np.ndarray:
+        rgb = load_rgb(load())
+        h, w = rgb.shape[:2]
+        s = int(min(h, w) * size)
+        y = min(int(top * h), h - s)
+        x = min(int(left * w), w - s)
+        crop = rgb[y:y + s, x:x + s]
+        return np.ascontiguousarray(crop[:, ::-1] if flip else crop)
+    return make
+
+
+def photos() -> ImageSet:
+    """Every bundled photo in 12 deterministic views (crops, flips): 100+ real images."""
+    items = []
+    for name, load in _photo_loaders().items():
+        for v, (top, left, size, flip) in enumerate(_VIEWS):
+            items.append(Item(f"photos:{name}:{v}", None, _view(load, top, left, size, flip)))
+    return ImageSet("photos", items)
+
+
+def photos_split(part: str) -> ImageSet:
+    """Disjoint halves of `photos`: even views calibrate, odd views validate."""
+    keep = 0 if part == "calib" else 1
+    full = photos()
+    return ImageSet(f"photos-{part}", [i for i in full.items if int(i.key.rsplit(":", 1)[1]) % 2 == keep])
+
+
+def digits() -> ImageSet:
+    """scikit-learn's 1797 labelled 8x8 handwritten digits (0..16 scaled to 0..255)."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DataError("the built-in `digits` need scikit-learn: pip install 'edgecls[data]'") from None
+    data = load_digits()
+    images = np.clip(data.images * 16, 0, 255).astype(np.uint8)
+    return ImageSet("digits", [Item(f"digits:{i}", int(t), lambda im=im: np.repeat(im[:, :, None], 3, 2))
+                               for i, (im, t) in enumerate(zip(images, data.target))],
+                    [str(i) for i in range(10)])
+
+
+_BUILTIN_LOADERS: dict[str, Callable[[], ImageSet]] = {"photos": photos, "digits": digits}

@@ -1,0 +1,217 @@
+"""`edgecls` command line: one subcommand = one public function; no logic of its own.
+
+User errors (EdgeclsError) print one line and exit 2; --debug shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgecls.errors import EdgeclsError
+from edgecls.formats import DEVICES, FORMATS
+
+
+def _console():
+    from rich.console import Console
+    return Console()
+
+
+# -- subcommands ---------------------------------------------------------------------------
+def cmd_models(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from edgecls.zoo import list_models
+    table = Table("name", "family", "source", "input", "pretrained", "note")
+    for e in list_models():
+        table.add_row(e.name, e.family, e.source, f"{e.input_size}", "yes" if e.pretrained else "no",
+                      e.note)
+    _console().print(table)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from edgecls.exporting import export
+    precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
+    options = {"opset": args.opset, "calib_method": args.calib_method, "preset": args.preset,
+               "max_drop": args.max_drop, "data": args.data, "int8_io": args.int8_io,
+               "exclude": args.exclude, "target": args.target, "static_batch": args.static_batch,
+               "bake_preprocessing": args.bake_preprocessing}
+    labels = Path(args.labels).read_text().split("\n") if args.labels else None
+    labels = [l.strip() for l in labels if l.strip()] if labels else None
+    out = export(args.model, to=args.to, out=args.output, precision=precision,
+                 weights=args.weights, num_classes=args.num_classes, labels=labels,
+                 calib=args.calib, calib_size=args.calib_size, check=not args.no_check,
+                 options=options, strict=args.strict)
+    _console().print(f"[green]wrote[/green] {out}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from edgecls.runtimes.base import read_spec
+    for path in args.artifacts:
+        spec = read_spec(path)
+        if args.json:
+            print(spec.to_json())
+            continue
+        from rich.table import Table
+        table = Table("field", "value", title=str(path))
+        for k, v in spec.summary().items():
+            table.add_row(k, json.dumps(v) if isinstance(v, (dict, list, tuple)) else str(v))
+        _console().print(table)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from edgecls.classifier import Classifier
+    opts = {"delegate": args.delegate} if args.delegate else {}
+    with Classifier(args.artifact, device=args.device, threads=args.threads,
+                    fallback=args.fallback, **opts) as clf:
+        results = clf.predict(list(args.images), topk=args.topk)
+    if args.json:
+        print(json.dumps({str(img): [p._asdict() for p in preds]
+                          for img, preds in zip(args.images, results)}, indent=2))
+        return 0
+    from rich.table import Table
+    for img, preds in zip(args.images, results):
+        table = Table("rank", "label", "index", "score", title=str(img))
+        for i, p in enumerate(preds, 1):
+            table.add_row(str(i), p.label, str(p.index), f"{p.score:.4f}")
+        _console().print(table)
+    return 0
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    from edgecls.verification import parity
+    report = parity(args.artifacts, data=args.data, reference=args.reference,
+                    max_drop=args.max_drop, limit=args.limit, out=args.output,
+                    calib=args.calib, device=args.device, threads=args.threads)
+    report.print()
+    return 0 if report else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edgecls.bench import bench
+    result = bench(args.artifacts, batch_sizes=args.batch, threads=args.threads,
+                   device=args.device, seconds=args.seconds)
+    result.print()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edgecls.demo import demo
+    return demo(out=Path(args.output))
+
+
+# -- parser --------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgecls", description="Export, quantize, run and verify "
+                                "image classifiers on edge runtimes.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("models", help="list every model name")
+    s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("export", help="export (and quantize) a model to an artifact")
+    s.add_argument("model", help="a zoo name (see `edgecls models`)")
+    s.add_argument("--to", default="onnx", choices=[f for f in FORMATS if f != "torch"])
+    s.add_argument("-o", "--output", help="artifact path (default out/<model>[.<precision>].<ext>)")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--fp16", action="store_true", help="FP16 weights/compute")
+    g.add_argument("--int8", action="store_true", help="INT8 post-training quantization")
+    s.add_argument("--weights", default="pretrained",
+                   help="pretrained (default) | PATH to a state_dict/checkpoint | none (random)")
+    s.add_argument("--num-classes", type=int, help="classes of a fine-tuned --weights PATH")
+    s.add_argument("--labels", help="text file, one label per line")
+    s.add_argument("--calib", help="calibration images: a folder, or photos / digits")
+    s.add_argument("--calib-size", type=int, default=300, help="calibration subset size")
+    s.add_argument("--calib-method", help="minmax | entropy | percentile")
+    s.add_argument("--data", help="labelled validation folder (INT8 parity, accuracy control)")
+    s.add_argument("--max-drop", type=float, help="accuracy drop allowed, in points")
+    s.add_argument("--strict", action="store_true", help="exit 1 when INT8 parity fails")
+    s.add_argument("--exclude", nargs="+", help="nodes/ops to keep in float")
+    s.add_argument("--target", help="INT8 target: cpu (u8 activations) | tensorrt (symmetric s8)")
+    s.add_argument("--preset", help="OpenVINO/NNCF preset: performance | mixed")
+    s.add_argument("--int8-io", nargs="?", const="int8", help="TFLite: int8 (or uint8) input/output")
+    s.add_argument("--static-batch", type=int, help="fix the batch dimension")
+    s.add_argument("--bake-preprocessing", action="store_true",
+                   help="OpenVINO: put mean/std and layout into the graph")
+    s.add_argument("--opset", type=int, help="ONNX opset (default 18)")
+    s.add_argument("--no-check", action="store_true", help="skip the check against PyTorch")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("info", help="show the ModelSpec embedded in artifacts")
+    s.add_argument("artifacts", nargs="+")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("predict", help="classify images with an artifact")
+    s.add_argument("artifact")
+    s.add_argument("images", nargs="+")
+    s.add_argument("--topk", type=int, default=5)
+    _add_runtime_args(s)
+    s.add_argument("--delegate", help="TFLite delegate library (gpu/npu)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("parity", help="compare artifacts with their PyTorch reference")
+    s.add_argument("artifacts", nargs="+")
+    s.add_argument("--data", default="photos", help="validation folder or photos / digits")
+    s.add_argument("--calib", help="the calibration folder, to detect overlap with --data")
+    s.add_argument("--reference", help="a reference artifact instead of the PyTorch model")
+    s.add_argument("--max-drop", type=float, help="INT8 accuracy drop allowed, in points")
+    s.add_argument("--limit", type=int, help="use at most this many images")
+    s.add_argument("-o", "--output", help="folder for report.{json,md,html}")
+    _add_runtime_args(s)
+    s.set_defaults(func=cmd_parity)
+
+    s = sub.add_parser("bench", help="latency / throughput / memory of artifacts")
+    s.add_argument("artifacts", nargs="+")
+    s.add_argument("--batch", type=int, nargs="+", default=[1])
+    s.add_argument("--seconds", type=float, default=3.0)
+    _add_runtime_args(s)
+    s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("demo", help="the main job on the built-in default (make demo)")
+    s.add_argument("-o", "--output", default="out/demo")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def _add_runtime_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--device", default="cpu", choices=DEVICES)
+    s.add_argument("--threads", type=int)
+    s.add_argument("--fallback", action="store_true",
+                   help="fall back to CPU when the device is absent (reported)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from rich.logging import RichHandler
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(show_time=False, show_path=False,
+                                              console=_stderr_console())])
+    try:
+        return args.func(args)
+    except EdgeclsError as e:
+        if args.debug:
+            raise
+        print(f"edgecls: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("edgecls: interrupted", file=sys.stderr)
+        return 130
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+    return Console(stderr=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""User-facing errors.
+
+An EdgeclsError is the user's problem (bad name, missing file, absent device ...): the CLI
+prints its one-line message and exits with status 2, no traceback. Anything else is a bug
+in edgecls or a backend and keeps its traceback.
+"""
+from __future__ import annotations
+
+import difflib
+
+
+class EdgeclsError(Exception):
+    """Base class: one line that says what is wrong and what to do."""
+
+    exit_code = 2
+
+
+class UnknownModelError(EdgeclsError):
+    def __init__(self, name: str, known: list[str]):
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `edgecls models` lists them"
+        super().__init__(f"unknown model {name!r}{hint}")
+
+
+class UnknownFormatError(EdgeclsError):
+    pass
+
+
+class DeviceUnavailableError(EdgeclsError):
+    pass
+
+
+class MissingDependencyError(EdgeclsError):
+    def __init__(self, what: str, extra: str):
+        self.extra = extra
+        super().__init__(f"{what} is not installed: pip install 'edgecls[{extra}]'")
+
+
+class ImageReadError(EdgeclsError):
+    pass
+
+
+class ArtifactError(EdgeclsError):
+    """A model file that is missing, corrupt, or not what its suffix says."""
+
+
+class WeightsError(EdgeclsError):
+    pass
+
+
+class DataError(EdgeclsError):
+    """Calibration / validation data that cannot be used."""
+
+
+class UnsupportedOptionError(EdgeclsError):
+    """An option the chosen format or backend does not support (never silently ignored)."""
+
+
+class ExportMismatchError(EdgeclsError):
+    """An exported artifact does not reproduce the PyTorch model within tolerance."""

@@ -1,0 +1,88 @@
+"""PyTorch -> ONNX with torch.onnx's dynamo exporter; FP16 and INT8 derive from the FP32 file.
+
+One self-contained file (no external data; models over 2 GB are refused), a dynamic batch
+dimension, onnx.checker, and the ModelSpec in metadata_props.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+from edgecls.errors import ArtifactError, UnsupportedOptionError
+from edgecls.spec import SPEC_KEY, ModelSpec
+
+log = logging.getLogger("edgecls")
+DEFAULT_OPSET = 18
+_TWO_GB = 2 * 1024 ** 3
+
+
+def export_fp32(model, spec: ModelSpec, out: Path, opset: int = DEFAULT_OPSET) -> None:
+    """Write the FP32 torch model to `out` (a .onnx path) with the spec embedded."""
+    import torch
+
+    h, w = spec.input_size
+    sample = torch.randn(2, 3, h, w)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (sample,), str(out), dynamo=True, opset_version=opset,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+    import onnx
+    spec.tools.update(onnx=onnx.__version__, opset=str(opset))
+    write_spec(out, spec)
+
+
+def write_spec(path: Path, spec: ModelSpec) -> None:
+    """Embed the spec, check the model and save it as one file."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, {SPEC_KEY: spec.to_json()})
+    if proto.ByteSize() > _TWO_GB:
+        raise ArtifactError(f"{spec.name}: the ONNX model is over 2 GB, which one protobuf file "
+                            "cannot hold")
+    onnx.checker.check_model(proto)
+    onnx.save_model(proto, str(path))
+
+
+def export_fp16(fp32_path: Path, spec: ModelSpec, out: Path) -> None:
+    """FP16 weights and compute, float32 inputs and outputs (Cast nodes at the edges)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    proto = onnx.load(str(fp32_path))
+    fp16 = convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=False)
+    onnx.save_model(fp16, str(out))
+    write_spec(out, spec)
+
+
+def export(source, spec: ModelSpec, out: Path, *, precision: str = "fp32",
+           calibration=None, options: dict[str, Any] | None = None) -> Path:
+    """The format table's exporter for "onnx"."""
+    options = dict(options or {})
+    opset = int(options.pop("opset", None) or DEFAULT_OPSET)
+    if precision == "fp32":
+        _refuse(options)
+        if source.onnx_opset == opset and source.has_onnx():
+            shutil.copyfile(source.onnx(), out)
+            write_spec(out, spec)
+        else:
+            export_fp32(source.model, spec, out, opset=opset)
+    elif precision == "fp16":
+        _refuse(options)
+        export_fp16(source.onnx(opset), spec, out)
+    elif precision == "int8":
+        from edgecls.quantization.onnx import quantize_onnx
+        quantize_onnx(source.onnx(opset), spec, out, calibration, **options)
+    return out
+
+
+def _refuse(options: dict[str, Any]) -> None:
+    given = {k: v for k, v in options.items() if v not in (None, False, (), [])}
+    if given:
+        raise UnsupportedOptionError(f"option(s) {', '.join(sorted(given))} apply only to --int8")

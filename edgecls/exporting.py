@@ -1,0 +1,169 @@
+"""`edgecls.export(...)`: zoo name or torch model in, verified artifact out.
+
+    export("mobilenet_v3_large", to="onnx", out="out/mnv3.onnx")
+    export("efficientnet_lite0", to="openvino", precision="int8", calib="photos")
+
+Every artifact is written to a temporary sibling, checked against PyTorch (or, for INT8,
+through parity on held-out data) and only then renamed into place: a failed export leaves
+nothing behind.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecls.errors import ExportMismatchError, UnsupportedOptionError
+from edgecls.formats import Format, get_format
+from edgecls.io import atomic_paths
+from edgecls.spec import ModelSpec
+
+log = logging.getLogger("edgecls")
+
+# Export check: the artifact must pick the same top-1 as PyTorch on every sample, and its
+# logits must be within this many units of the largest |logit| (relative max-abs error).
+TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2}
+# Deep models with random weights amplify rounding; these get a looser relative bound.
+MODEL_TOLERANCE = {"vgg19": 5e-3, "vgg19_bn": 5e-3, "densenet201": 5e-3, "inception_v3": 5e-3}
+
+
+@dataclass
+class ExportSource:
+    """The torch model plus lazily made intermediate artifacts that exporters may start from
+    (OpenVINO / TFLite / TensorRT can start from the FP32 ONNX file)."""
+    model: Any
+    spec: ModelSpec
+    workdir: Path
+    onnx_opset: int | None = None
+    _onnx: Path | None = field(default=None, repr=False)
+
+    def has_onnx(self) -> bool:
+        return self._onnx is not None
+
+    def onnx(self, opset: int | None = None) -> Path:
+        from edgecls.exporters.onnx import DEFAULT_OPSET, export_fp32
+        opset = opset or DEFAULT_OPSET
+        if self._onnx is None or self.onnx_opset != opset:
+            path = self.workdir / f"{self.spec.name}.fp32.onnx"
+            export_fp32(self.model, self.spec.derive(format="onnx", exported_from="torch",
+                                                     tools=dict(self.spec.tools)), path, opset)
+            self._onnx, self.onnx_opset = path, opset
+        return self._onnx
+
+
+def default_output(spec: ModelSpec, fmt: Format, precision: str, folder: Path = Path("out")) -> Path:
+    tag = "" if precision == "fp32" else f".{precision}"
+    return folder / f"{spec.name}{tag}{fmt.suffixes[0]}"
+
+
+def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
+           precision: str = "fp32", weights: str = "pretrained", num_classes: int | None = None,
+           labels: list[str] | None = None, calib: Any = None, calib_size: int = 300,
+           check: bool = True, options: dict[str, Any] | None = None,
+           spec: ModelSpec | None = None, strict: bool = False) -> Path:
+    """Export a zoo model (by name) or a torch module (with `spec`) to one artifact."""
+    from edgecls import zoo
+
+    fmt = get_format(to)
+    if precision not in fmt.precisions:
+        raise UnsupportedOptionError(f"{fmt.name} artifacts cannot be {precision}; choose from "
+                                     f"{', '.join(fmt.precisions)}")
+    options = {k: v for k, v in (options or {}).items() if v not in (None, False)}
+    unknown = set(options) - set(fmt.options)
+    if unknown:
+        raise UnsupportedOptionError(f"--to {fmt.name} does not take "
+                                     f"{', '.join('--' + u.replace('_', '-') for u in sorted(unknown))}")
+    exporter = fmt.load_exporter()
+    if isinstance(model, str):
+        torch_model, base_spec = zoo.build(model, weights, num_classes, labels)
+    elif spec is None:
+        raise TypeError("export(torch_module, ...) needs spec=ModelSpec(...)")
+    else:
+        torch_model, base_spec = model.eval(), spec
+    calibration = None
+    if precision == "int8":
+        from edgecls.calibration.datasets import CalibrationSet
+        if calib is None:
+            raise UnsupportedOptionError("--int8 needs calibration images: --calib DIR "
+                                         "(or a built-in set: photos, digits)")
+        calibration = CalibrationSet.from_source(calib, base_spec, size=calib_size)
+
+    out = Path(out) if out else default_output(base_spec, fmt, precision)
+    if out.suffix.lower() not in fmt.suffixes:
+        raise UnsupportedOptionError(f"{out}: a {fmt.name} artifact must end in "
+                                     f"{' or '.join(fmt.suffixes)}")
+    spec_out = base_spec.derive(format=fmt.name, precision=precision, tools=dict(base_spec.tools))
+    finals = [out] + [out.with_suffix(s) for s in fmt.companions]
+    with tempfile.TemporaryDirectory(prefix="edgecls-") as work, atomic_paths(*finals) as temps:
+        source = ExportSource(torch_model, base_spec, Path(work))
+        exporter(source, spec_out, temps[0], precision=precision, calibration=calibration,
+                 options=options)
+        if check and precision != "int8":
+            report_check(check_against_torch(temps[0], torch_model, base_spec), spec_out)
+    log.info("wrote %s", out)
+    return out
+
+
+@dataclass
+class CheckResult:
+    max_abs: float
+    rel_error: float
+    agreement: float
+    n: int
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.agreement == 1.0 and self.rel_error <= self.tolerance
+
+
+def sample_inputs(spec: ModelSpec, n: int = 8) -> np.ndarray:
+    """Deterministic smooth random images (uint8 NHWC) - no data needed to check an export."""
+    import cv2
+    rng = np.random.default_rng(0)
+    h, w = spec.input_size
+    small = rng.integers(0, 256, size=(n, 8, 8, 3), dtype=np.uint8)
+    return np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_CUBIC) for im in small])
+
+
+def check_against_torch(path: Path, model: Any, spec: ModelSpec, pixels: np.ndarray | None = None,
+                        tolerance: float | None = None) -> CheckResult:
+    """Run the artifact and the torch model on the same inputs; compare logits."""
+    import torch
+
+    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.runtimes.base import open_session
+
+    pixels = sample_inputs(spec) if pixels is None else pixels
+    with torch.no_grad():
+        ref = model(torch.from_numpy(to_model_input(pixels, spec.derive(layout="NCHW",
+                    normalization_in_graph=False)))).float().numpy()
+    with open_session(path, device="cpu") as session:
+        got = session.run(to_model_input(pixels, session.spec))
+    max_abs = float(np.abs(got - ref).max())
+    scale = max(1.0, float(np.abs(ref).max()))
+    precision = spec.precision if spec.precision in TOLERANCE else "fp32"
+    if tolerance is None:
+        tolerance = MODEL_TOLERANCE.get(spec.name, TOLERANCE[precision])
+        tolerance = max(tolerance, TOLERANCE[_session_precision(path)])
+    agreement = float((got.argmax(1) == ref.argmax(1)).mean())
+    return CheckResult(max_abs, max_abs / scale, agreement, len(pixels), tolerance)
+
+
+def _session_precision(path: Path) -> str:
+    from edgecls.runtimes.base import read_spec
+    p = read_spec(path).precision
+    return p if p in TOLERANCE else "fp32"
+
+
+def report_check(result: CheckResult, spec: ModelSpec) -> None:
+    line = (f"{spec.name} {spec.format} {spec.precision}: max-abs {result.max_abs:.2e} "
+            f"(relative {result.rel_error:.2e}, tolerance {result.tolerance:.0e}), "
+            f"top-1 agreement {result.agreement:.0%} on {result.n} inputs")
+    log.info("export check: %s", line)
+    if not result.ok:
+        raise ExportMismatchError(f"export check failed: {line}; nothing was written")

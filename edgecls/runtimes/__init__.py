@@ -1,0 +1,1 @@
+"""One Session class per backend (see base.Session); picked through edgecls.formats."""

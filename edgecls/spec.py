@@ -1,0 +1,89 @@
+"""ModelSpec: the preprocessing + labels + provenance contract that travels inside every artifact.
+
+Modelled on timm's PretrainedCfg and torchvision's Weights.meta. Serialised as one JSON
+string under the key SPEC_KEY in whatever metadata slot a format has (ONNX metadata_props,
+OpenVINO rt_info, TFLite metadata, a sidecar for TensorRT), so `Classifier(path)` needs
+nothing else.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgecls.errors import ArtifactError
+
+SPEC_KEY = "edgecls.spec"
+SPEC_VERSION = 1
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    architecture: str
+    num_classes: int
+    labels: list[str]
+    input_size: tuple[int, int] = (224, 224)       # H, W fed to the network
+    resize: int = 256                              # shorter side before the centre crop
+    interpolation: str = "bilinear"                # bilinear | bicubic | nearest
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # in [0, 1] pixel units
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    channel_order: str = "RGB"
+    layout: str = "NCHW"                           # of the artifact's input tensor
+    input_dtype: str = "float32"                   # of the artifact's input tensor
+    # Set when the artifact normalises itself (e.g. OpenVINO PrePostProcessor): the
+    # caller then feeds resized, cropped uint8 pixels in `layout` and skips mean/std.
+    normalization_in_graph: bool = False
+    output: str = "logits"                         # logits | probabilities
+    precision: str = "fp32"                        # fp32 | fp16 | int8
+    format: str = "torch"
+    weights: str = "pretrained"                    # pretrained:<source> | file:<path> | none
+    trained: bool = True
+    exported_from: str | None = None               # torch | onnx
+    quantization: dict[str, Any] | None = None     # method, calibration size + hash, ...
+    parent: dict[str, Any] | None = None           # path, sha256, precision, accuracy
+    tools: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+    spec_version: int = SPEC_VERSION
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "artifact") -> "ModelSpec":
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError) as e:
+            raise ArtifactError(f"{source}: its edgecls spec is not valid JSON ({e})") from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:  # written by a newer edgecls: keep what we understand, say so in notes
+            data.setdefault("notes", {})["unknown_spec_fields"] = sorted(unknown)
+        for key in ("input_size", "mean", "std"):
+            if key in data:
+                data[key] = tuple(data[key])
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as e:
+            raise ArtifactError(f"{source}: its edgecls spec is incomplete ({e})") from None
+
+    def derive(self, **changes: Any) -> "ModelSpec":
+        """A copy with some fields changed (used for every derived artifact)."""
+        return dataclasses.replace(self, **changes)
+
+    # -- convenience ---------------------------------------------------------------------
+    def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
+        h, w = self.input_size
+        return (batch, 3, h, w) if self.layout == "NCHW" else (batch, h, w, 3)
+
+    def label(self, index: int) -> str:
+        return self.labels[index] if 0 <= index < len(self.labels) else str(index)
+
+    def summary(self) -> dict[str, Any]:
+        """What `edgecls info` shows first (labels abbreviated)."""
+        d = dataclasses.asdict(self)
+        d["labels"] = f"{len(self.labels)} labels: {', '.join(self.labels[:5])}" + (
+            ", ..." if len(self.labels) > 5 else "")
+        return d

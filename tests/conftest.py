@@ -1,0 +1,107 @@
+"""Shared fixtures: a real model trained in the session on scikit-learn's digits, and the
+real EfficientNet-Lite0 ImageNet weights with the photos that ship in installed packages."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DIGITS_EPOCHS = 12
+
+
+def pytest_collection_modifyitems(config, items):
+    if importlib.util.find_spec("tensorrt") is None:
+        skip = pytest.mark.skip(reason="TensorRT is not installed (needs an NVIDIA GPU and "
+                                       "pip install 'edgecls[tensorrt]')")
+        for item in items:
+            if "needs_tensorrt" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def digits_data():
+    from edgecls.calibration.datasets import digits
+    full = digits()
+    calib, val = full.split(calib_size=200, val_size=400, seed=0)
+    train_items = [i for i in full.items if i.key not in calib.keys() | val.keys()]
+    return full, calib, val, train_items
+
+
+def digits_spec():
+    from edgecls.spec import ModelSpec
+    return ModelSpec(name="digits_cnn", architecture="tests.DigitsCNN", num_classes=10,
+                     labels=[str(i) for i in range(10)], input_size=(32, 32), resize=32,
+                     interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                     weights="file:trained-in-test-session")
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits_data):
+    """A small CNN (with BatchNorm, residual add and a squeeze-excite-like multiply, so
+    quantizers meet the ops real mobile nets have) trained on the digits: ~97% accuracy."""
+    import torch
+    from torch import nn
+
+    from edgecls.calibration.preprocess import resize_crop, to_model_input
+
+    torch.manual_seed(0)
+
+    class DigitsCNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+            self.block = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+            self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(16, 16, 1), nn.Hardsigmoid())
+            self.down = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32),
+                                      nn.ReLU(), nn.MaxPool2d(2))
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 8 * 8, 10))
+
+        def forward(self, x):
+            x = self.stem(x)
+            y = self.block(x)
+            x = x + y * self.gate(y)
+            return self.head(self.down(x))
+
+    spec = digits_spec()
+    _, _, _, train_items = digits_data
+    x = torch.from_numpy(to_model_input(np.stack([resize_crop(i.rgb(), spec) for i in train_items]), spec))
+    y = torch.tensor([i.label for i in train_items])
+    model = DigitsCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(DIGITS_EPOCHS):
+        model.train()
+        for idx in torch.randperm(len(x)).split(64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval(), spec
+
+
+@pytest.fixture(scope="session")
+def digits_onnx(digits_model, tmp_path_factory) -> Path:
+    from edgecls.exporting import export
+    model, spec = digits_model
+    return export(model, to="onnx", out=tmp_path_factory.mktemp("digits") / "digits.onnx", spec=spec)
+
+
+@pytest.fixture(scope="session")
+def effl0_onnx(tmp_path_factory) -> Path:
+    from edgecls.exporting import export
+    return export("efficientnet_lite0", to="onnx", out=tmp_path_factory.mktemp("effl0") / "effl0.onnx")
+
+
+@pytest.fixture(scope="session")
+def photo_files(tmp_path_factory) -> dict[str, Path]:
+    """The bundled photos written as JPEG files, as a user would have them."""
+    import cv2
+
+    from edgecls.calibration.datasets import photo_originals
+    folder = tmp_path_factory.mktemp("photos")
+    files = {}
+    for item in photo_originals().items:
+        path = folder / f"{item.key.split(':')[1]}.jpg"
+        cv2.imwrite(str(path), cv2.cvtColor(item.rgb(), cv2.COLOR_RGB2BGR))
+        files[path.stem] = path
+    return files
