@@ -73,6 +73,12 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
         raise UnsupportedOptionError(f"{fmt.name} artifacts cannot be {precision}; choose from "
                                      f"{', '.join(fmt.precisions)}")
     options = {k: v for k, v in (options or {}).items() if v not in (None, False)}
+    # --data / --max-drop drive the INT8 parity check of every format; formats that also use
+    # them (OpenVINO's accuracy-controlled quantization) receive them as options too.
+    val_data, max_drop = options.get("data"), options.get("max_drop")
+    for key in ("data", "max_drop"):
+        if key not in fmt.options:
+            options.pop(key, None)
     unknown = set(options) - set(fmt.options)
     if unknown:
         raise UnsupportedOptionError(f"--to {fmt.name} does not take "
@@ -104,8 +110,48 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
                  options=options)
         if check and precision != "int8":
             report_check(check_against_torch(temps[0], torch_model, base_spec), spec_out)
+        if check and precision == "int8":
+            check_int8(temps[0], out.name, torch_model, base_spec, calibration, val_data,
+                       max_drop, strict)
     log.info("wrote %s", out)
     return out
+
+
+def validation_for(calibration, data: Any, spec: ModelSpec, size: int = 500):
+    """Held-out images for the INT8 check: --data, or what calibration did not use."""
+    from edgecls.calibration.datasets import ImageSet, photos_split
+    if isinstance(data, ImageSet):
+        return data.subset(size, exclude=calibration.images)
+    if data is not None:
+        full = ImageSet.load(data, spec) if str(data) != "photos" else photos_split("val")
+    elif calibration.images.name.startswith("photos"):
+        full = photos_split("val")
+    elif isinstance(calibration.source, ImageSet):
+        full = calibration.source
+    else:
+        full = ImageSet.load(calibration.source, spec) if calibration.source else None
+    if full is None:
+        return None
+    return full.subset(size, exclude=calibration.images)
+
+
+def check_int8(path: Path, name: str, model: Any, spec: ModelSpec, calibration, data: Any,
+               max_drop: float | None, strict: bool) -> None:
+    """Parity of a fresh INT8 artifact on held-out data; loud on failure, fatal with strict."""
+    from edgecls.verification import ParityFailedError, parity
+    val = validation_for(calibration, data, spec)
+    if val is None or not len(val):
+        log.warning("no held-out images to check the INT8 artifact on: pass --data DIR")
+        return
+    report = parity([path], data=val, reference=model, reference_spec=spec, max_drop=max_drop,
+                    sqnr=False, progress=False)
+    report.results[0].name = name
+    report.print()
+    if not report:
+        message = f"INT8 parity failed: {'; '.join(report.failures)}"
+        if strict:
+            raise ParityFailedError(message + " (--strict: nothing was written)")
+        log.error("%s - the artifact is written anyway; inspect it with `edgecls parity`", message)
 
 
 @dataclass

@@ -75,7 +75,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            runtime="edgecls.runtimes.tflite:TFLiteSession",
            requires=("ai_edge_litert|tflite_runtime",), extra="tflite",
            exporter="edgecls.exporters.tflite:export",
-           export_requires=("torch",),
+           export_requires=("torch", "litert_torch", "ai_edge_quantizer"),
            options=("int8_io",),
            description="TFLite / LiteRT (XNNPACK CPU, GPU and NPU delegates)"),
     Format("tensorrt", (".engine", ".plan"),
@@ -86,11 +86,6 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            devices=("gpu", "npu", "auto"),   # npu = DLA cores
            options=("workspace_gb", "dla_core"),
            description="TensorRT engine (NVIDIA GPU, DLA)"),
-    Format("torch", (".pt", ".pth"),
-           runtime="edgecls.runtimes.torch:TorchSession",
-           requires=("torch",), extra="torch",
-           precisions=("fp32",), devices=("cpu", "gpu", "auto"),
-           description="the PyTorch reference (a state_dict plus the spec)"),
 )}
 
 

@@ -124,6 +124,7 @@ class CalibrationSet:
     """What every INT8 exporter receives: preprocessed images plus the recipe facts."""
     images: ImageSet
     spec: ModelSpec
+    source: Any = None          # where the images came from (a folder or a built-in name)
 
     @classmethod
     def from_source(cls, source: Any, spec: ModelSpec, size: int = 300) -> "CalibrationSet":
@@ -137,7 +138,7 @@ class CalibrationSet:
             full = ImageSet.load(source, spec)
         if not len(full):
             raise DataError(f"calibration source {source}: no images found")
-        return cls(full.subset(size), spec)
+        return cls(full.subset(size), spec, source)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -150,8 +151,11 @@ class CalibrationSet:
             yield to_model_input(crops[i:i + batch_size], spec)
 
     def recipe(self) -> dict[str, Any]:
+        # Short content ids of every calibration image: parity uses them to find validation
+        # images that were also used for calibration, whatever their file names.
         return {"calibration_source": self.images.name, "calibration_size": len(self.images),
-                "calibration_hash": self.images.digest()}
+                "calibration_hash": self.images.digest(),
+                "calibration_ids": sorted(i.digest()[:12] for i in self.images.items)}
 
 
 # -- folders -------------------------------------------------------------------------------

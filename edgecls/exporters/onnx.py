@@ -55,9 +55,15 @@ def export_fp16(fp32_path: Path, spec: ModelSpec, out: Path) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    import onnx_ir
+
     proto = onnx.load(str(fp32_path))
     fp16 = convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=False)
-    onnx.save_model(fp16, str(out))
+    # the converter appends its input Casts at the end of the node list; ONNX requires
+    # topological order, which onnx_ir (onnxscript's IR) restores
+    model = onnx_ir.from_proto(fp16)
+    model.graph.sort()
+    onnx.save_model(onnx_ir.to_proto(model), str(out))
     write_spec(out, spec)
 
 

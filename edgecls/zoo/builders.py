@@ -34,10 +34,13 @@ def build_model(entry: ZooEntry, weights: str, num_classes: int | None,
         raise WeightsError("--num-classes needs --weights PATH (a fine-tuned checkpoint) or "
                            "--weights none; pretrained weights have 1000 ImageNet classes")
     n = num_classes or (len(labels) if labels else 1000)
-    model, spec = _BUILDERS[entry.source](entry, mode == "pretrained", n)
+    # Random weights come from a fixed seed, so parity can rebuild the very same reference
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model, spec = _BUILDERS[entry.source](entry, mode == "pretrained", n)
     if mode == "file":
         load_checkpoint(model, Path(weights))
-        spec.weights = f"file:{Path(weights).name}"
+        spec.weights = f"file:{Path(weights).resolve()}"
     elif mode == "none":
         log.warning("%s: building with random weights (--weights none); the artifact is "
                     "marked untrained", entry.name)

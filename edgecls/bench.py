@@ -1,0 +1,98 @@
+"""`edgecls bench`: latency, throughput and memory of artifacts, measured interleaved.
+
+Artifacts are timed round-robin (one burst each, repeatedly) so that noise from a shared
+machine lands on all of them alike; report ratios from one run, never absolute promises.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgecls.calibration.preprocess import to_model_input
+
+
+def _rss_mb() -> float:
+    try:
+        import psutil
+        return psutil.Process(os.getpid()).memory_info().rss / 2 ** 20
+    except ImportError:  # psutil is optional: memory is then not reported
+        return float("nan")
+
+
+@dataclass
+class BenchRow:
+    artifact: str
+    backend: str
+    precision: str
+    batch: int
+    p50_ms: float
+    p90_ms: float
+    throughput: float           # images / s
+    memory_mb: float            # RSS growth when the session was opened and run
+    samples: list[float] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class BenchResult:
+    rows: list[BenchRow]
+
+    def print(self, console: Any = None) -> None:
+        from rich.console import Console
+        from rich.table import Table
+        console = console or Console()
+        table = Table("artifact", "backend", "precision", "batch", "p50 ms", "p90 ms", "img/s",
+                      "vs first", "RSS MB", title="edgecls bench (interleaved)")
+        for r in self.rows:
+            first = next((b for b in self.rows if b.batch == r.batch), r)
+            table.add_row(r.artifact, r.backend, r.precision, str(r.batch), f"{r.p50_ms:.2f}",
+                          f"{r.p90_ms:.2f}", f"{r.throughput:.1f}",
+                          f"{first.p50_ms / r.p50_ms:.2f}x", f"{r.memory_mb:.0f}")
+        console.print(table)
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        from dataclasses import asdict
+        return [{k: v for k, v in asdict(r).items() if k != "samples"} for r in self.rows]
+
+
+def bench(artifacts: Sequence[str | Path], batch_sizes: Sequence[int] = (1,), threads: int | None = None,
+          device: str = "cpu", seconds: float = 3.0, warmup: int = 3) -> BenchResult:
+    from edgecls.runtimes.base import open_session
+    sessions, memory = [], []
+    for path in artifacts:
+        before = _rss_mb()
+        s = open_session(path, device=device, threads=threads)
+        sessions.append(s)
+        memory.append(before)
+    rows = []
+    rng = np.random.default_rng(0)
+    for batch in batch_sizes:
+        inputs = []
+        for i, s in enumerate(sessions):
+            h, w = s.spec.input_size
+            x = to_model_input(rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8), s.spec)
+            for _ in range(warmup):
+                s.run(x)
+            inputs.append(x)
+            if batch == batch_sizes[0]:
+                memory[i] = _rss_mb() - memory[i]
+        samples: list[list[float]] = [[] for _ in sessions]
+        deadline = time.perf_counter() + seconds * len(sessions)
+        while time.perf_counter() < deadline:
+            for s, x, acc in zip(sessions, inputs, samples):  # one burst each, round robin
+                for _ in range(3):
+                    t = time.perf_counter()
+                    s.run(x)
+                    acc.append(time.perf_counter() - t)
+        for s, acc, mem in zip(sessions, samples, memory):
+            a = np.array(acc) * 1000
+            rows.append(BenchRow(s.path.name, s.backend, str(s.precision_used or s.spec.precision),
+                                 batch, float(np.percentile(a, 50)), float(np.percentile(a, 90)),
+                                 batch * 1000 / float(np.mean(a)), mem, list(a)))
+    for s in sessions:
+        s.close()
+    return BenchResult(rows)

@@ -1,0 +1,85 @@
+"""`make demo`: the main job on the built-in default, offline.
+
+EfficientNet-Lite0 with its real ImageNet weights -> FP32, FP16 and INT8 artifacts for every
+backend installed here -> Classifier on the photos that ship with scikit-image /
+scikit-learn / matplotlib (PyTorch top-1 vs each artifact's top-1) -> the parity table on
+held-out photo crops.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from edgecls.formats import FORMATS
+
+log = logging.getLogger("edgecls")
+
+MODEL = "efficientnet_lite0"
+# (format, precision) pairs the demo makes, in this order, when the backend is installed
+PLAN = [("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"),
+        ("openvino", "fp32"), ("openvino", "int8"), ("tflite", "fp32"), ("tflite", "int8")]
+
+
+def demo(out: Path = Path("out/demo")) -> int:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgecls import zoo
+    from edgecls.calibration.datasets import photo_originals
+    from edgecls.classifier import Classifier, softmax
+    from edgecls.exporting import default_output, export
+    from edgecls.verification import parity
+
+    console = Console(width=max(Console().width, 150))
+    artifacts = []
+    for fmt_name, precision in PLAN:
+        fmt = FORMATS[fmt_name]
+        if not fmt.available():
+            console.print(f"[yellow]skipping {fmt_name}: pip install 'edgecls[{fmt.extra}]'[/yellow]")
+            continue
+        path = default_output(zoo_spec(MODEL), fmt, precision, out)
+        console.rule(f"export {MODEL} -> {fmt_name} {precision}")
+        artifacts.append(export(MODEL, to=fmt_name, out=path, precision=precision,
+                                calib="photos" if precision == "int8" else None))
+
+    model, spec = zoo.build(MODEL)
+    photos = photo_originals()
+    crops = photos.crops(spec)
+    with torch.no_grad():
+        from edgecls.calibration.preprocess import to_model_input
+        ref = softmax(model(torch.from_numpy(to_model_input(crops, spec))).numpy())
+    table = Table(title=f"{MODEL} on the bundled photos: PyTorch vs each artifact (top-1, score)")
+    table.add_column("photo")
+    table.add_column("PyTorch")
+    for a in artifacts:
+        table.add_column(a.name)
+    rows = [[item.key.split(":")[1], f"{spec.label(int(p.argmax()))} {p.max():.2f}"]
+            for item, p in zip(photos.items, ref)]
+    for a in artifacts:
+        with Classifier(a) as clf:
+            probs = clf.probabilities([item.rgb() for item in photos.items])
+        for row, p, r in zip(rows, probs, ref):
+            same = "[green]=[/green]" if p.argmax() == r.argmax() else "[red]≠[/red]"
+            row.append(f"{same} {spec.label(int(p.argmax()))} {p.max():.2f}")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+    console.rule("parity on held-out photo crops (the other half calibrated the INT8 artifacts)")
+    report = parity(artifacts, data="photos", out=out / "report")
+    report.print(console)
+    console.print(f"reports: {out / 'report'}/report.{{json,md,html}}")
+    return 0
+
+
+def zoo_spec(name: str):
+    """The spec of a zoo model without building it twice (cached)."""
+    from edgecls import zoo
+    if name not in _SPECS:
+        _SPECS[name] = zoo.build(name)[1]
+    return _SPECS[name]
+
+
+_SPECS: dict = {}
+__all__ = ["demo"]

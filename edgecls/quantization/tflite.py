@@ -1,0 +1,117 @@
+"""TFLite PTQ with ai-edge-quantizer, on the float .tflite that litert-torch wrote.
+
+    int8  static, full-integer: int8 weights (symmetric, per-channel) and int8 activations
+          (asymmetric, per-tensor) on every op the quantizer supports, calibrated on the
+          shared calibration images. Graph I/O: float (one QUANTIZE after the input, one
+          DEQUANTIZE before the output - the only float ops), or int8 / uint8 (--int8-io:
+          no float op at all; uint8 I/O is requantized to int8 by one QUANTIZE each side).
+    fp16  weight-only float16 (FLOAT_CASTING) for conv/FC weights: DEQUANTIZE fp16->fp32
+          on the constants (folded by XNNPACK; GPU delegates run fp16 natively).
+
+`op_table` / `float_ops` inspect a flatbuffer's operators and tensor types (for the
+full-integer check that export runs and the tests repeat).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
+
+import numpy as np
+
+log = logging.getLogger("edgecls")
+
+#: ops that may legitimately touch float tensors in a full-integer model with float I/O
+BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
+_INTEGER_TYPES = {"INT8", "UINT8", "INT16", "INT32", "INT64", "BOOL"}
+
+
+def signature_io(model: bytes) -> tuple[str, str]:
+    """(signature key, input name) of a single-signature float model."""
+    from ai_edge_litert.interpreter import Interpreter
+    sigs = Interpreter(model_content=model).get_signature_list()
+    if len(sigs) != 1:
+        raise ValueError(f"expected one signature, found {list(sigs)}")
+    key, io = next(iter(sigs.items()))
+    return key, io["inputs"][0]
+
+
+def quantize_int8(float_model: bytes, samples: Iterable[np.ndarray],
+                  int8_io: str | None = None) -> tuple[bytes, dict[str, Any]]:
+    """Full-integer INT8 model bytes, plus the recipe facts for the spec."""
+    from ai_edge_quantizer import qtyping, quantizer, recipe
+
+    qt = quantizer.Quantizer(bytearray(float_model))
+    qt.load_quantization_recipe(recipe.static_wi8_ai8())
+    if int8_io is None:            # float I/O: keep the graph's input/output tensors float
+        for op in ("INPUT", "OUTPUT"):
+            qt.update_quantization_recipe(".*", op, qtyping.OpQuantizationConfig(),
+                                          algorithm_key="no_quantize")
+    elif int8_io == "uint8":
+        u8 = qtyping.OpQuantizationConfig(
+            activation_tensor_config=qtyping.TensorQuantizationConfig(
+                num_bits=8, symmetric=False, dtype=qtyping.TensorDataType.UINT),
+            weight_tensor_config=qtyping.TensorQuantizationConfig(
+                num_bits=8, symmetric=True, granularity=qtyping.QuantGranularity.CHANNELWISE),
+            compute_precision=qtyping.ComputePrecision.INTEGER)
+        for op in ("INPUT", "OUTPUT"):
+            qt.update_quantization_recipe(".*", op, u8)
+    # int8_io == "int8": the static recipe already quantizes the graph I/O to int8
+
+    key, name = signature_io(float_model)
+    data = [{name: np.ascontiguousarray(s[None], np.float32)} for s in samples]
+    if not data:
+        raise ValueError("no calibration samples")
+    qsv = qt.calibrate({key: data}, num_threads=1)
+    result = qt.quantize(qsv, enable_progress_report=False)
+    facts = {"method": "static", "tool": "ai-edge-quantizer", "algorithm": "min_max",
+             "weights": "int8 symmetric per-channel", "activations": "int8 asymmetric per-tensor",
+             "io": int8_io or "float32", "calibration_samples": len(data)}
+    return bytes(result.quantized_model), facts
+
+
+def quantize_fp16(float_model: bytes) -> bytes:
+    """Float16 weights (weight-only FLOAT_CASTING on conv / depthwise / FC)."""
+    from ai_edge_quantizer import algorithm_manager, qtyping, quantizer
+
+    qt = quantizer.Quantizer(bytearray(float_model))
+    for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "CONV_2D_TRANSPOSE"):
+        qt.add_weight_only_config(".*", qtyping.TFLOperationName(op), num_bits=16,
+                                  algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING)
+    return bytes(qt.quantize(enable_progress_report=False).quantized_model)
+
+
+# -- inspection ------------------------------------------------------------------------------
+def op_table(model: bytes) -> list[tuple[str, list[str], list[str]]]:
+    """(op name, input tensor types, output tensor types) for every op of every subgraph."""
+    from ai_edge_litert import schema_py_generated as S
+
+    m = S.Model.GetRootAs(model, 0)
+    ops = {v: k for k, v in vars(S.BuiltinOperator).items() if not k.startswith("_")}
+    types = {v: k for k, v in vars(S.TensorType).items() if not k.startswith("_")}
+    table = []
+    for g in range(m.SubgraphsLength()):
+        sub = m.Subgraphs(g)
+        for o in range(sub.OperatorsLength()):
+            op = sub.Operators(o)
+            code = m.OperatorCodes(op.OpcodeIndex())
+            builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+            name = ops.get(builtin, str(builtin))
+            if name == "CUSTOM":
+                name = f"CUSTOM:{code.CustomCode().decode()}"
+            ins = [types[sub.Tensors(i).Type()] for i in op.InputsAsNumpy() if i >= 0]
+            outs = [types[sub.Tensors(i).Type()] for i in op.OutputsAsNumpy() if i >= 0]
+            table.append((name, ins, outs))
+    return table
+
+
+def float_ops(model: bytes, allow_boundary: bool = True) -> list[str]:
+    """Ops that compute on float tensors. With float I/O, the single QUANTIZE at the input
+    and DEQUANTIZE at the output are conversions, not float compute; they are allowed when
+    `allow_boundary`."""
+    bad = []
+    for name, ins, outs in op_table(model):
+        if allow_boundary and name in BOUNDARY_OPS:
+            continue
+        if any(t not in _INTEGER_TYPES for t in ins + outs):
+            bad.append(f"{name}({','.join(ins)}->{','.join(outs)})")
+    return bad

@@ -1,0 +1,315 @@
+"""Parity: does each artifact still behave like the model it came from?
+
+    report = edgecls.parity(["m.onnx", "m.int8.onnx"], data="data/val")
+    report.print(); report.write("reports/m"); bool(report)  # every tolerance met?
+
+The reference (the PyTorch FP32 model named in the artifacts' spec, or `reference=`) and
+every artifact run on the same decoded, resized and cropped pixels; each then gets them in
+its own input form (layout, dtype, normalisation) from the shared preprocessing.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgecls import metrics
+from edgecls.calibration.datasets import ImageSet, photos_split
+from edgecls.calibration.preprocess import to_model_input
+from edgecls.errors import DataError, EdgeclsError
+from edgecls.spec import ModelSpec
+
+log = logging.getLogger("edgecls")
+
+# Default tolerances by precision: minimum top-1 agreement with the reference, and for INT8
+# with labels the maximum top-1 accuracy drop in points.
+MIN_AGREEMENT = {"fp32": 0.995, "fp16": 0.995, "int8": 0.95}
+INT8_MAX_DROP = 1.0
+SQNR_IMAGES = 8
+WORST_LAYERS = 10
+
+
+class ParityFailedError(EdgeclsError):
+    """--strict export whose INT8 parity missed its tolerance (exit status 1)."""
+    exit_code = 1
+
+
+@dataclass
+class Tolerance:
+    min_agreement: float | None = None
+    max_drop: float | None = None        # points of top-1 accuracy
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_drop is not None:
+            parts.append(f"drop <= {self.max_drop:g} pt")
+        if self.min_agreement is not None:
+            parts.append(f"agreement >= {self.min_agreement:.1%}")
+        return ", ".join(parts)
+
+
+def tolerance_for(precision: str, labelled: bool, max_drop: float | None) -> Tolerance:
+    if precision == "int8" and labelled:
+        return Tolerance(max_drop=INT8_MAX_DROP if max_drop is None else max_drop)
+    if max_drop is not None and labelled:
+        return Tolerance(max_drop=max_drop, min_agreement=None)
+    return Tolerance(min_agreement=MIN_AGREEMENT.get(precision, 0.995))
+
+
+@dataclass
+class ArtifactResult:
+    name: str
+    path: str
+    format: str
+    precision: str
+    backend: str
+    device: str
+    precision_used: str
+    n: int
+    agreement: float
+    agreement_ci: tuple[float, float]
+    cosine_mean: float
+    cosine_min: float
+    kl_mean: float
+    max_abs: float
+    latency_ms: float
+    tolerance: str
+    passed: bool
+    failures: list[str]
+    top1: float | None = None
+    top1_ci: tuple[float, float] | None = None
+    top5: float | None = None
+    top5_ci: tuple[float, float] | None = None
+    top1_drop: float | None = None           # points, reference minus artifact
+    mcnemar_p: float | None = None
+    calibration_overlap: int = 0
+    worst_layers: list[dict[str, Any]] = field(default_factory=list)
+    worst_layers_note: str = ""
+    disagreements: list[int] = field(default_factory=list)
+    sample_abs_error: list[float] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class ParityReport:
+    data: dict[str, Any]
+    reference: dict[str, Any]
+    results: list[ArtifactResult]
+    thumbnails: dict[int, bytes] = field(default_factory=dict, repr=False)
+    predictions: dict[str, list[str]] = field(default_factory=dict, repr=False)
+
+    def __bool__(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{r.name}: {f}" for r in self.results for f in r.failures]
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+        return {"passed": bool(self), "data": self.data, "reference": self.reference,
+                "results": [asdict(r) for r in self.results]}
+
+    def print(self, console: Any = None) -> None:
+        from edgecls.report.terminal import print_report
+        print_report(self, console)
+
+    def write(self, folder: str | Path) -> dict[str, Path]:
+        from edgecls.report import write_all
+        return write_all(self, Path(folder))
+
+
+# -- the reference -------------------------------------------------------------------------
+class _TorchReference:
+    def __init__(self, model: Any, spec: ModelSpec, origin: str):
+        self.model, self.spec, self.origin = model, spec, origin
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+        x = to_model_input(pixels, self.spec.derive(layout="NCHW", normalization_in_graph=False))
+        with torch.no_grad():
+            return self.model(torch.from_numpy(x)).float().numpy()
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "pytorch", "origin": self.origin, "name": self.spec.name,
+                "weights": self.spec.weights, "precision": "fp32"}
+
+
+class _ArtifactReference:
+    def __init__(self, path: str | Path, device: str, threads: int | None):
+        from edgecls.runtimes.base import open_session
+        self.session = open_session(path, device=device, threads=threads)
+        self.spec = self.session.spec
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        return self.session.run(to_model_input(pixels, self.spec))
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "artifact", "origin": str(self.session.path), "name": self.spec.name,
+                "precision": self.spec.precision, **self.session.describe()}
+
+
+def _resolve_reference(reference: Any, spec: ModelSpec, device: str, threads: int | None):
+    if reference is not None and not isinstance(reference, (str, Path)):
+        return _TorchReference(reference, spec, "given torch module")
+    if reference is not None:
+        return _ArtifactReference(reference, device, threads)
+    from edgecls import zoo
+    from edgecls.errors import UnknownModelError
+    try:
+        zoo.get_entry(spec.name)
+    except UnknownModelError:
+        raise DataError(f"{spec.name} is not a zoo model, so its PyTorch reference cannot be "
+                        "rebuilt: pass --reference with its FP32 artifact") from None
+    weights = spec.weights
+    weights = "pretrained" if weights.startswith("pretrained") else weights.removeprefix("file:")
+    labels = spec.labels if spec.num_classes != 1000 else None
+    model, ref_spec = zoo.build(spec.name, weights, spec.num_classes, labels)
+    return _TorchReference(model, ref_spec, f"edgecls zoo ({spec.name}, weights {weights})")
+
+
+def _resolve_data(data: Any, spec: ModelSpec) -> ImageSet:
+    if isinstance(data, ImageSet):
+        return data
+    if str(data) == "photos":  # the validation half; `photos` calibrates on the other half
+        return photos_split("val")
+    return ImageSet.load(data, spec)
+
+
+# -- running ---------------------------------------------------------------------------------
+def parity(artifacts: Sequence[str | Path], data: Any = "photos", reference: Any = None,
+           max_drop: float | None = None, limit: int | None = None, out: str | Path | None = None,
+           calib: Any = None, device: str = "cpu", threads: int | None = None,
+           reference_spec: ModelSpec | None = None, progress: bool = True,
+           sqnr: bool = True) -> ParityReport:
+    from edgecls.runtimes.base import open_session, read_spec
+
+    if not artifacts:
+        raise DataError("parity needs at least one artifact")
+    specs = [read_spec(a) for a in artifacts]
+    base = reference_spec or specs[0]
+    ref = _resolve_reference(reference, base, device, threads)
+    images = _resolve_data(data, ref.spec)
+    if limit:
+        images = images.subset(limit)
+    if not len(images):
+        raise DataError(f"{data}: no images to compare on")
+    labels = images.labels()
+    if labels is not None and labels.max() >= ref.spec.num_classes:
+        raise DataError(f"{images.name}: labels go up to {labels.max()} but the model has "
+                        f"{ref.spec.num_classes} classes")
+
+    pixels = images.crops(ref.spec, progress=progress)
+    digests = [i.digest()[:12] for i in images.items]
+    data_info: dict[str, Any] = {"name": images.name, "n": len(images), "labelled": labels is not None,
+                                 "source": str(data)}
+    if calib is not None:
+        calib_set = _resolve_data(calib, ref.spec)
+        data_info["calib_overlap"] = calib_set.overlap(images)
+        if data_info["calib_overlap"]:
+            log.warning("%d validation image(s) are also in the calibration data %s: accuracy "
+                        "figures are optimistic", data_info["calib_overlap"], calib)
+
+    ref_logits = _batched(ref.run, pixels)
+    ref_pred = ref_logits.argmax(1)
+    ref_top1 = metrics.topk_hits(ref_logits, labels, 1) if labels is not None else None
+    ref_info = ref.describe()
+    if labels is not None:
+        ref_info["top1"] = float(ref_top1.mean())
+        ref_info["top1_ci"] = metrics.bootstrap_ci(ref_top1)
+        ref_info["top5"] = float(metrics.topk_hits(ref_logits, labels, 5).mean())
+
+    results, preds = [], {"reference": [ref.spec.label(int(i)) for i in ref_pred]}
+    for path, spec in _progress(list(zip(artifacts, specs)), progress):
+        with open_session(path, device=device, threads=threads) as session:
+            res, cand_logits = _compare(session, spec, pixels, ref_logits, labels, max_drop, digests)
+        if sqnr and spec.precision == "int8" and spec.format == "onnx":
+            res.worst_layers, res.worst_layers_note = _worst_layers(path, ref, pixels)
+        preds[res.name] = [spec.label(int(i)) for i in cand_logits.argmax(1)]
+        results.append(res)
+
+    disagreeing = sorted({i for r in results for i in r.disagreements})[:24]
+    from edgecls.calibration.preprocess import encode_png
+    thumbs = {i: encode_png(pixels[i]) for i in disagreeing}
+    report = ParityReport(data_info, ref_info, results, thumbs, preds)
+    report.data["keys"] = [i.key for i in images.items]
+    report.data["labels"] = labels.tolist() if labels is not None else None
+    if out:
+        report.write(out)
+    return report
+
+
+def _progress(items: list, progress: bool):
+    if not progress:
+        return items
+    from rich.progress import track
+    return track(items, description="running artifacts", transient=True)
+
+
+def _batched(run, pixels: np.ndarray, batch: int = 16) -> np.ndarray:
+    return np.concatenate([run(pixels[i:i + batch]) for i in range(0, len(pixels), batch)])
+
+
+def _latency_ms(session, x1: np.ndarray, runs: int = 10) -> float:
+    session.run(x1)  # warm-up
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        session.run(x1)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000)
+
+
+def _compare(session, spec: ModelSpec, pixels, ref_logits, labels, max_drop, digests):
+    logits = _batched(lambda p: session.run(to_model_input(p, spec)), pixels)
+    agree = logits.argmax(1) == ref_logits.argmax(1)
+    cos = metrics.cosine_similarity(ref_logits, logits)
+    kl = metrics.kl_divergence(ref_logits, logits)
+    abs_err = np.abs(logits - ref_logits).max(axis=1)
+    tol = tolerance_for(spec.precision, labels is not None, max_drop)
+    calib_ids = set((spec.quantization or {}).get("calibration_ids", []))
+    res = ArtifactResult(
+        name=Path(session.path).name, path=str(session.path), format=spec.format,
+        precision=spec.precision, backend=session.backend, device=session.device_used,
+        precision_used=str(session.precision_used or spec.precision), n=len(pixels),
+        agreement=float(agree.mean()), agreement_ci=metrics.bootstrap_ci(agree),
+        cosine_mean=float(cos.mean()), cosine_min=float(cos.min()), kl_mean=float(kl.mean()),
+        max_abs=float(abs_err.max()), latency_ms=_latency_ms(session, to_model_input(pixels[:1], spec)),
+        tolerance=tol.describe(), passed=True, failures=[],
+        disagreements=[int(i) for i in np.flatnonzero(~agree)],
+        sample_abs_error=[float(e) for e in abs_err],
+        calibration_overlap=sum(d in calib_ids for d in digests))
+    if labels is not None:
+        ref_hits = metrics.topk_hits(ref_logits, labels, 1)
+        hits = metrics.topk_hits(logits, labels, 1)
+        hits5 = metrics.topk_hits(logits, labels, 5)
+        res.top1, res.top1_ci = float(hits.mean()), metrics.bootstrap_ci(hits)
+        res.top5, res.top5_ci = float(hits5.mean()), metrics.bootstrap_ci(hits5)
+        res.top1_drop = 100 * float(ref_hits.mean() - hits.mean())
+        res.mcnemar_p = metrics.mcnemar_exact(ref_hits, hits)
+    if tol.max_drop is not None and res.top1_drop is not None and res.top1_drop > tol.max_drop:
+        res.failures.append(f"top-1 drop {res.top1_drop:.2f} pt > {tol.max_drop:g} pt")
+    if tol.min_agreement is not None and res.agreement < tol.min_agreement:
+        res.failures.append(f"agreement {res.agreement:.1%} < {tol.min_agreement:.1%}")
+    if res.calibration_overlap:
+        log.warning("%s: %d validation image(s) were used to calibrate it", res.name,
+                    res.calibration_overlap)
+    res.passed = not res.failures
+    return res, logits
+
+
+# -- where INT8 goes wrong ---------------------------------------------------------------------
+def _worst_layers(path: str | Path, ref, pixels: np.ndarray) -> tuple[list[dict[str, Any]], str]:
+    """The tensors of an INT8 ONNX model with the lowest SQNR against the FP32 model,
+    named by the torch module they came from (ONNX Runtime's qdq_loss_debug)."""
+    if not isinstance(ref, _TorchReference):
+        return [], "needs the PyTorch reference"
+    try:
+        from edgecls.quantization.debug import worst_onnx_layers
+        return worst_onnx_layers(Path(path), ref.model, ref.spec, pixels[:SQNR_IMAGES], WORST_LAYERS), ""
+    except Exception as e:  # diagnostics must never hide the parity result itself
+        log.warning("SQNR diagnostics unavailable for %s: %s", path, e)
+        return [], f"unavailable: {type(e).__name__}: {str(e)[:120]}"

@@ -1,0 +1,122 @@
+"""INT8 / FP16 ONNX artifacts of the digits model through parity, and parity catching a
+broken artifact."""
+from pathlib import Path
+
+import onnx
+import pytest
+
+from edgecls.exporting import export
+from edgecls.spec import SPEC_KEY, ModelSpec
+from edgecls.verification import parity
+
+
+@pytest.fixture(scope="module")
+def digits_artifacts(digits_model, digits_data, tmp_path_factory):
+    model, spec = digits_model
+    _, calib, _, _ = digits_data
+    folder = tmp_path_factory.mktemp("digits-int8")
+    out = {"fp32": export(model, to="onnx", out=folder / "d.onnx", spec=spec),
+           "fp16": export(model, to="onnx", out=folder / "d.fp16.onnx", spec=spec, precision="fp16")}
+    for method in ("minmax", "entropy", "percentile"):
+        out[method] = export(model, to="onnx", out=folder / f"d.int8.{method}.onnx", spec=spec,
+                             precision="int8", calib=calib, calib_size=200,
+                             options={"calib_method": method})
+    return out
+
+
+def test_every_calibration_method_keeps_digits_accuracy(digits_model, digits_data, digits_artifacts, tmp_path):
+    model, spec = digits_model
+    _, _, val, _ = digits_data
+    report = parity(list(digits_artifacts.values()), data=val, reference=model, out=tmp_path / "r")
+    assert report.data["labelled"] and report.data["n"] == len(val)
+    assert report.reference["top1"] > 0.9
+    by_name = {Path(r.path).name: r for r in report.results}
+    for method in ("minmax", "entropy", "percentile"):
+        r = by_name[f"d.int8.{method}.onnx"]
+        assert r.precision == "int8"
+        assert r.top1_drop <= 1.0, (method, r.top1_drop)
+        assert r.top1_ci[0] <= r.top1 <= r.top1_ci[1]
+        assert r.passed, r.failures
+        assert r.calibration_overlap == 0
+        assert 3 <= len(r.worst_layers) <= 10
+        assert all(w["sqnr_db"] < 60 for w in r.worst_layers)
+    assert by_name["d.fp16.onnx"].agreement >= 0.995
+    assert by_name["d.onnx"].max_abs < 1e-3
+    assert report
+    for name in ("report.json", "report.md", "report.html"):
+        assert (tmp_path / "r" / name).stat().st_size > 500
+    assert "<img" in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_int8_recipe_and_parent_link_are_in_the_spec(digits_artifacts):
+    from edgecls.runtimes.base import read_spec
+    spec = read_spec(digits_artifacts["entropy"])
+    q = spec.quantization
+    assert q["method"] == "entropy" and q["activations"] == "u8 asymmetric" and q["format"] == "QDQ"
+    assert q["calibration_size"] == 64  # entropy calibration is bounded (ORT keeps all activations)
+    assert len(q["calibration_hash"]) == 16
+    assert spec.parent["precision"] == "fp32" and len(spec.parent["sha256"]) == 16
+    fp16 = read_spec(digits_artifacts["fp16"])
+    assert fp16.precision == "fp16"
+    graph = onnx.load(str(digits_artifacts["fp16"])).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)
+
+
+def test_tensorrt_target_is_symmetric_s8(digits_model, digits_data, tmp_path):
+    model, spec = digits_model
+    _, calib, _, _ = digits_data
+    path = export(model, to="onnx", out=tmp_path / "trt.onnx", spec=spec, precision="int8",
+                  calib=calib, options={"target": "tensorrt"})
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: i for i in graph.initializer}
+    zero_points = [inits[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zero_points and all(z.data_type == onnx.TensorProto.INT8 for z in zero_points)
+    assert all(not any(onnx.numpy_helper.to_array(z).ravel()) for z in zero_points)
+
+
+def test_parity_catches_wrong_preprocessing_in_the_spec(digits_model, digits_data, digits_artifacts, tmp_path):
+    """An artifact whose spec lies about mean/std is numerically fine but sees other inputs."""
+    model, spec = digits_model
+    _, _, val, _ = digits_data
+    proto = onnx.load(str(digits_artifacts["fp32"]))
+    meta = {p.key: p for p in proto.metadata_props}
+    broken = ModelSpec.from_json(meta[SPEC_KEY].value).derive(mean=(0.2, 0.2, 0.2), std=(0.9, 0.9, 0.9))
+    meta[SPEC_KEY].value = broken.to_json()
+    bad = tmp_path / "broken.onnx"
+    onnx.save(proto, str(bad))
+    report = parity([digits_artifacts["fp32"], bad], data=val, reference=model)
+    good, wrong = report.results
+    assert good.passed and not wrong.passed
+    assert not report
+    assert any("agreement" in f for f in report.failures)
+
+
+def test_parity_detects_calibration_overlap(digits_model, digits_data, digits_artifacts):
+    model, _ = digits_model
+    full, calib, _, _ = digits_data
+    report = parity([digits_artifacts["minmax"]], data=full.subset(400, seed=5), reference=model,
+                    calib=calib, sqnr=False)
+    assert report.data["calib_overlap"] > 0
+    assert report.results[0].calibration_overlap == report.data["calib_overlap"]
+
+
+def test_refused_and_unknown_methods(digits_model, digits_data, tmp_path):
+    from edgecls.errors import UnsupportedOptionError
+    model, spec = digits_model
+    _, calib, _, _ = digits_data
+    for method, words in (("distribution", "collapses"), ("magic", "unknown")):
+        with pytest.raises(UnsupportedOptionError, match=words):
+            export(model, to="onnx", out=tmp_path / "x.onnx", spec=spec, precision="int8",
+                   calib=calib, options={"calib_method": method})
+    assert not list(tmp_path.iterdir())
+
+
+def test_strict_int8_export_fails_loudly_and_writes_nothing(tmp_path):
+    from edgecls.cli import main
+    out = tmp_path / "effl0.int8.onnx"
+    # an impossible tolerance: the accuracy "drop" must be at most -100 points
+    code = main(["export", "efficientnet_lite0", "--int8", "--calib", "photos", "--calib-size", "16",
+                 "--data", "digits", "--max-drop", "-100", "--strict", "-o", str(out)])
+    assert code in (1, 2)
+    assert not list(tmp_path.iterdir())
