@@ -1,0 +1,165 @@
+"""PyTorch -> TFLite with litert-torch; FP16 and full-integer INT8 with ai-edge-quantizer.
+
+Why this route (measured, see the issue note): litert-torch lowers the torch model itself
+(torch.export -> StableHLO -> TFLite) with no TensorFlow and no download at conversion time,
+installs next to onnxruntime/openvino/nncf under the torch pin, and the float model matches
+PyTorch to ~1e-5. ai-edge-quantizer then makes a full-integer model (every op int8, residual
+adds and squeeze-excite multiplies included), calibrated on the shared calibration set.
+onnx2tf would need full TensorFlow (~650 MB wheel, and it pins an older ai-edge-litert).
+
+The artifact takes NHWC input (TFLite's convention): the torch model is wrapped in a
+permute, which the converter folds into the first convolution. The batch dimension is
+fixed at 1 (litert-torch cannot lower adaptive pooling with a symbolic batch); the runtime
+runs a batch as a loop over samples. The ModelSpec is a TFLite metadata entry
+(edgecls.spec -> a buffer with the JSON), readable back without TensorFlow.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from edgecls.errors import DataError, UnsupportedOptionError
+from edgecls.spec import SPEC_KEY, ModelSpec
+
+log = logging.getLogger("edgecls")
+INT8_IO = ("int8", "uint8")
+
+
+def export(source, spec: ModelSpec, out: Path, *, precision: str = "fp32",
+           calibration=None, options: dict[str, Any] | None = None) -> Path:
+    """The format table's exporter for "tflite"."""
+    options = dict(options or {})
+    int8_io = _int8_io(options.pop("int8_io", None))
+    if options:
+        raise UnsupportedOptionError(f"--to tflite does not take {', '.join(sorted(options))}")
+    if int8_io and precision != "int8":
+        raise UnsupportedOptionError("--int8-io needs --int8 (a float model has float I/O)")
+    if precision == "int8" and calibration is None:
+        raise UnsupportedOptionError("--int8 needs calibration images: --calib DIR")
+
+    spec.layout = "NHWC"
+    spec.exported_from = "torch"
+    spec.input_dtype = int8_io or "float32"
+    spec.tools.update(_versions())
+    model = convert_fp32(source.model, spec)
+    if precision == "fp16":
+        from edgecls.quantization.tflite import quantize_fp16
+        with _quiet():
+            model = quantize_fp16(model)
+        spec.quantization = {"method": "weight-only", "weights": "float16",
+                             "tool": "ai-edge-quantizer"}
+    elif precision == "int8":
+        from edgecls.quantization.tflite import float_ops, quantize_int8
+        samples = [x for batch in calibration.batches(spec) for x in batch]
+        if not samples:
+            raise DataError("the calibration set is empty")
+        with _quiet():
+            model, facts = quantize_int8(model, samples, int8_io)
+        leftover = float_ops(model, allow_boundary=int8_io is None)
+        if leftover:  # never hand out a "full-integer" model with float islands
+            raise UnsupportedOptionError(
+                f"{spec.name}: ai-edge-quantizer left float ops in the INT8 model "
+                f"({', '.join(leftover[:5])}); this architecture has no full-integer TFLite "
+                "export yet")
+        spec.quantization = {**calibration.recipe(), **facts, "float_ops": []}
+    elif precision != "fp32":
+        raise UnsupportedOptionError(f"tflite artifacts cannot be {precision}")
+    out = Path(out)
+    out.write_bytes(embed_spec(model, spec))
+    return out
+
+
+def _int8_io(value: Any) -> str | None:
+    if value in (None, False, "", "float32", "none"):
+        return None
+    if value is True:
+        return "int8"
+    if str(value).lower() in INT8_IO:
+        return str(value).lower()
+    raise UnsupportedOptionError(f"--int8-io takes int8 or uint8, not {value!r}")
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+    found = {}
+    for dist in ("litert-torch", "ai-edge-quantizer", "ai-edge-litert", "litert-converter"):
+        try:
+            found[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def _nhwc(model):
+    import torch
+
+    class NHWCInput(torch.nn.Module):
+        """Takes NHWC (TFLite's layout) and feeds the NCHW model."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x.permute(0, 3, 1, 2))
+
+    return NHWCInput(model).eval()
+
+
+@contextlib.contextmanager
+def _quiet():
+    """litert-torch prints a progress tree and absl/XLA chatter; keep the CLI clean."""
+    saved = {k: os.environ.get(k) for k in ("LITERT_TORCH_SHOW_PROGRESS", "TF_CPP_MIN_LOG_LEVEL",
+                                            "TQDM_DISABLE")}
+    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
+    os.environ["TQDM_DISABLE"] = "1"       # ai-edge-quantizer's calibration progress bar
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def convert_fp32(model, spec: ModelSpec) -> bytes:
+    """The float32 TFLite flatbuffer (NHWC input, batch 1) of a torch model in eval mode."""
+    import torch
+
+    h, w = spec.input_size
+    with _quiet():
+        import litert_torch
+        with torch.no_grad():
+            edge = litert_torch.convert(_nhwc(model), (torch.zeros(1, h, w, 3),))
+        return bytes(edge.model_content())
+
+
+def embed_spec(model: bytes, spec: ModelSpec, key: str = SPEC_KEY) -> bytes:
+    """Add (or replace) the metadata entry `key` -> a new buffer with the spec's JSON."""
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as S
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    obj.metadata = [m for m in (obj.metadata or []) if _name(m.name) != key]
+    buffer = S.BufferT()
+    buffer.data = np.frombuffer(spec.to_json().encode("utf-8"), dtype=np.uint8)
+    obj.buffers.append(buffer)
+    entry = S.MetadataT()
+    entry.name = key
+    entry.buffer = len(obj.buffers) - 1
+    obj.metadata.append(entry)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
+
+
+def _name(value: Any) -> str:
+    return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
