@@ -60,7 +60,7 @@ class BenchResult:
 
 
 def bench(artifacts: Sequence[str | Path], batch_sizes: Sequence[int] = (1,), threads: int | None = None,
-          device: str = "cpu", seconds: float = 3.0, warmup: int = 3) -> BenchResult:
+          device: str | None = None, seconds: float = 3.0, warmup: int = 3) -> BenchResult:
     from edgecls.runtimes.base import open_session
     sessions, memory = [], []
     for path in artifacts:

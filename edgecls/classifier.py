@@ -32,7 +32,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class Classifier:
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
+    def __init__(self, path: str | Path, device: str | None = None, threads: int | None = None,
                  topk: int = 5, batch_size: int = 16, **options: Any):
         self.session: Session = open_session(path, device=device, threads=threads, **options)
         self.spec = self.session.spec

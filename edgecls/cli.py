@@ -16,8 +16,11 @@ from edgecls.formats import DEVICES, FORMATS
 
 
 def _console():
+    """rich's console; when output is piped (no terminal width) tables get 160 columns
+    instead of rich's default 80, which would fold every cell."""
     from rich.console import Console
-    return Console()
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
 
 
 # -- subcommands ---------------------------------------------------------------------------
@@ -33,13 +36,26 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_formats(args: argparse.Namespace) -> int:
+    from rich.table import Table
+    table = Table("format", "suffixes", "precisions", "devices", "export options", "installed",
+                  "pip extra", "runtime")
+    for f in FORMATS.values():
+        table.add_row(f.name, " ".join(f.suffixes), " ".join(f.precisions), " ".join(f.devices),
+                      " ".join("--" + o.replace("_", "-") for o in f.options),
+                      "yes" if f.available() else "[red]no[/red]", f.extra, f.description)
+    _console().print(table)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from edgecls.exporting import export
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
     options = {"opset": args.opset, "calib_method": args.calib_method, "preset": args.preset,
                "max_drop": args.max_drop, "data": args.data, "int8_io": args.int8_io,
                "exclude": args.exclude, "target": args.target, "static_batch": args.static_batch,
-               "bake_preprocessing": args.bake_preprocessing}
+               "bake_preprocessing": args.bake_preprocessing, "ignored_scope": args.ignored_scope,
+               "workspace_gb": args.workspace_gb, "dla_core": args.dla_core}
     labels = Path(args.labels).read_text().split("\n") if args.labels else None
     labels = [l.strip() for l in labels if l.strip()] if labels else None
     out = export(args.model, to=args.to, out=args.output, precision=precision,
@@ -117,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("models", help="list every model name")
     s.set_defaults(func=cmd_models)
 
+    s = sub.add_parser("formats", help="list the artifact formats and what they support")
+    s.set_defaults(func=cmd_formats)
+
     s = sub.add_parser("export", help="export (and quantize) a model to an artifact")
     s.add_argument("model", help="a zoo name (see `edgecls models`)")
     s.add_argument("--to", default="onnx", choices=[f for f in FORMATS if f != "torch"])
@@ -134,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="labelled validation folder (INT8 parity, accuracy control)")
     s.add_argument("--max-drop", type=float, help="accuracy drop allowed, in points")
     s.add_argument("--strict", action="store_true", help="exit 1 when INT8 parity fails")
-    s.add_argument("--exclude", nargs="+", help="nodes/ops to keep in float")
+    s.add_argument("--exclude", nargs="+", help="ONNX INT8: node names to keep in float (the first "
+                   "conv and the classifier are kept by default; `--exclude none` quantizes all)")
+    s.add_argument("--ignored-scope", nargs="+", help="OpenVINO INT8: operation names to keep in float")
     s.add_argument("--target", help="INT8 target: cpu (u8 activations) | tensorrt (symmetric s8)")
     s.add_argument("--preset", help="OpenVINO/NNCF preset: performance | mixed")
     s.add_argument("--int8-io", nargs="?", const="int8", help="TFLite: int8 (or uint8) input/output")
@@ -142,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bake-preprocessing", action="store_true",
                    help="OpenVINO: put mean/std and layout into the graph")
     s.add_argument("--opset", type=int, help="ONNX opset (default 18)")
+    s.add_argument("--workspace-gb", type=float, help="TensorRT builder workspace")
+    s.add_argument("--dla-core", type=int, help="TensorRT: build for this DLA core (device npu)")
     s.add_argument("--no-check", action="store_true", help="skip the check against PyTorch")
     s.set_defaults(func=cmd_export)
 
@@ -184,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_runtime_args(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--device", default="cpu", choices=DEVICES)
+    s.add_argument("--device", choices=DEVICES,
+                   help="default: cpu (auto for formats without a CPU path, e.g. TensorRT)")
     s.add_argument("--threads", type=int)
     s.add_argument("--fallback", action="store_true",
                    help="fall back to CPU when the device is absent (reported)")

@@ -72,7 +72,7 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
     if precision not in fmt.precisions:
         raise UnsupportedOptionError(f"{fmt.name} artifacts cannot be {precision}; choose from "
                                      f"{', '.join(fmt.precisions)}")
-    options = {k: v for k, v in (options or {}).items() if v not in (None, False)}
+    options = {k: v for k, v in (options or {}).items() if v is not None and v is not False}
     # --data / --max-drop drive the INT8 parity check of every format; formats that also use
     # them (OpenVINO's accuracy-controlled quantization) receive them as options too.
     val_data, max_drop = options.get("data"), options.get("max_drop")
@@ -139,12 +139,18 @@ def check_int8(path: Path, name: str, model: Any, spec: ModelSpec, calibration, 
                max_drop: float | None, strict: bool) -> None:
     """Parity of a fresh INT8 artifact on held-out data; loud on failure, fatal with strict."""
     from edgecls.verification import ParityFailedError, parity
+    if not spec.trained:
+        # random weights give near-constant logits whose top-1 is arbitrary: agreement
+        # between FP32 and INT8 would measure nothing
+        log.warning("%s has random weights (--weights none): INT8 parity check skipped", spec.name)
+        return
     val = validation_for(calibration, data, spec)
     if val is None or not len(val):
         log.warning("no held-out images to check the INT8 artifact on: pass --data DIR")
         return
+    from edgecls.formats import format_for_path
     report = parity([path], data=val, reference=model, reference_spec=spec, max_drop=max_drop,
-                    sqnr=False, progress=False)
+                    sqnr=False, progress=False, device=format_for_path(path).default_device())
     report.results[0].name = name
     report.print()
     if not report:
@@ -188,7 +194,8 @@ def check_against_torch(path: Path, model: Any, spec: ModelSpec, pixels: np.ndar
     with torch.no_grad():
         ref = model(torch.from_numpy(to_model_input(pixels, spec.derive(layout="NCHW",
                     normalization_in_graph=False)))).float().numpy()
-    with open_session(path, device="cpu") as session:
+    from edgecls.formats import format_for_path
+    with open_session(path, device=format_for_path(path).default_device()) as session:
         got = session.run(to_model_input(pixels, session.spec))
     max_abs = float(np.abs(got - ref).max())
     scale = max(1.0, float(np.abs(ref).max()))

@@ -30,11 +30,22 @@ class Format:
     devices: tuple[str, ...] = DEVICES
     options: tuple[str, ...] = ()      # format-specific export options it understands
     companions: tuple[str, ...] = ()   # files that belong to the artifact (OpenVINO .bin)
+    # "module:function" that reads the spec without the runtime (e.g. TensorRT's header),
+    # so `edgecls info` works on a machine that cannot run the artifact
+    spec_reader: str | None = None
     description: str = ""
 
     def load_runtime(self) -> Any:
         self._require(self.requires, f"the {self.name} runtime")
         return _import(self.runtime)
+
+    def load_spec_reader(self) -> Any:
+        if self.spec_reader:
+            return _import(self.spec_reader)
+        return self.load_runtime().read_spec
+
+    def default_device(self) -> str:
+        return "cpu" if "cpu" in self.devices else "auto"
 
     def load_exporter(self) -> Any:
         if self.exporter is None:
@@ -60,7 +71,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            requires=("onnxruntime",), extra="onnx",
            exporter="edgecls.exporters.onnx:export",
            export_requires=_TORCH_EXPORT + ("onnxruntime",),
-           options=("opset", "calib_method", "activation_type", "exclude", "target"),
+           options=("opset", "calib_method", "exclude", "target"),
            description="ONNX Runtime (CPU, CUDA/TensorRT/DirectML EPs, NPU EPs)"),
     Format("openvino", (".xml",),
            runtime="edgecls.runtimes.openvino:OpenVINOSession",
@@ -85,6 +96,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            export_requires=_TORCH_EXPORT + ("tensorrt",),
            devices=("gpu", "npu", "auto"),   # npu = DLA cores
            options=("workspace_gb", "dla_core"),
+           spec_reader="edgecls.tensorrt_header:read_spec",
            description="TensorRT engine (NVIDIA GPU, DLA)"),
 )}
 

@@ -14,13 +14,14 @@ def atomic_paths(*finals: Path) -> Iterator[list[Path]]:
     """Temporary siblings of `finals` (same folder, same suffix). When the block succeeds
     they are renamed into place, the first one LAST (so e.g. an OpenVINO .xml never points
     at a .bin that is not there yet); when it fails they are removed."""
-    temps = []
-    for final in finals:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}",
-                                   dir=final.parent)
-        os.close(fd)
-        temps.append(Path(tmp))
+    first = finals[0]
+    first.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{first.stem}.", suffix=f".tmp{first.suffix}",
+                               dir=first.parent)
+    os.close(fd)
+    # Companions share the first temp's stem (x.tmp.xml -> x.tmp.bin): tools such as
+    # OpenVINO write and read the pair by swapping the suffix.
+    temps = [Path(tmp)] + [Path(tmp).with_suffix(f.suffix) for f in finals[1:]]
     try:
         yield temps
         for tmp, final in reversed(list(zip(temps, finals))):

@@ -7,6 +7,7 @@ nothing else.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -70,8 +71,9 @@ class ModelSpec:
             raise ArtifactError(f"{source}: its edgecls spec is incomplete ({e})") from None
 
     def derive(self, **changes: Any) -> "ModelSpec":
-        """A copy with some fields changed (used for every derived artifact)."""
-        return dataclasses.replace(self, **changes)
+        """A deep copy with some fields changed (used for every derived artifact), so an
+        exporter filling in its copy's notes or tools never touches the original."""
+        return dataclasses.replace(copy.deepcopy(self), **changes)
 
     # -- convenience ---------------------------------------------------------------------
     def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:

@@ -182,7 +182,7 @@ def _resolve_data(data: Any, spec: ModelSpec) -> ImageSet:
 # -- running ---------------------------------------------------------------------------------
 def parity(artifacts: Sequence[str | Path], data: Any = "photos", reference: Any = None,
            max_drop: float | None = None, limit: int | None = None, out: str | Path | None = None,
-           calib: Any = None, device: str = "cpu", threads: int | None = None,
+           calib: Any = None, device: str | None = None, threads: int | None = None,
            reference_spec: ModelSpec | None = None, progress: bool = True,
            sqnr: bool = True) -> ParityReport:
     from edgecls.runtimes.base import open_session, read_spec

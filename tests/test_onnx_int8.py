@@ -112,11 +112,19 @@ def test_refused_and_unknown_methods(digits_model, digits_data, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_strict_int8_export_fails_loudly_and_writes_nothing(tmp_path):
+def test_strict_int8_export_fails_loudly_and_writes_nothing(tmp_path, photo_files, capsys):
+    import shutil
+
     from edgecls.cli import main
-    out = tmp_path / "effl0.int8.onnx"
+    # a labelled folder whose class folders are ImageNet label names
+    data = tmp_path / "val"
+    for label, photo in (("tabby", "chelsea"), ("espresso", "coffee")):
+        (data / label).mkdir(parents=True)
+        shutil.copy(photo_files[photo], data / label)
+    out_dir = tmp_path / "out"
     # an impossible tolerance: the accuracy "drop" must be at most -100 points
     code = main(["export", "efficientnet_lite0", "--int8", "--calib", "photos", "--calib-size", "16",
-                 "--data", "digits", "--max-drop", "-100", "--strict", "-o", str(out)])
-    assert code in (1, 2)
-    assert not list(tmp_path.iterdir())
+                 "--data", str(data), "--max-drop", "-100", "--strict", "-o", str(out_dir / "e.int8.onnx")])
+    assert code == 1
+    assert "INT8 parity failed" in capsys.readouterr().err
+    assert not out_dir.exists() or not list(out_dir.iterdir())

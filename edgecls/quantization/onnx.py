@@ -34,7 +34,9 @@ HISTOGRAM_MAX_IMAGES = 64
 TARGETS = {
     "cpu": {"activation_type": "QUInt8", "extra": {}},
     "tensorrt": {"activation_type": "QInt8",
-                 "extra": {"ActivationSymmetric": True, "WeightSymmetric": True}},
+                 # TensorRT's ONNX parser rejects int32 bias DequantizeLinear nodes
+                 "extra": {"ActivationSymmetric": True, "WeightSymmetric": True,
+                           "QuantizeBias": False}},
 }
 
 

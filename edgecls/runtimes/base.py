@@ -29,14 +29,15 @@ class Session:
     #: False when the backend object must not be entered by two threads at once
     thread_safe = True
 
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
+    def __init__(self, path: str | Path, device: str | None = None, threads: int | None = None,
                  fallback: bool = False, **options: Any):
         self.path = Path(path)
         if not self.path.is_file():
             raise ArtifactError(f"{self.path}: no such file")
+        self.format = format_for_path(self.path)
+        device = device or self.format.default_device()  # cpu, or auto where there is no cpu
         if device not in DEVICES:
             raise DeviceUnavailableError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
-        self.format = format_for_path(self.path)
         if device not in self.format.devices:
             raise DeviceUnavailableError(f"{self.format.name} artifacts run on "
                                          f"{', '.join(self.format.devices)}, not {device}")
@@ -121,4 +122,4 @@ def read_spec(path: str | Path) -> ModelSpec:
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file")
-    return format_for_path(path).load_runtime().read_spec(path)
+    return format_for_path(path).load_spec_reader()(path)

@@ -1,0 +1,190 @@
+"""OpenVINO session: cpu/gpu/npu/auto -> CPU/GPU/NPU/AUTO, f32 hint for FP32 artifacts.
+
+OpenVINO runs FP32 models in bf16 by default on CPUs that have it, so an FP32 artifact is
+compiled with INFERENCE_PRECISION_HINT=f32 unless `inference_precision="auto"` is asked for;
+what the plugin actually uses is read back into `precision_used`. Infer requests come from
+a pool (one per concurrent caller), so the session is thread-safe; with `hint="throughput"`
+a batch is split into small requests that run in parallel through an AsyncInferQueue.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecls.errors import ArtifactError, DeviceUnavailableError, UnsupportedOptionError
+from edgecls.runtimes.base import Session
+from edgecls.spec import SPEC_KEY, ModelSpec
+
+DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "auto": "AUTO"}
+HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+#: inference_precision option -> OpenVINO element type name (None: the plugin's default)
+PRECISION_HINTS = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16",
+                   "auto": None}
+#: OpenVINO element type -> the precision names edgecls reports
+REPORTED = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "float32": "fp32",
+            "bfloat16": "bf16", "float16": "fp16"}
+#: images per async request in throughput mode
+THROUGHPUT_CHUNK = 1
+
+
+def _core():
+    import openvino as ov
+    return ov.Core()
+
+
+def read_model(core, path: Path):
+    """ov.Model from an .xml whose .bin sits next to it; every failure is an ArtifactError."""
+    weights = path.with_suffix(".bin")
+    if not weights.is_file():
+        raise ArtifactError(f"{path}: its weights file {weights.name} is missing (an OpenVINO "
+                            "IR is an .xml plus a .bin; copy both)")
+    try:
+        return core.read_model(str(path), str(weights))
+    except Exception as e:  # OpenVINO raises RuntimeError with a multi-line C++ trace
+        raise ArtifactError(f"{path}: OpenVINO cannot read it ({_first_line(e)})") from None
+
+
+def _first_line(e: Exception) -> str:
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    # OpenVINO prefixes the useful line with "Exception from src/...cpp:NN:"
+    useful = [l for l in lines if not l.startswith(("Exception from", "Check '"))] or lines
+    return (useful[0] if useful else type(e).__name__)[:300]
+
+
+class OpenVINOSession(Session):
+    backend = "openvino"
+    accepted_options = ("inference_precision", "hint", "config")
+
+    @classmethod
+    def read_spec(cls, path: Path) -> ModelSpec:
+        return spec_of(read_model(_core(), path), path)
+
+    def _open(self, inference_precision: str | None = None, hint: str = "latency",
+              config: dict[str, Any] | None = None) -> None:
+        core = _core()
+        device = self._device(core)
+        model = read_model(core, self.path)
+        settings = {**self._config(inference_precision, hint, device), **(config or {})}
+        try:
+            self._compiled = core.compile_model(model, device, settings)
+        except Exception as e:
+            raise ArtifactError(f"{self.path}: OpenVINO cannot compile it for {device} "
+                                f"({_first_line(e)})") from None
+        self.hint = hint
+        self.precision_used = self._precision_used()
+        self._output = self._compiled.output(0)
+        self._static_batch = self.spec.notes.get("static_batch")
+        # Requests pooled per batch size: a request that alternates shapes reallocates its
+        # buffers (and re-plans a dynamic graph) on every switch.
+        self._requests: dict[int, queue.SimpleQueue] = {}
+        self._async = None
+        self._async_lock = threading.Lock()
+
+    # -- opening -------------------------------------------------------------------------
+    def _device(self, core) -> str:
+        """The OpenVINO device name, or DeviceUnavailableError naming what is present."""
+        wanted = DEVICES[self.device]
+        present = core.available_devices
+        if wanted == "AUTO" or any(d.split(".")[0] == wanted for d in present):
+            return wanted
+        if not self.fallback:
+            raise DeviceUnavailableError(
+                f"OpenVINO has no {wanted} device here (present: {', '.join(present) or 'none'});"
+                f" use --device cpu, install the {wanted} driver, or allow --fallback")
+        self.device_used = "cpu"
+        logging.getLogger("edgecls").warning("OpenVINO %s is absent: running on CPU (--fallback)",
+                                             wanted)
+        return "CPU"
+
+    def _config(self, inference_precision: str | None, hint: str, device: str) -> dict[str, Any]:
+        if hint not in HINTS:
+            raise UnsupportedOptionError(f"hint must be {' or '.join(HINTS)}, not {hint!r}")
+        if inference_precision is None:  # verify FP32 as FP32; let quantized/fp16 run as tuned
+            inference_precision = "f32" if self.spec.precision == "fp32" else "auto"
+        if inference_precision not in PRECISION_HINTS:
+            raise UnsupportedOptionError(f"inference_precision must be one of "
+                                         f"{', '.join(PRECISION_HINTS)}, not {inference_precision!r}")
+        config: dict[str, Any] = {"PERFORMANCE_HINT": HINTS[hint]}
+        if PRECISION_HINTS[inference_precision]:
+            config["INFERENCE_PRECISION_HINT"] = PRECISION_HINTS[inference_precision]
+        if self.threads and device == "CPU":
+            config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        return config
+
+    def _precision_used(self) -> str | None:
+        try:
+            used = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+        except Exception:  # AUTO and some plugins do not report it
+            return self.spec.precision
+        name = REPORTED.get(str(getattr(used, "get_type_name", lambda: used)()), str(used))
+        return f"int8+{name}" if self.spec.precision == "int8" else name
+
+    # -- running -------------------------------------------------------------------------
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        if self._static_batch:
+            return self._run_static(batch, int(self._static_batch))
+        if self.hint == "throughput" and len(batch) > THROUGHPUT_CHUNK:
+            return self._run_async(batch)
+        return self._infer(batch)
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        pool = self._requests.setdefault(len(batch), queue.SimpleQueue())
+        try:
+            request = pool.get_nowait()
+        except queue.Empty:
+            request = self._compiled.create_infer_request()
+        try:
+            return request.infer({0: batch})[self._output].copy()
+        finally:
+            pool.put(request)
+
+    def _run_async(self, batch: np.ndarray) -> np.ndarray:
+        """Small requests in parallel: what the THROUGHPUT hint's streams are for."""
+        from openvino import AsyncInferQueue
+
+        chunks = range(0, len(batch), THROUGHPUT_CHUNK)
+        out: list[np.ndarray | None] = [None] * len(chunks)
+
+        def done(request, index):
+            out[index] = request.get_output_tensor(0).data.copy()
+
+        with self._async_lock:  # one queue, one big batch at a time: it already fills the CPU
+            if self._async is None:
+                self._async = AsyncInferQueue(self._compiled)
+            self._async.set_callback(done)
+            for i, start in enumerate(chunks):
+                self._async.start_async({0: batch[start:start + THROUGHPUT_CHUNK]}, i)
+            self._async.wait_all()
+        return np.concatenate(out)
+
+    def _run_static(self, batch: np.ndarray, size: int) -> np.ndarray:
+        """A fixed-batch IR: run full chunks, pad the last one, drop the padding."""
+        outs = []
+        for start in range(0, len(batch), size):
+            chunk = batch[start:start + size]
+            pad = size - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+            outs.append(self._infer(chunk)[:size - pad])
+        return np.concatenate(outs)
+
+    def _close(self) -> None:
+        self._compiled = None
+        self._async = None
+        self._requests = {}
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "hint": self.hint,
+                "exported_from": self.spec.exported_from}
+
+
+def spec_of(model, path: Path) -> ModelSpec:
+    if not model.has_rt_info(SPEC_KEY):
+        raise ArtifactError(f"{path}: an OpenVINO IR without an edgecls spec; export it with "
+                            "`edgecls export --to openvino`")
+    return ModelSpec.from_json(model.get_rt_info(SPEC_KEY).astype(str), str(path))

@@ -1,0 +1,145 @@
+"""The edgecls TensorRT artifact: one .engine file = a small header + the serialized engine.
+
+    offset 0   12 bytes  MAGIC  b"EDGECLS-TRT\\x00"
+    offset 12   4 bytes  header version, uint32 little-endian (HEADER_VERSION)
+    offset 16   8 bytes  n = length of the spec, uint64 little-endian
+    offset 24   n bytes  the ModelSpec as UTF-8 JSON (ModelSpec.to_json())
+    offset 24+n          the serialized TensorRT engine, to the end of the file
+
+A TensorRT plan has no metadata slot, so the spec travels in front of it and
+`Classifier("model.engine")` needs nothing else. The spec records the engine's size and a
+short sha256 (notes["engine_size"], notes["engine_sha256"]), so a truncated copy is caught
+here, in pure Python, before TensorRT sees it.
+
+Pure Python (no TensorRT, no numpy): `edgecls info` / `read_spec` work on any machine.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+from edgecls.errors import ArtifactError
+from edgecls.spec import ModelSpec
+
+MAGIC = b"EDGECLS-TRT\x00"
+HEADER_VERSION = 1
+_FIXED = struct.Struct("<IQ")           # version, spec length
+HEADER_SIZE = len(MAGIC) + _FIXED.size  # 24 bytes before the spec JSON
+SHA_CHARS = 16
+
+
+def engine_digest(engine: bytes | memoryview) -> str:
+    return hashlib.sha256(engine).hexdigest()[:SHA_CHARS]
+
+
+def pack(spec: ModelSpec, engine: bytes | memoryview) -> bytes:
+    """Header + engine. Records the engine's size and digest in the spec first."""
+    if not len(engine):
+        raise ArtifactError(f"{spec.name}: TensorRT produced an empty engine")
+    spec.notes["engine_size"] = len(engine)
+    spec.notes["engine_sha256"] = engine_digest(engine)
+    text = spec.to_json().encode("utf-8")
+    return MAGIC + _FIXED.pack(HEADER_VERSION, len(text)) + text + bytes(engine)
+
+
+def write_engine(path: str | Path, spec: ModelSpec, engine: bytes | memoryview) -> Path:
+    path = Path(path)
+    path.write_bytes(pack(spec, engine))
+    return path
+
+
+def wrap_engine(raw: str | Path, spec: ModelSpec, out: str | Path,
+                tensorrt_version: str | None = None) -> Path:
+    """Give a raw TensorRT engine built elsewhere (trtexec, Polygraphy) an edgecls spec.
+
+    The spec must describe the engine's input (size, layout, normalisation). Pass the
+    TensorRT version it was built with so the runtime can say so when it does not match."""
+    data = Path(raw).read_bytes()
+    if data.startswith(MAGIC):
+        raise ArtifactError(f"{raw}: already an edgecls engine (it has a spec)")
+    spec = spec.derive(format="tensorrt", tools=dict(spec.tools), notes=dict(spec.notes))
+    if tensorrt_version:
+        spec.tools["tensorrt"] = tensorrt_version
+    spec.notes.setdefault("engine_origin", f"wrapped raw engine {Path(raw).name}")
+    return write_engine(out, spec, data)
+
+
+def _read_header(path: Path) -> tuple[ModelSpec, int, int]:
+    """(spec, offset of the engine, file size); every malformed case is an ArtifactError."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(HEADER_SIZE)
+            if head[:len(MAGIC)] != MAGIC:
+                if len(head) < len(MAGIC) and MAGIC.startswith(head):
+                    raise ArtifactError(f"{path}: truncated ({size} bytes, not even an edgecls "
+                                        "TensorRT header)")
+                raise ArtifactError(
+                    f"{path}: a TensorRT engine without an edgecls header (built elsewhere?), "
+                    "so its preprocessing and labels are unknown; export it with `edgecls "
+                    "export --to tensorrt`, or give it a spec with "
+                    "edgecls.tensorrt_header.wrap_engine(path, spec, out)")
+            if len(head) < HEADER_SIZE:
+                raise ArtifactError(f"{path}: truncated inside the edgecls TensorRT header "
+                                    f"({size} of {HEADER_SIZE} bytes)")
+            version, n = _FIXED.unpack(head[len(MAGIC):])
+            if version > HEADER_VERSION:
+                raise ArtifactError(f"{path}: written by a newer edgecls (TensorRT header version "
+                                    f"{version}, this one reads {HEADER_VERSION}); upgrade edgecls")
+            if version < 1:
+                raise ArtifactError(f"{path}: invalid edgecls TensorRT header (version {version})")
+            if HEADER_SIZE + n > size:
+                raise ArtifactError(f"{path}: truncated: the header announces a {n}-byte spec but "
+                                    f"only {size - HEADER_SIZE} bytes follow it")
+            raw = f.read(n)
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot read it ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+        data = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ArtifactError(f"{path}: its edgecls spec is not valid JSON "
+                            f"({str(e).splitlines()[0][:200]})") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path}: its edgecls spec is not a JSON object "
+                            f"(found {type(data).__name__})")
+    spec = ModelSpec.from_json(text, str(path))
+    offset = HEADER_SIZE + n
+    expected = spec.notes.get("engine_size")
+    if offset == size:
+        raise ArtifactError(f"{path}: truncated: the spec is there but the engine is missing")
+    if isinstance(expected, int) and size - offset != expected:
+        what = "truncated" if size - offset < expected else "corrupt (trailing bytes)"
+        raise ArtifactError(f"{path}: {what}: the engine should be {expected} bytes, "
+                            f"the file holds {size - offset}")
+    return spec, offset, size
+
+
+def read_spec(path: str | Path) -> ModelSpec:
+    """The ModelSpec of an edgecls .engine file, without TensorRT."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such file")
+    return _read_header(path)[0]
+
+
+def read_engine(path: str | Path) -> tuple[ModelSpec, bytes]:
+    """The spec and the serialized engine bytes, checked against the recorded digest."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such file")
+    spec, offset, _ = _read_header(path)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        engine = f.read()
+    digest = spec.notes.get("engine_sha256")
+    if digest and engine_digest(engine) != digest:
+        raise ArtifactError(f"{path}: corrupt: the engine bytes do not match the digest in its "
+                            "spec")
+    return spec, engine
+
+
+__all__ = ["MAGIC", "HEADER_VERSION", "HEADER_SIZE", "pack", "write_engine", "wrap_engine",
+           "read_spec", "read_engine", "engine_digest"]

@@ -1,0 +1,307 @@
+"""OpenVINO backend: IR export (FP32/FP16/INT8, static batch, baked preprocessing), the spec in
+rt_info, the session (devices, precision hint, throughput, threads) and bad artifacts.
+
+Real models and data only: the digits CNN trained in the session and the real
+EfficientNet-Lite0 on the bundled photos. Most IRs are made by the OpenVINO exporter from
+the session's ONNX file (what edgecls.exporting does, minus re-exporting the ONNX each time);
+the edgecls.exporting.export path itself is tested for the atomic write and its failures.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+from edgecls.errors import ArtifactError, DeviceUnavailableError, UnsupportedOptionError  # noqa: E402
+from edgecls.spec import SPEC_KEY  # noqa: E402
+
+
+# -- helpers -------------------------------------------------------------------------------
+def make_ir(model, spec, onnx_path: Path, out: Path, precision="fp32", calib=None, **options):
+    """The OpenVINO exporter on a source whose FP32 ONNX file already exists."""
+    from edgecls.calibration.datasets import CalibrationSet
+    from edgecls.exporters.onnx import DEFAULT_OPSET
+    from edgecls.exporters.openvino import export
+    from edgecls.exporting import ExportSource
+
+    source = ExportSource(model, spec, out.parent, onnx_opset=DEFAULT_OPSET, _onnx=onnx_path)
+    calibration = CalibrationSet.from_source(calib, spec) if calib is not None else None
+    derived = spec.derive(format="openvino", precision=precision, tools=dict(spec.tools),
+                          notes=dict(spec.notes))
+    return export(source, derived, out, precision=precision, calibration=calibration,
+                  options=options)
+
+
+def logits(path, crops, **kwargs):
+    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.runtimes.base import open_session
+    with open_session(path, **kwargs) as s:
+        return s.run(to_model_input(crops, s.spec))
+
+
+# -- fixtures ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits_val(digits_model, digits_data):
+    """Validation crops, labels and the torch model's logits on them."""
+    import torch
+
+    from edgecls.calibration.preprocess import to_model_input
+    model, spec = digits_model
+    _, _, val, _ = digits_data
+    crops = val.crops(spec)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(to_model_input(crops, spec))).numpy()
+    return crops, val.labels(), ref
+
+
+@pytest.fixture(scope="module")
+def irs(digits_model, digits_onnx, digits_data, tmp_path_factory):
+    """The digits IRs: fp32, fp16, int8, baked fp32, static-batch fp32."""
+    model, spec = digits_model
+    _, calib, _, _ = digits_data
+    folder = tmp_path_factory.mktemp("ov")
+    return {
+        "fp32": make_ir(model, spec, digits_onnx, folder / "fp32.xml"),
+        "fp16": make_ir(model, spec, digits_onnx, folder / "fp16.xml", "fp16"),
+        "int8": make_ir(model, spec, digits_onnx, folder / "int8.xml", "int8", calib=calib),
+        "baked": make_ir(model, spec, digits_onnx, folder / "baked.xml", bake_preprocessing=True),
+        "static": make_ir(model, spec, digits_onnx, folder / "static.xml", static_batch=4),
+    }
+
+
+def accuracy(scores, labels) -> float:
+    return float((scores.argmax(1) == labels).mean())
+
+
+# -- accuracy ------------------------------------------------------------------------------
+def test_fp32_fp16_int8_keep_the_torch_accuracy(irs, digits_val):
+    crops, labels, ref = digits_val
+    torch_acc = accuracy(ref, labels)
+    got = {p: logits(irs[p], crops) for p in ("fp32", "fp16", "int8")}
+    acc = {p: accuracy(v, labels) for p, v in got.items()}
+    assert torch_acc > 0.9
+    assert abs(acc["fp32"] - torch_acc) <= 0.0025, (acc, torch_acc)
+    assert np.abs(got["fp32"] - ref).max() <= 1e-3 * max(1.0, np.abs(ref).max())
+    assert abs(acc["fp16"] - torch_acc) <= 0.005, (acc, torch_acc)
+    assert acc["fp32"] - acc["int8"] <= 0.01, acc
+
+
+def test_int8_is_really_quantized_and_recorded(irs):
+    import openvino as ov
+
+    from edgecls.runtimes.base import read_spec
+    spec = read_spec(irs["int8"])
+    q = spec.quantization
+    assert spec.precision == "int8" and q["method"] == "nncf-ptq" and q["preset"] == "performance"
+    assert q["calibration_source"] == "digits" and q["calibration_size"] == 200
+    assert len(q["calibration_hash"]) == 16 and q["kept_in_float"] == []
+    types = {op.get_type_name() for op in ov.Core().read_model(str(irs["int8"])).get_ops()}
+    assert "FakeQuantize" in types
+
+
+def test_fp16_weights_are_compressed(irs):
+    assert irs["fp16"].with_suffix(".bin").stat().st_size < \
+        0.6 * irs["fp32"].with_suffix(".bin").stat().st_size
+
+
+def test_efficientnet_lite0_ir_agrees_with_torch_on_photos(effl0_onnx, photo_files, tmp_path):
+    import torch
+
+    from edgecls import zoo
+    from edgecls.calibration.preprocess import crop_batch, to_model_input
+    model, spec = zoo.build("efficientnet_lite0", "pretrained", None, None)
+    xml = make_ir(model, spec, effl0_onnx, tmp_path / "effl0.xml")
+    crops = crop_batch(list(photo_files.values()), spec)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(to_model_input(crops, spec))).numpy()
+    got = logits(xml, crops)
+    onnx = logits(effl0_onnx, crops)
+    assert (got.argmax(1) == ref.argmax(1)).all()
+    assert (got.argmax(1) == onnx.argmax(1)).all()
+    assert np.abs(got - ref).max() < 1e-3 * np.abs(ref).max()
+    from edgecls.classifier import Classifier
+    with Classifier(xml) as clf:  # decoding + preprocessing through the public API
+        top = [preds[0].index for preds in clf.predict(list(photo_files.values()))]
+    assert top == list(ref.argmax(1))
+
+
+# -- accuracy control, ignored scope, options --------------------------------------------
+def test_accuracy_control_and_ignored_scope(digits_model, digits_onnx, digits_data, tmp_path):
+    import openvino as ov
+
+    from edgecls.calibration.datasets import ImageSet
+    from edgecls.runtimes.base import read_spec
+    model, spec = digits_model
+    _, calib, _, _ = digits_data
+    fp32 = ov.convert_model(str(digits_onnx))
+    conv = next(op.get_friendly_name() for op in fp32.get_ordered_ops()
+                if op.get_type_name() == "Convolution")
+    xml = make_ir(model, spec, digits_onnx, tmp_path / "ac.xml", "int8", calib=calib,
+                  max_drop=0.5, data="digits", ignored_scope=[conv], preset="mixed")
+    q = read_spec(xml).quantization
+    assert q["method"] == "nncf-ptq-accuracy-control" and q["max_drop"] == 0.5
+    assert q["preset"] == "mixed" and conv in q["kept_in_float"]
+    # the validation subset excludes every calibration image
+    val = ImageSet.load("digits").subset(q["validation_size"], exclude=calib)
+    assert not val.keys() & calib.keys() and val.digest() == q["validation_hash"]
+
+
+def test_options_that_make_no_sense_are_refused(digits_model, tmp_path):
+    from edgecls.exporting import export
+    model, spec = digits_model
+    for precision, options in (("fp32", {"preset": "mixed"}), ("fp16", {"ignored_scope": ["x"]}),
+                               ("fp32", {"data": "digits"}), ("int8", {"preset": "fastest"}),
+                               ("int8", {"calib_method": "entropy"})):
+        with pytest.raises(UnsupportedOptionError):
+            export(model, to="openvino", out=tmp_path / "x.xml", spec=spec, precision=precision,
+                   calib="digits", calib_size=32, options=options)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- exporting.export: atomic pair, nothing left behind -----------------------------------
+def test_export_writes_the_pair_or_nothing(digits_model, digits_val, tmp_path):
+    from edgecls.exporting import export
+    from edgecls.runtimes.base import read_spec
+    model, spec = digits_model
+    with pytest.raises(UnsupportedOptionError):  # fails after conversion, before saving
+        export(model, to="openvino", out=tmp_path / "bad.int8.xml", spec=spec, precision="int8",
+               calib="digits", calib_size=32, options={"ignored_scope": ["no-such-op"]})
+    assert list(tmp_path.iterdir()) == []
+    out = export(model, to="openvino", out=tmp_path / "d.xml", spec=spec)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.bin", "d.xml"]
+    assert read_spec(out).exported_from == "onnx"
+    crops, labels, ref = digits_val
+    assert (logits(out, crops).argmax(1) == ref.argmax(1)).all()
+
+
+# -- rt_info, baked preprocessing, static batch ------------------------------------------
+def test_spec_round_trips_through_rt_info(irs, digits_model):
+    import openvino as ov
+
+    from edgecls.runtimes.base import read_spec
+    _, spec = digits_model
+    raw = ov.Core().read_model(str(irs["fp32"])).get_rt_info(SPEC_KEY).astype(str)
+    got = read_spec(irs["fp32"])
+    assert json.loads(raw) == json.loads(got.to_json())
+    assert got.derive(format="torch", tools={}, exported_from=None) == spec.derive(tools={})
+    assert got.format == "openvino" and got.tools["openvino"]
+
+
+def test_baked_preprocessing_matches_the_plain_ir(irs, digits_val):
+    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.runtimes.base import open_session, read_spec
+    crops, _, _ = digits_val
+    spec = read_spec(irs["baked"])
+    assert (spec.normalization_in_graph, spec.layout, spec.input_dtype) == (True, "NHWC", "uint8")
+    assert to_model_input(crops[:2], spec).dtype == np.uint8
+    baked, plain = logits(irs["baked"], crops), logits(irs["fp32"], crops)
+    assert (baked.argmax(1) == plain.argmax(1)).all()
+    assert np.abs(baked - plain).max() < 1e-4 * max(1.0, np.abs(plain).max())
+    with open_session(irs["baked"]) as s, pytest.raises(ValueError, match="uint8"):
+        s.run(to_model_input(crops[:2], spec).astype(np.float32))
+
+
+def test_static_batch_runs_any_batch_size(irs, digits_val):
+    from edgecls.runtimes.base import read_spec
+    crops, _, _ = digits_val
+    assert read_spec(irs["static"]).notes["static_batch"] == 4
+    np.testing.assert_allclose(logits(irs["static"], crops[:7]), logits(irs["fp32"], crops[:7]),
+                               atol=1e-4)
+
+
+# -- the session ---------------------------------------------------------------------------
+def test_precision_hint(irs):
+    import openvino as ov
+
+    from edgecls.runtimes.base import open_session
+    with open_session(irs["fp32"]) as s:
+        assert s.precision_used == "fp32"
+    default = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+    with open_session(irs["fp32"], inference_precision="auto") as s:
+        assert s.precision_used == {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(default, default)
+    with open_session(irs["int8"]) as s:
+        assert s.precision_used.startswith("int8+")
+    with pytest.raises(UnsupportedOptionError):
+        open_session(irs["fp32"], inference_precision="int4")
+
+
+def test_absent_devices_are_errors_that_list_what_is_present(irs):
+    import openvino as ov
+
+    from edgecls.runtimes.base import open_session
+    present = ov.Core().available_devices
+    for device in ("gpu", "npu"):
+        if any(d.startswith(device.upper()) for d in present):
+            continue
+        with pytest.raises(DeviceUnavailableError, match="present: .*CPU"):
+            open_session(irs["fp32"], device=device)
+        with open_session(irs["fp32"], device=device, fallback=True) as s:
+            assert s.device_used == "cpu"
+    with open_session(irs["fp32"], device="auto") as s:
+        assert s.run(np.zeros(s.spec.input_shape(2), np.float32)).shape == (2, 10)
+
+
+def test_throughput_hint_threads_and_concurrency(irs, digits_val):
+    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.runtimes.base import open_session
+    crops, _, _ = digits_val
+    base = logits(irs["fp32"], crops[:16])
+    with open_session(irs["fp32"], hint="throughput", threads=2) as s:
+        np.testing.assert_allclose(s.run(to_model_input(crops[:16], s.spec)), base, atol=1e-5)
+        results, errors = [None] * 4, []
+
+        def work(i):
+            try:
+                results[i] = s.run(to_model_input(crops[i * 4:i * 4 + 4], s.spec))
+            except Exception as e:  # surfaced below
+                errors.append(e)
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors
+    np.testing.assert_allclose(np.concatenate(results), base, atol=1e-5)
+
+
+# -- bad artifacts and the CLI ------------------------------------------------------------
+@pytest.fixture
+def bad_irs(irs, tmp_path):
+    xml, bin_ = irs["fp32"].read_bytes(), irs["fp32"].with_suffix(".bin").read_bytes()
+    cases = {"truncated_xml": (xml[:len(xml) // 2], bin_), "truncated_bin": (xml, bin_[:len(bin_) // 2]),
+             "missing_bin": (xml, None), "not_an_ir": (b"hello, not xml", bin_),
+             "no_spec": (xml.replace(SPEC_KEY.encode(), b"other.key"), bin_)}
+    for name, (x, b) in cases.items():
+        (tmp_path / f"{name}.xml").write_bytes(x)
+        if b is not None:
+            (tmp_path / f"{name}.bin").write_bytes(b)
+    return [tmp_path / f"{name}.xml" for name in cases]
+
+
+def test_corrupt_artifacts_are_one_line_artifact_errors(bad_irs, capsys):
+    from edgecls.cli import main
+    from edgecls.runtimes.base import open_session, read_spec
+    for path in bad_irs:
+        with pytest.raises(ArtifactError) as e:
+            read_spec(path)
+        assert "\n" not in str(e.value) and str(path) in str(e.value)
+        with pytest.raises(ArtifactError):
+            open_session(path)
+        assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("edgecls: error:") == len(bad_irs)
+
+
+def test_cli_info_and_predict(irs, photo_files, capsys):
+    from edgecls.cli import main
+    assert main(["info", "--json", str(irs["int8"])]) == 0
+    assert json.loads(capsys.readouterr().out)["precision"] == "int8"
+    assert main(["predict", str(irs["baked"]), str(photo_files["chelsea"]), "--json"]) == 0
+    preds = json.loads(capsys.readouterr().out)
+    assert len(next(iter(preds.values()))) == 5
