@@ -51,7 +51,7 @@ class Classifier:
 
     def predict(self, images: Any, topk: int | None = None):
         """Top-k predictions: a list for one image, a list of lists for several."""
-        k = topk or self.topk
+        k = self.topk if topk is None else topk
         probs = self.probabilities(images)
         results = [self._top(p, k) for p in probs]
         return results if _is_many(images) else results[0]

@@ -217,9 +217,12 @@ def _add_runtime_args(s: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from rich.logging import RichHandler
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
+    # edgecls speaks at INFO; the libraries it drives (torch.onnx, onnxscript, ORT's
+    # quantizer, NNCF) only get through with warnings and errors
+    logging.basicConfig(level=logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(show_time=False, show_path=False,
                                               console=_stderr_console())])
+    logging.getLogger("edgecls").setLevel(logging.WARNING if args.quiet else logging.INFO)
     try:
         return args.func(args)
     except EdgeclsError as e:

@@ -197,20 +197,15 @@ def check_against_torch(path: Path, model: Any, spec: ModelSpec, pixels: np.ndar
     from edgecls.formats import format_for_path
     with open_session(path, device=format_for_path(path).default_device()) as session:
         got = session.run(to_model_input(pixels, session.spec))
+        artifact_precision = session.spec.precision if session.spec.precision in TOLERANCE else "fp32"
     max_abs = float(np.abs(got - ref).max())
     scale = max(1.0, float(np.abs(ref).max()))
     precision = spec.precision if spec.precision in TOLERANCE else "fp32"
     if tolerance is None:
         tolerance = MODEL_TOLERANCE.get(spec.name, TOLERANCE[precision])
-        tolerance = max(tolerance, TOLERANCE[_session_precision(path)])
+        tolerance = max(tolerance, TOLERANCE[artifact_precision])
     agreement = float((got.argmax(1) == ref.argmax(1)).mean())
     return CheckResult(max_abs, max_abs / scale, agreement, len(pixels), tolerance)
-
-
-def _session_precision(path: Path) -> str:
-    from edgecls.runtimes.base import read_spec
-    p = read_spec(path).precision
-    return p if p in TOLERANCE else "fp32"
 
 
 def report_check(result: CheckResult, spec: ModelSpec) -> None:

@@ -40,7 +40,10 @@ def load_rgb(image: Any) -> np.ndarray:
         return _normalise_array(image, "array")
     if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image, without importing PIL
         from PIL import ImageOps
-        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+        image = ImageOps.exif_transpose(image)
+        if image.mode.startswith("I;16"):  # convert("RGB") would clip, not scale, 16-bit
+            return _normalise_array(np.asarray(image).astype(np.uint16), "PIL image")
+        return np.asarray(image.convert("RGB"))
     raise ImageReadError(f"cannot use {type(image).__name__} as an image: pass a path, bytes, "
                          "a PIL image or an HxWx3 uint8 RGB array")
 

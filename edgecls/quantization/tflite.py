@@ -61,12 +61,31 @@ def quantize_int8(float_model: bytes, samples: Iterable[np.ndarray],
     data = [{name: np.ascontiguousarray(s[None], np.float32)} for s in samples]
     if not data:
         raise ValueError("no calibration samples")
-    qsv = qt.calibrate({key: data}, num_threads=1)
+    qsv = _calibrate_global_min_max(qt, key, data)
     result = qt.quantize(qsv, enable_progress_report=False)
     facts = {"method": "static", "tool": "ai-edge-quantizer", "algorithm": "min_max",
              "weights": "int8 symmetric per-channel", "activations": "int8 asymmetric per-tensor",
              "io": int8_io or "float32", "calibration_samples": len(data)}
     return bytes(result.quantized_model), facts
+
+
+def _calibrate_global_min_max(qt, key: str, data: list[dict[str, np.ndarray]]) -> dict:
+    """Activation ranges = min/max over the whole calibration set.
+
+    ai-edge-quantizer's own calibrate() folds samples in with a moving average (weight 0.95
+    on the past), which keeps roughly the last ~20 samples' ranges and clips the rest:
+    measured on EfficientNet-Lite0 with the photo crops, top-1 agreement with FP32 went from
+    68.5% to 92.6% (KL 0.154 -> 0.018) with global min/max, which is what ONNX Runtime and NNCF use. So each
+    sample is calibrated on its own (public API) and the ranges are merged here."""
+    merged: dict[str, dict[str, Any]] = {}
+    for sample in data:
+        for tensor, qsv in qt.calibrate({key: [sample]}, num_threads=1).items():
+            if tensor not in merged or not merged[tensor]:
+                merged[tensor] = dict(qsv)
+            elif qsv:
+                merged[tensor]["min"] = np.minimum(merged[tensor]["min"], qsv["min"])
+                merged[tensor]["max"] = np.maximum(merged[tensor]["max"], qsv["max"])
+    return merged
 
 
 def quantize_fp16(float_model: bytes) -> bytes:

@@ -49,7 +49,10 @@ class OnnxRuntimeSession(Session):
     @classmethod
     def read_spec(cls, path: Path) -> ModelSpec:
         ort = _ort()
-        sess = _inference_session(ort, path, ort.SessionOptions(), ["CPUExecutionProvider"])
+        # only the metadata is wanted: skip graph optimisation, the costly part of a load
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = _inference_session(ort, path, options, ["CPUExecutionProvider"])
         meta = sess.get_modelmeta().custom_metadata_map
         if SPEC_KEY not in meta:
             raise ArtifactError(f"{path}: an ONNX model without an edgecls spec; export it with "

@@ -1,0 +1,204 @@
+"""The zoo and the ONNX exporter on real pictures.
+
+* EfficientNet-Lite0 with its real ImageNet weights names the bundled photos sensibly, in
+  PyTorch and in ONNX Runtime alike.
+* The digits CNN trained in the session is accurate, and its ONNX export keeps it.
+* Every zoo name builds (random weights: no others install offline), exports to ONNX and
+  reproduces PyTorch in ONNX Runtime - after re-estimating BatchNorm statistics on real photo
+  crops, so the outputs are those of a working network rather than of a degenerate one.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from edgecls import zoo
+
+CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat"}
+COFFEE_CLASSES = {"espresso", "cup", "coffee mug"}
+
+
+# -- EfficientNet-Lite0, real weights --------------------------------------------------------
+@pytest.fixture(scope="module")
+def effl0_torch():
+    return zoo.build("efficientnet_lite0")
+
+
+def _torch_top1(model, spec, files):
+    import torch
+
+    from edgecls.calibration.preprocess import preprocess
+    with torch.no_grad():
+        logits = model(torch.from_numpy(preprocess(files, spec))).numpy()
+    return logits
+
+
+def test_efficientnet_lite0_names_the_photos(effl0_torch, effl0_onnx, photo_files):
+    from edgecls.classifier import Classifier
+    model, spec = effl0_torch
+    assert spec.weights.startswith("pretrained") and spec.trained
+    assert spec.num_classes == 1000 and spec.labels[281] == "tabby"
+    names = sorted(photo_files)
+    files = [photo_files[n] for n in names]
+    torch_logits = _torch_top1(model, spec, files)
+    torch_top1 = {n: spec.labels[i] for n, i in zip(names, torch_logits.argmax(1))}
+    with Classifier(effl0_onnx) as clf:
+        assert clf.spec.labels == spec.labels
+        preds = clf.predict(files, topk=5)
+        onnx_logits = clf.session.run(__import__("edgecls.calibration.preprocess",
+                                                 fromlist=["x"]).preprocess(files, clf.spec))
+    onnx_top1 = {n: p[0].label for n, p in zip(names, preds)}
+    # the photos are what they are, in both runtimes
+    for top1 in (torch_top1, onnx_top1):
+        assert top1["chelsea"] in CAT_CLASSES, top1
+        assert top1["coffee"] in COFFEE_CLASSES, top1
+    onnx_by_name = dict(zip(names, preds))
+    assert onnx_by_name["chelsea"][0].score > 0.2
+    assert onnx_by_name["coffee"][0].score > 0.2
+    # ONNX agrees with PyTorch on every photo, and the logits are close
+    assert onnx_top1 == torch_top1
+    assert np.abs(onnx_logits - torch_logits).max() <= 1e-3 * max(1.0, np.abs(torch_logits).max())
+    # several different answers across the photos: the network is not stuck on one class
+    assert len(set(torch_top1.values())) >= 5, torch_top1
+
+
+def test_efficientnet_lite0_spec_travels_in_the_artifact(effl0_onnx, effl0_torch):
+    from edgecls.runtimes.base import read_spec
+    _, spec = effl0_torch
+    got = read_spec(effl0_onnx)
+    assert got.format == "onnx" and got.precision == "fp32"
+    assert got.input_size == spec.input_size == (224, 224)
+    assert got.mean == spec.mean and got.std == spec.std
+    assert got.interpolation == spec.interpolation
+    assert got.weights == spec.weights and got.trained
+    assert "onnx" in got.tools and "torch" in got.tools
+
+
+# -- the digits model -------------------------------------------------------------------------
+def test_digits_model_accuracy_and_onnx_agreement(digits_model, digits_data, digits_onnx):
+    import torch
+
+    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.classifier import Classifier
+    model, spec = digits_model
+    _, _, val, _ = digits_data
+    assert len(val) == 400 and val.labelled
+    crops = val.crops(spec)
+    with torch.no_grad():
+        torch_pred = model(torch.from_numpy(to_model_input(crops, spec))).argmax(1).numpy()
+    labels = val.labels()
+    acc = float((torch_pred == labels).mean())
+    assert acc > 0.9, acc
+    with Classifier(digits_onnx) as clf:
+        onnx_pred = clf.probabilities(crops).argmax(1)
+    assert float((onnx_pred == torch_pred).mean()) >= 0.995
+    assert float((onnx_pred == labels).mean()) > 0.9
+
+
+# -- the whole zoo ------------------------------------------------------------------------------
+# The big ones run at a smaller input on CI's two cores; every torchvision classifier ends in
+# adaptive pooling, so the graph is the same, only the spatial size shrinks.
+SMALL_INPUT = {**{n: 112 for n in ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16",
+                                   "vgg16_bn", "vgg19", "vgg19_bn")},
+               "resnet152": 128, "densenet161": 128, "densenet169": 128, "densenet201": 128,
+               "resnext101_32x8d": 128, "efficientnet_b3": 160, "inception_v3": 139}
+BN_IMAGES, BN_BATCH = 24, 12
+TIMINGS: dict[str, tuple[float, float]] = {}     # name -> (wall, CPU) seconds
+
+
+def _recalibrate_batchnorm(model, spec, crops) -> int:
+    """Re-estimate BatchNorm running statistics on real photo crops (cumulative average)."""
+    import torch
+
+    from edgecls.calibration.preprocess import to_model_input
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    x = torch.from_numpy(to_model_input(crops, spec))
+    model.train()
+    with torch.no_grad():
+        for batch in x.split(BN_BATCH):
+            model(batch)
+    model.eval()
+    return len(bns)
+
+
+@pytest.fixture(scope="module")
+def photo_set():
+    from edgecls.calibration.datasets import photos
+    full = photos()
+    assert len(full) >= 100
+    return full.subset(BN_IMAGES, seed=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_timings():
+    yield
+    if TIMINGS:
+        print("\nzoo export timings, wall/CPU seconds: "
+              + ", ".join(f"{k} {w:.1f}/{c:.1f}" for k, (w, c) in TIMINGS.items())
+              + f"; total {sum(w for w, _ in TIMINGS.values()):.0f}"
+              f"/{sum(c for _, c in TIMINGS.values()):.0f}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [e.name for e in zoo.list_models()])
+def test_zoo_model_exports_and_matches_torch(name, photo_set, tmp_path):
+    import torch
+
+    from edgecls.calibration.preprocess import preprocess, to_model_input
+    from edgecls.classifier import Classifier
+    from edgecls.exporting import check_against_torch, export
+
+    torch.manual_seed(0)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    model, spec = zoo.build(name, weights="none")
+    assert spec.name == name and spec.num_classes == 1000 and len(spec.labels) == 1000
+    assert spec.weights == "none" and not spec.trained
+    entry = zoo.get_entry(name)
+    assert spec.input_size == (entry.input_size, entry.input_size), spec.input_size
+    if name in SMALL_INPUT:
+        s = SMALL_INPUT[name]
+        spec = spec.derive(input_size=(s, s), resize=round(s * spec.resize / spec.input_size[0]))
+    crops = photo_set.crops(spec)
+    n_bn = _recalibrate_batchnorm(model, spec, crops)
+    assert not model.training
+
+    out = tmp_path / f"{name}.onnx"
+    assert export(model, to="onnx", out=out, spec=spec) == out    # raises ExportMismatchError
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+    # the check, on real photo crops this time
+    result = check_against_torch(out, model, spec, pixels=crops[:8])
+    assert result.ok, result
+    assert result.n == 8 and result.agreement == 1.0
+
+    # and on our own terms, through the Classifier (which reads the artifact with nothing
+    # else): logits relative to their real scale, not floored at 1
+    with torch.no_grad():
+        ref = model(torch.from_numpy(to_model_input(crops[:8], spec))).numpy()
+    with Classifier(out, topk=3) as clf:
+        assert clf.spec.name == name and clf.spec.input_size == spec.input_size
+        got = clf.session.run(to_model_input(crops[:8], clf.spec))
+        photos = [item.rgb() for item in photo_set.items[:3]]
+        preds = clf.predict(photos)
+    scale = float(np.abs(ref).max())
+    # not degenerate: logits are finite, not all equal, and differ between photos
+    assert np.isfinite(ref).all() and scale > 0
+    assert ref.std(axis=1).min() > 1e-3 * scale
+    assert np.abs(ref - ref.mean(axis=0)).max() > 1e-3 * scale
+    assert np.abs(got - ref).max() <= 5e-3 * scale, (np.abs(got - ref).max(), scale)
+    assert (got.argmax(1) == ref.argmax(1)).all()
+    if n_bn:
+        bn = next(m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+        assert int(bn.num_batches_tracked) == -(-len(crops) // BN_BATCH)
+    # the Classifier's own preprocessing of whole photos agrees with PyTorch's top-1
+    with torch.no_grad():
+        ref_photos = model(torch.from_numpy(preprocess(photos, spec))).numpy()
+    assert [p[0].index for p in preds] == list(ref_photos.argmax(1))
+    TIMINGS[name] = (time.perf_counter() - start, time.process_time() - cpu_start)
+    print(f" [{name} {spec.input_size[0]}px: {TIMINGS[name][0]:.1f}s wall, "
+          f"{TIMINGS[name][1]:.1f}s CPU]", end="")
