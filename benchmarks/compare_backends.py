@@ -1,4 +1,4 @@
-"""ONNX Runtime vs OpenVINO, FP32 and INT8, on the same CPU in one interleaved run.
+"""ONNX Runtime vs OpenVINO vs TFLite, FP32 and INT8, on the same CPU in one interleaved run.
 
     python benchmarks/compare_backends.py --seconds 5 --threads 2 --out out/bench
 
@@ -8,8 +8,7 @@ against ONNX Runtime FP32 stay meaningful on a busy machine.
 
 A backend is a row of BACKENDS: a name, how to make its artifact, how to open it. Rows that
 share an artifact (OpenVINO FP32 with the f32 hint and with its default precision) make it
-once. To add TFLite: append Backend("TFLite FP32", make=_export("tflite", "fp32"),
-open=_session()) and so on.
+once. TFLite rows run at the --threads given and at 1 thread (XNNPACK).
 
 Weights: pretrained weights cannot be downloaded here, so models run with random weights
 (latency does not depend on them) except efficientnet_lite0, whose real weights ship
@@ -62,10 +61,10 @@ def _export(to: str, precision: str) -> Callable[[str, Path], Path]:
     return make
 
 
-def _session(**options: Any) -> Callable[[Path, int], Any]:
+def _session(fixed_threads: int | None = None, **options: Any) -> Callable[[Path, int], Any]:
     def open_(path: Path, threads: int):
         from edgecls.runtimes.base import open_session
-        return open_session(path, device="cpu", threads=threads, **options)
+        return open_session(path, device="cpu", threads=fixed_threads or threads, **options)
     return open_
 
 
@@ -83,6 +82,9 @@ BACKENDS = [
     Backend("OV default precision", _export("openvino", "fp32"),
             _session(inference_precision="auto")),
     Backend("OV INT8", _export("openvino", "int8"), _session()),
+    *[Backend(f"TFLite {p.upper()}{suffix}", _export("tflite", p), _session(fixed_threads=t),
+              needs=_module("litert_torch", "pip install 'edgecls[tflite]'"))
+      for p in ("fp32", "int8") for t, suffix in ((None, ""), (1, " 1 thread"))],
 ]
 BASELINE = "ORT FP32"
 

@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("artifact")
     s.add_argument("images", nargs="+")
     s.add_argument("--topk", type=int, default=5)
-    _add_runtime_args(s)
+    _add_runtime_args(s, fallback=True)
     s.add_argument("--delegate", help="TFLite delegate library (gpu/npu)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_predict)
@@ -206,12 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _add_runtime_args(s: argparse.ArgumentParser) -> None:
+def _add_runtime_args(s: argparse.ArgumentParser, fallback: bool = False) -> None:
     s.add_argument("--device", choices=DEVICES,
                    help="default: cpu (auto for formats without a CPU path, e.g. TensorRT)")
     s.add_argument("--threads", type=int)
-    s.add_argument("--fallback", action="store_true",
-                   help="fall back to CPU when the device is absent (reported)")
+    if fallback:  # only where one artifact runs: parity/bench must measure the device asked for
+        s.add_argument("--fallback", action="store_true",
+                       help="fall back to CPU when the device is absent (reported)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,7 +53,7 @@ def demo(out: Path = Path("out/demo")) -> int:
     table.add_column("photo")
     table.add_column("PyTorch")
     for a in artifacts:
-        table.add_column(a.name)
+        table.add_column(a.name.removeprefix(f"{MODEL}."))
     rows = [[item.key.split(":")[1], f"{spec.label(int(p.argmax()))} {p.max():.2f}"]
             for item, p in zip(photos.items, ref)]
     for a in artifacts:

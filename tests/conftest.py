@@ -80,6 +80,20 @@ def digits_model(digits_data):
 
 
 @pytest.fixture(scope="session")
+def digits_val(digits_model, digits_data):
+    """Validation crops (uint8 NHWC), their labels, and the torch model's logits on them."""
+    import torch
+
+    from edgecls.calibration.preprocess import to_model_input
+    model, spec = digits_model
+    _, _, val, _ = digits_data
+    crops, labels = val.crops(spec), val.labels()
+    with torch.no_grad():
+        ref = model(torch.from_numpy(to_model_input(crops, spec))).numpy()
+    return crops, labels, ref
+
+
+@pytest.fixture(scope="session")
 def digits_onnx(digits_model, tmp_path_factory) -> Path:
     from edgecls.exporting import export
     model, spec = digits_model

@@ -128,3 +128,19 @@ def test_strict_int8_export_fails_loudly_and_writes_nothing(tmp_path, photo_file
     assert code == 1
     assert "INT8 parity failed" in capsys.readouterr().err
     assert not out_dir.exists() or not list(out_dir.iterdir())
+
+
+def test_efficientnet_lite0_int8_and_fp16_agree_with_fp32_on_the_photo_crops(effl0_onnx, tmp_path):
+    """Real ImageNet weights, calibrated on one half of the photo crops, checked on the other."""
+    int8 = export("efficientnet_lite0", to="onnx", out=tmp_path / "e.int8.onnx", precision="int8",
+                  calib="photos")
+    fp16 = export("efficientnet_lite0", to="onnx", out=tmp_path / "e.fp16.onnx", precision="fp16")
+    report = parity([effl0_onnx, fp16, int8], data="photos", out=tmp_path / "report")
+    fp32_r, fp16_r, int8_r = report.results
+    assert report.data["name"] == "photos-val" and report.data["n"] >= 40
+    assert int8_r.calibration_overlap == 0
+    assert fp32_r.agreement == 1.0 and fp16_r.agreement >= 0.995
+    assert int8_r.agreement >= 0.95, int8_r.agreement
+    assert int8_r.cosine_mean > 0.98
+    assert report, report.failures
+    assert int8_r.worst_layers and int8_r.worst_layers[0]["module"].startswith(("blocks", "bn", "conv"))

@@ -292,18 +292,6 @@ def digits_engines(digits_model, digits_data, tmp_path_factory) -> dict[str, Pat
             for p in ("fp32", "fp16", "int8")}
 
 
-@pytest.fixture(scope="module")
-def digits_val(digits_model, digits_data):
-    import torch
-
-    from edgecls.calibration.preprocess import to_model_input
-    model, spec = digits_model
-    _, _, val, _ = digits_data
-    crops, labels = val.crops(spec), val.labels()
-    with torch.no_grad():
-        ref = model(torch.from_numpy(to_model_input(crops, spec))).numpy()
-    return crops, labels, ref
-
 
 @pytest.mark.needs_tensorrt
 def test_engines_match_torch(digits_engines, digits_val):

@@ -35,19 +35,6 @@ def digits_tflite(digits_model, digits_data, tmp_path_factory) -> dict[str, Path
     return out
 
 
-@pytest.fixture(scope="module")
-def digits_val(digits_model, digits_data):
-    """Validation crops, labels, and the torch model's accuracy on them."""
-    import torch
-
-    from edgecls.calibration.preprocess import to_model_input
-    model, spec = digits_model
-    _, _, val, _ = digits_data
-    crops, labels = val.crops(spec), val.labels()
-    with torch.no_grad():
-        ref = model(torch.from_numpy(to_model_input(crops, spec))).numpy()
-    return crops, labels, ref
-
 
 def _accuracy(path: Path, crops: np.ndarray, labels: np.ndarray) -> float:
     with Classifier(path, batch_size=64) as clf:

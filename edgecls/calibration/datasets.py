@@ -209,7 +209,8 @@ def _photo_loaders() -> dict[str, Callable[[], np.ndarray]]:
     loaders: dict[str, Callable[[], np.ndarray]] = {}
     try:
         import skimage.data as skd
-        for name in ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field"):
+        # (skimage.data.cat() is chelsea again: left out, a duplicate would count twice)
+        for name in ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field"):
             if hasattr(skd, name):
                 loaders[name] = getattr(skd, name)
     except ImportError:
