@@ -42,6 +42,7 @@ def torch_module_of(node) -> str:
             modules = [n for n in names[:-1] if n]  # the last entry is the aten op itself
             if modules:
                 return modules[-1]
+            return f"forward: {names[-1]}"  # an op in the model's own forward()
         except (ValueError, SyntaxError):
             pass
     return node.name
