@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--strict", action="store_true", help="exit 1 when INT8 parity fails")
     s.add_argument("--exclude", nargs="+", help="ONNX INT8: node names to keep in float (the first "
                    "conv and the classifier are kept by default; `--exclude none` quantizes all)")
-    s.add_argument("--ignored-scope", nargs="+", help="OpenVINO INT8: operation names to keep in float")
+    s.add_argument("--ignored-scope", nargs="+", help="OpenVINO INT8: operation names to keep in "
+                   "float (default: the first conv and the classifier; `none` quantizes all)")
     s.add_argument("--target", help="INT8 target: cpu (u8 activations) | tensorrt (symmetric s8)")
     s.add_argument("--preset", help="OpenVINO/NNCF preset: performance | mixed")
     s.add_argument("--int8-io", nargs="?", const="int8", help="TFLite: int8 (or uint8) input/output")
