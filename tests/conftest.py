@@ -11,6 +11,14 @@ import pytest
 DIGITS_EPOCHS = 12
 
 
+def run_concurrently(fn, n: int) -> list:
+    """fn(0..n-1) on n threads started together; results in order, and the first
+    exception any thread raised is re-raised here."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(fn, range(n)))
+
+
 def pytest_collection_modifyitems(config, items):
     if importlib.util.find_spec("tensorrt") is None:
         skip = pytest.mark.skip(reason="TensorRT is not installed (needs an NVIDIA GPU and "

@@ -3,9 +3,7 @@ types, batching, top-k and thread-safety - on real artifacts (the digits CNN tra
 session and the real EfficientNet-Lite0)."""
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import cv2
 import numpy as np

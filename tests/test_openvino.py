@@ -9,11 +9,11 @@ the edgecls.exporting.export path itself is tested for the atomic write and its 
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_concurrently
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -257,19 +257,11 @@ def test_throughput_hint_threads_and_concurrency(irs, digits_val):
     base = logits(irs["fp32"], crops[:16])
     with open_session(irs["fp32"], hint="throughput", threads=2) as s:
         np.testing.assert_allclose(s.run(to_model_input(crops[:16], s.spec)), base, atol=1e-5)
-        results, errors = [None] * 4, []
 
         def work(i):
-            try:
-                results[i] = s.run(to_model_input(crops[i * 4:i * 4 + 4], s.spec))
-            except Exception as e:  # surfaced below
-                errors.append(e)
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert not errors
+            return s.run(to_model_input(crops[i * 4:i * 4 + 4], s.spec))
+
+        results = run_concurrently(work, 4)
     np.testing.assert_allclose(np.concatenate(results), base, atol=1e-5)
 
 

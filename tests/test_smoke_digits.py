@@ -1,4 +1,3 @@
-import numpy as np
 
 
 def test_digits_model_is_trained_and_onnx_keeps_accuracy(digits_model, digits_data, digits_onnx):

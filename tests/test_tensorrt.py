@@ -12,11 +12,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import struct
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_concurrently
 
 from edgecls.errors import ArtifactError, MissingDependencyError, UnsupportedOptionError
 from edgecls.tensorrt_header import (HEADER_SIZE, MAGIC, engine_digest, pack, read_engine,
@@ -363,18 +363,10 @@ def test_threads_share_one_session(digits_engines, digits_val):
     with open_session(digits_engines["fp16"], device="gpu") as s:
         x = to_model_input(crops[:48], s.spec)
         expected = s.run(x)
-        results, errors = [], []
 
         def work(i):
-            try:
-                part = slice(i * 3, i * 3 + 5)
-                results.append(np.abs(s.run(x[part]) - expected[part]).max())
-            except Exception as e:   # noqa: BLE001 - reported below
-                errors.append(e)
+            part = slice(i * 3, i * 3 + 5)
+            return np.abs(s.run(x[part]) - expected[part]).max()
 
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(12)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert not errors and max(results) < 1e-2
+        results = run_concurrently(work, 12)
+    assert max(results) < 1e-2

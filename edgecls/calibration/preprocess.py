@@ -118,4 +118,4 @@ def encode_png(rgb: np.ndarray) -> bytes:
 
 
 __all__ = ["load_rgb", "resize_crop", "to_model_input", "crop_batch", "preprocess", "encode_png",
-           "INTERPOLATION", "io"]
+           "INTERPOLATION"]
