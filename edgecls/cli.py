@@ -56,8 +56,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                "exclude": args.exclude, "target": args.target, "static_batch": args.static_batch,
                "bake_preprocessing": args.bake_preprocessing, "ignored_scope": args.ignored_scope,
                "workspace_gb": args.workspace_gb, "dla_core": args.dla_core}
-    labels = Path(args.labels).read_text().split("\n") if args.labels else None
-    labels = [l.strip() for l in labels if l.strip()] if labels else None
+    from edgecls.zoo import read_labels
+    labels = read_labels(Path(args.labels)) if args.labels else None
     out = export(args.model, to=args.to, out=args.output, precision=precision,
                  weights=args.weights, num_classes=args.num_classes, labels=labels,
                  calib=args.calib, calib_size=args.calib_size, check=not args.no_check,

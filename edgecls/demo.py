@@ -32,22 +32,22 @@ def demo(out: Path = Path("out/demo")) -> int:
     from edgecls.verification import parity
 
     console = Console(width=max(Console().width, 150))
+    model, spec = zoo.build(MODEL)   # once: every export and the reference share it
     artifacts = []
     for fmt_name, precision in PLAN:
         fmt = FORMATS[fmt_name]
         if not fmt.available():
             console.print(f"[yellow]skipping {fmt_name}: pip install 'edgecls[{fmt.extra}]'[/yellow]")
             continue
-        path = default_output(zoo_spec(MODEL), fmt, precision, out)
+        path = default_output(spec, fmt, precision, out)
         console.rule(f"export {MODEL} -> {fmt_name} {precision}")
-        artifacts.append(export(MODEL, to=fmt_name, out=path, precision=precision,
+        artifacts.append(export(model, to=fmt_name, out=path, precision=precision, spec=spec,
                                 calib="photos" if precision == "int8" else None))
 
-    model, spec = zoo.build(MODEL)
     photos = photo_originals()
     crops = photos.crops(spec)
+    from edgecls.calibration.preprocess import to_model_input
     with torch.no_grad():
-        from edgecls.calibration.preprocess import to_model_input
         ref = softmax(model(torch.from_numpy(to_model_input(crops, spec))).numpy())
     table = Table(title=f"{MODEL} on the bundled photos: PyTorch vs each artifact (top-1, score)")
     table.add_column("photo")
@@ -67,19 +67,11 @@ def demo(out: Path = Path("out/demo")) -> int:
     console.print(table)
 
     console.rule("parity on held-out photo crops (the other half calibrated the INT8 artifacts)")
-    report = parity(artifacts, data="photos", out=out / "report")
+    report = parity(artifacts, data="photos", reference=model, reference_spec=spec,
+                    out=out / "report")
     report.print(console)
     console.print(f"reports: {out / 'report'}/report.{{json,md,html}}")
     return 0
 
 
-def zoo_spec(name: str):
-    """The spec of a zoo model without building it twice (cached)."""
-    from edgecls import zoo
-    if name not in _SPECS:
-        _SPECS[name] = zoo.build(name)[1]
-    return _SPECS[name]
-
-
-_SPECS: dict = {}
 __all__ = ["demo"]

@@ -58,3 +58,13 @@ class UnsupportedOptionError(EdgeclsError):
 
 class ExportMismatchError(EdgeclsError):
     """An exported artifact does not reproduce the PyTorch model within tolerance."""
+
+
+class BackendBuildError(EdgeclsError):
+    """A backend could not parse or build the model (one line: its parser's or builder's
+    errors), e.g. TensorRT."""
+
+
+class ParityFailedError(EdgeclsError):
+    """A --strict INT8 export whose parity check missed its tolerance: nothing is written."""
+    exit_code = 1

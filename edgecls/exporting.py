@@ -119,26 +119,18 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
 
 def validation_for(calibration, data: Any, spec: ModelSpec, size: int = 500):
     """Held-out images for the INT8 check: --data, or what calibration did not use."""
-    from edgecls.calibration.datasets import ImageSet, photos_split
-    if isinstance(data, ImageSet):
-        return data.subset(size, exclude=calibration.images)
-    if data is not None:
-        full = ImageSet.load(data, spec) if str(data) != "photos" else photos_split("val")
-    elif calibration.images.name.startswith("photos"):
-        full = photos_split("val")
-    elif isinstance(calibration.source, ImageSet):
-        full = calibration.source
-    else:
-        full = ImageSet.load(calibration.source, spec) if calibration.source else None
-    if full is None:
+    from edgecls.calibration.datasets import load_part
+    source = data if data is not None else calibration.source
+    if source is None:
         return None
-    return full.subset(size, exclude=calibration.images)
+    return load_part(source, spec, "val").subset(size, exclude=calibration.images)
 
 
 def check_int8(path: Path, name: str, model: Any, spec: ModelSpec, calibration, data: Any,
                max_drop: float | None, strict: bool) -> None:
     """Parity of a fresh INT8 artifact on held-out data; loud on failure, fatal with strict."""
-    from edgecls.verification import ParityFailedError, parity
+    from edgecls.errors import ParityFailedError
+    from edgecls.verification import parity
     if not spec.trained:
         # random weights give near-constant logits whose top-1 is arbitrary: agreement
         # between FP32 and INT8 would measure nothing

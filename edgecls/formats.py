@@ -33,6 +33,9 @@ class Format:
     # "module:function" that reads the spec without the runtime (e.g. TensorRT's header),
     # so `edgecls info` works on a machine that cannot run the artifact
     spec_reader: str | None = None
+    # "module:function" naming the INT8 layers that lose most signal against the FP32 model:
+    # (int8_path, fp32_onnx_path, spec, pixels, count) -> rows; None where there is none yet
+    int8_diagnostics: str | None = None
     description: str = ""
 
     def load_runtime(self) -> Any:
@@ -43,6 +46,9 @@ class Format:
         if self.spec_reader:
             return _import(self.spec_reader)
         return self.load_runtime().read_spec
+
+    def load_int8_diagnostics(self) -> Any:
+        return _import(self.int8_diagnostics) if self.int8_diagnostics else None
 
     def default_device(self) -> str:
         return "cpu" if "cpu" in self.devices else "auto"
@@ -72,6 +78,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            exporter="edgecls.exporters.onnx:export",
            export_requires=_TORCH_EXPORT + ("onnxruntime",),
            options=("opset", "calib_method", "exclude", "target"),
+           int8_diagnostics="edgecls.quantization.debug:worst_onnx_layers",
            description="ONNX Runtime (CPU, CUDA/TensorRT/DirectML EPs, NPU EPs)"),
     Format("openvino", (".xml",),
            runtime="edgecls.runtimes.openvino:OpenVINOSession",

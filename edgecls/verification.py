@@ -10,6 +10,7 @@ its own input form (layout, dtype, normalisation) from the shared preprocessing.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +19,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgecls import metrics
-from edgecls.calibration.datasets import ImageSet, photos_split
+from edgecls.calibration.datasets import load_part
 from edgecls.calibration.preprocess import to_model_input
-from edgecls.errors import DataError, EdgeclsError
+from edgecls.errors import DataError
+from edgecls.formats import get_format
 from edgecls.spec import ModelSpec
 
 log = logging.getLogger("edgecls")
@@ -31,11 +33,6 @@ MIN_AGREEMENT = {"fp32": 0.995, "fp16": 0.995, "int8": 0.95}
 INT8_MAX_DROP = 1.0
 SQNR_IMAGES = 8
 WORST_LAYERS = 10
-
-
-class ParityFailedError(EdgeclsError):
-    """--strict export whose INT8 parity missed its tolerance (exit status 1)."""
-    exit_code = 1
 
 
 @dataclass
@@ -126,6 +123,14 @@ class ParityReport:
 class _TorchReference:
     def __init__(self, model: Any, spec: ModelSpec, origin: str):
         self.model, self.spec, self.origin = model, spec, origin
+        self._source = None
+
+    def fp32_onnx(self, workdir: Path) -> Path:
+        """The reference as FP32 ONNX, exported once per parity run (SQNR diagnostics)."""
+        if self._source is None:
+            from edgecls.exporting import ExportSource
+            self._source = ExportSource(self.model, self.spec, workdir)
+        return self._source.onnx()
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         import torch
@@ -171,14 +176,6 @@ def _resolve_reference(reference: Any, spec: ModelSpec, device: str, threads: in
     return _TorchReference(model, ref_spec, f"edgecls zoo ({spec.name}, weights {weights})")
 
 
-def _resolve_data(data: Any, spec: ModelSpec) -> ImageSet:
-    if isinstance(data, ImageSet):
-        return data
-    if str(data) == "photos":  # the validation half; `photos` calibrates on the other half
-        return photos_split("val")
-    return ImageSet.load(data, spec)
-
-
 # -- running ---------------------------------------------------------------------------------
 def parity(artifacts: Sequence[str | Path], data: Any = "photos", reference: Any = None,
            max_drop: float | None = None, limit: int | None = None, out: str | Path | None = None,
@@ -192,7 +189,7 @@ def parity(artifacts: Sequence[str | Path], data: Any = "photos", reference: Any
     specs = [read_spec(a) for a in artifacts]
     base = reference_spec or specs[0]
     ref = _resolve_reference(reference, base, device, threads)
-    images = _resolve_data(data, ref.spec)
+    images = load_part(data, ref.spec, "val")
     if limit:
         images = images.subset(limit)
     if not len(images):
@@ -207,7 +204,7 @@ def parity(artifacts: Sequence[str | Path], data: Any = "photos", reference: Any
     data_info: dict[str, Any] = {"name": images.name, "n": len(images), "labelled": labels is not None,
                                  "source": str(data)}
     if calib is not None:
-        calib_set = _resolve_data(calib, ref.spec)
+        calib_set = load_part(calib, ref.spec, "calib")
         data_info["calib_overlap"] = calib_set.overlap(images)
         if data_info["calib_overlap"]:
             log.warning("%d validation image(s) are also in the calibration data %s: accuracy "
@@ -223,13 +220,17 @@ def parity(artifacts: Sequence[str | Path], data: Any = "photos", reference: Any
         ref_info["top5"] = float(metrics.topk_hits(ref_logits, labels, 5).mean())
 
     results, preds = [], {"reference": [ref.spec.label(int(i)) for i in ref_pred]}
-    for path, spec in _progress(list(zip(artifacts, specs)), progress):
-        with open_session(path, device=device, threads=threads) as session:
-            res, cand_logits = _compare(session, spec, pixels, ref_logits, labels, max_drop, digests)
-        if sqnr and spec.precision == "int8" and spec.format == "onnx":
-            res.worst_layers, res.worst_layers_note = _worst_layers(path, ref, pixels)
-        preds[res.name] = [spec.label(int(i)) for i in cand_logits.argmax(1)]
-        results.append(res)
+    with tempfile.TemporaryDirectory(prefix="edgecls-parity-") as work:
+        for path, spec in _progress(list(zip(artifacts, specs)), progress):
+            with open_session(path, device=device, threads=threads) as session:
+                res, cand_logits = _compare(session, spec, pixels, ref_logits, labels, max_drop,
+                                            digests)
+            diagnose = get_format(spec.format).load_int8_diagnostics()
+            if sqnr and spec.precision == "int8" and diagnose is not None:
+                res.worst_layers, res.worst_layers_note = _worst_layers(diagnose, path, ref,
+                                                                        pixels, Path(work))
+            preds[res.name] = [spec.label(int(i)) for i in cand_logits.argmax(1)]
+            results.append(res)
 
     disagreeing = sorted({i for r in results for i in r.disagreements})[:24]
     from edgecls.calibration.preprocess import encode_png
@@ -302,14 +303,15 @@ def _compare(session, spec: ModelSpec, pixels, ref_logits, labels, max_drop, dig
 
 
 # -- where INT8 goes wrong ---------------------------------------------------------------------
-def _worst_layers(path: str | Path, ref, pixels: np.ndarray) -> tuple[list[dict[str, Any]], str]:
-    """The tensors of an INT8 ONNX model with the lowest SQNR against the FP32 model,
-    named by the torch module they came from (ONNX Runtime's qdq_loss_debug)."""
+def _worst_layers(diagnose, path: str | Path, ref, pixels: np.ndarray,
+                  work: Path) -> tuple[list[dict[str, Any]], str]:
+    """The tensors of an INT8 artifact with the lowest SQNR against the FP32 model, named by
+    the torch module they came from (the format table's int8_diagnostics)."""
     if not isinstance(ref, _TorchReference):
         return [], "needs the PyTorch reference"
     try:
-        from edgecls.quantization.debug import worst_onnx_layers
-        return worst_onnx_layers(Path(path), ref.model, ref.spec, pixels[:SQNR_IMAGES], WORST_LAYERS), ""
+        return diagnose(Path(path), ref.fp32_onnx(work), ref.spec, pixels[:SQNR_IMAGES],
+                        WORST_LAYERS), ""
     except Exception as e:  # diagnostics must never hide the parity result itself
         log.warning("SQNR diagnostics unavailable for %s: %s", path, e)
         return [], f"unavailable: {type(e).__name__}: {str(e)[:120]}"

@@ -130,12 +130,7 @@ class CalibrationSet:
     def from_source(cls, source: Any, spec: ModelSpec, size: int = 300) -> "CalibrationSet":
         if isinstance(source, CalibrationSet):
             return source
-        if isinstance(source, ImageSet):
-            full = source
-        elif str(source) == "photos":  # the calibration half; parity validates on the other
-            full = photos_split("calib")
-        else:
-            full = ImageSet.load(source, spec)
+        full = load_part(source, spec, "calib")
         if not len(full):
             raise DataError(f"calibration source {source}: no images found")
         return cls(full.subset(size), spec, source)
@@ -156,6 +151,19 @@ class CalibrationSet:
         return {"calibration_source": self.images.name, "calibration_size": len(self.images),
                 "calibration_hash": self.images.digest(),
                 "calibration_ids": sorted(i.digest()[:12] for i in self.images.items)}
+
+
+def load_part(source: Any, spec: ModelSpec | None, part: str) -> ImageSet:
+    """An image source used for calibration (part "calib") or validation ("val").
+
+    The one place the built-in `photos` is split: calibration takes its even views and
+    validation its odd views, so the two never overlap. Any other source is used whole
+    (subsets are drawn from it by the caller)."""
+    if isinstance(source, ImageSet):
+        return source
+    if str(source) == "photos":
+        return photos_split(part)
+    return ImageSet.load(source, spec)
 
 
 # -- folders -------------------------------------------------------------------------------

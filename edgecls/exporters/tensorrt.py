@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgecls.errors import EdgeclsError, UnsupportedOptionError
+from edgecls.errors import BackendBuildError, UnsupportedOptionError
 from edgecls.spec import ModelSpec
 
 log = logging.getLogger("edgecls")
@@ -39,11 +39,6 @@ log = logging.getLogger("edgecls")
 OPT_BATCH = 16      # Classifier's default batch_size
 MAX_BATCH = 32
 MIN_BATCH = 1
-
-
-class TensorRTBuildError(EdgeclsError):
-    """TensorRT could not parse or build the model (one line: the parser's or builder's
-    errors)."""
 
 
 # -- options -------------------------------------------------------------------------------------
@@ -54,17 +49,11 @@ def parse_options(options: dict[str, Any] | None, precision: str) -> dict[str, A
     if options:
         raise UnsupportedOptionError(f"--to tensorrt does not take {', '.join(sorted(options))}")
     if workspace is not None:
-        try:
-            workspace = float(workspace)
-        except (TypeError, ValueError):
-            raise UnsupportedOptionError(f"workspace_gb must be a number, not {workspace!r}") from None
+        workspace = _number(workspace, float, "workspace_gb", "a number")
         if workspace <= 0:
             raise UnsupportedOptionError(f"workspace_gb must be positive, not {workspace}")
     if dla is not None:
-        try:
-            dla = int(dla)
-        except (TypeError, ValueError):
-            raise UnsupportedOptionError(f"dla_core must be a core number, not {dla!r}") from None
+        dla = _number(dla, int, "dla_core", "a core number")
         if dla < 0:
             raise UnsupportedOptionError(f"dla_core must be 0 or more, not {dla}")
         if precision == "fp32":
@@ -73,6 +62,13 @@ def parse_options(options: dict[str, Any] | None, precision: str) -> dict[str, A
     if precision not in ("fp32", "fp16", "int8"):
         raise UnsupportedOptionError(f"tensorrt artifacts cannot be {precision}")
     return {"workspace_gb": workspace, "dla_core": dla}
+
+
+def _number(value: Any, kind: type, name: str, what: str):
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise UnsupportedOptionError(f"{name} must be {what}, not {value!r}") from None
 
 
 # -- the ONNX that TensorRT parses ----------------------------------------------------------------
@@ -194,10 +190,10 @@ def build_engine(onnx_path: Path, spec: ModelSpec, precision: str, *,
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
-        raise TensorRTBuildError(f"{spec.name}: TensorRT {trt.__version__} cannot parse the ONNX "
+        raise BackendBuildError(f"{spec.name}: TensorRT {trt.__version__} cannot parse the ONNX "
                                  f"model: {parser_errors(parser)}")
     if network.num_inputs != 1 or network.num_outputs != 1:
-        raise TensorRTBuildError(f"{spec.name}: expected one input and one output, the network "
+        raise BackendBuildError(f"{spec.name}: expected one input and one output, the network "
                                  f"has {network.num_inputs} and {network.num_outputs}")
 
     config = builder.create_builder_config()
@@ -231,7 +227,7 @@ def build_engine(onnx_path: Path, spec: ModelSpec, precision: str, *,
     tensor = network.get_input(0)
     shape = tuple(tensor.shape)
     if any(d < 0 for d in shape[1:]):
-        raise TensorRTBuildError(f"{spec.name}: only the batch dimension may be dynamic; the "
+        raise BackendBuildError(f"{spec.name}: only the batch dimension may be dynamic; the "
                                  f"ONNX input is {shape}")
     if shape[0] < 0:
         profile = builder.create_optimization_profile()
@@ -244,11 +240,11 @@ def build_engine(onnx_path: Path, spec: ModelSpec, precision: str, *,
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise TensorRTBuildError(f"{spec.name}: TensorRT {trt.__version__} could not build the "
+        raise BackendBuildError(f"{spec.name}: TensorRT {trt.__version__} could not build the "
                                  f"engine ({logger.first_error()})")
     engine = bytes(memoryview(serialized))
     if not engine:
-        raise TensorRTBuildError(f"{spec.name}: TensorRT returned an empty engine "
+        raise BackendBuildError(f"{spec.name}: TensorRT returned an empty engine "
                                  f"({one_line(logger.first_error())})")
     facts["tensorrt"] = trt.__version__
     return engine, facts
@@ -289,4 +285,4 @@ def export(source, spec: ModelSpec, out: Path, *, precision: str = "fp32",
 
 
 __all__ = ["export", "prepare_onnx", "fold_int32_bias", "build_engine", "parse_options",
-           "TensorRTBuildError", "OPT_BATCH", "MAX_BATCH"]
+           "OPT_BATCH", "MAX_BATCH"]

@@ -13,25 +13,6 @@ from edgecls.calibration.preprocess import to_model_input
 from edgecls.spec import ModelSpec
 
 
-class _ListReader:
-    """An ORT CalibrationDataReader (get_next) that is also iterable, as
-    collect_activations wants."""
-
-    def __init__(self, batches: list[np.ndarray]):
-        self._batches = batches
-        self._it = iter(batches)
-
-    def get_next(self):
-        x = next(self._it, None)
-        return None if x is None else {"input": x}
-
-    def __iter__(self):
-        return ({"input": x} for x in self._batches)
-
-    def rewind(self):
-        self._it = iter(self._batches)
-
-
 def torch_module_of(node) -> str:
     """The innermost torch module a dynamo-exported ONNX node came from."""
     meta = {p.key: p.value for p in node.metadata_props}
@@ -48,29 +29,28 @@ def torch_module_of(node) -> str:
     return node.name
 
 
-def worst_onnx_layers(int8_path: Path, model: Any, spec: ModelSpec, pixels: np.ndarray,
+def worst_onnx_layers(int8_path: Path, fp32_path: Path, spec: ModelSpec, pixels: np.ndarray,
                       count: int = 10) -> list[dict[str, Any]]:
+    """`fp32_path` must come from the exporter that made the INT8 model's parent
+    (ExportSource.onnx()), so that tensor names match."""
     import onnx
     from onnxruntime.quantization.qdq_loss_debug import (collect_activations,
                                                          compute_activation_error,
                                                          create_activation_matching,
                                                          modify_model_output_intermediate_tensors)
 
-    from edgecls.exporters.onnx import export_fp32
+    from edgecls.quantization.onnx import BatchReader
 
     batches = [to_model_input(pixels[i:i + 1], spec.derive(layout="NCHW")) for i in range(len(pixels))]
     with tempfile.TemporaryDirectory(prefix="edgecls-sqnr-") as work:
         work = Path(work)
-        fp32 = work / "fp32.onnx"
-        # The same exporter that made the quantized model's parent: same tensor names.
-        export_fp32(model, spec.derive(format="onnx", precision="fp32", tools={}), fp32)
         acts = {}
-        for tag, src in (("float", fp32), ("qdq", int8_path)):
+        for tag, src in (("float", fp32_path), ("qdq", int8_path)):
             aug = work / f"{tag}.aug.onnx"
             modify_model_output_intermediate_tensors(str(src), str(aug))
-            acts[tag] = collect_activations(str(aug), _ListReader(batches))
+            acts[tag] = collect_activations(str(aug), BatchReader(batches))
         errors = compute_activation_error(create_activation_matching(acts["qdq"], acts["float"]))
-        producers = {out: node for node in onnx.load(str(fp32)).graph.node for out in node.output}
+        producers = {out: node for node in onnx.load(str(fp32_path)).graph.node for out in node.output}
 
     rows = [{"tensor": name, "module": torch_module_of(producers[name]) if name in producers else name,
              "op": producers[name].op_type if name in producers else "?",

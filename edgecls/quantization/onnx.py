@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -54,19 +54,24 @@ def first_and_last_layers(path: Path) -> list[str]:
     return convs[:1] + heads[-1:]
 
 
-class _Reader:
-    """ORT CalibrationDataReader over edgecls calibration batches."""
+class BatchReader:
+    """ORT's CalibrationDataReader over model-input batches: get_next() for the
+    calibrators, iteration for qdq_loss_debug.collect_activations."""
 
-    def __init__(self, input_name: str, batches: Iterator[np.ndarray]):
+    def __init__(self, batches: Iterable[np.ndarray], input_name: str = "input"):
         self.input_name = input_name
-        self._batches = iter(batches)
+        self._batches = batches
+        self._it = iter(batches)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._batches, None)
+        batch = next(self._it, None)
         return None if batch is None else {self.input_name: batch}
 
-    def rewind(self) -> None:  # part of the reader interface; calibration reads once
-        pass
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return ({self.input_name: b} for b in self._batches)
+
+    def rewind(self) -> None:
+        self._it = iter(self._batches)
 
 
 def quantize_onnx(fp32_path: Path, spec: ModelSpec, out: Path, calibration, *,
@@ -120,7 +125,7 @@ def quantize_onnx(fp32_path: Path, spec: ModelSpec, out: Path, calibration, *,
             extra["CalibPercentile"] = 99.999
         quantize_static(
             str(prepared), str(out),
-            calibration_data_reader=_Reader("input", calibration.batches(spec, batch_size)),
+            calibration_data_reader=BatchReader(calibration.batches(spec, batch_size)),
             quant_format=QuantFormat.QDQ, per_channel=per_channel,
             activation_type=getattr(QuantType, recipe["activation_type"]),
             weight_type=QuantType.QInt8, calibrate_method=ort_method,

@@ -408,9 +408,11 @@ class TensorRTSession(Session):
             self._cuda = None
 
     def __del__(self) -> None:
+        # at interpreter shutdown cudart/tensorrt may already be torn down: a failure to free
+        # then is harmless, and __del__ must not raise
         try:
             self._close()
-        except Exception:
+        except Exception:  # noqa: BLE001
             pass
 
     def describe(self) -> dict[str, Any]:

@@ -15,7 +15,9 @@ two threads ever share one. With the default the pool serialises callers like a 
 each interpreter holds its own packed weights, so more is opt-in for many-core hosts.
 
 The edgecls spec is a TFLite metadata entry (name edgecls.spec, an associated buffer holding
-the JSON); it is read here with a few lines of flatbuffer parsing, no TensorFlow needed.
+the JSON). It is read with a small flatbuffer reader of our own rather than
+ai_edge_litert.schema_py_generated: the older devices this module also serves have only
+tflite_runtime, which ships no schema module, and `edgecls info` must work there too.
 """
 from __future__ import annotations
 
@@ -148,11 +150,11 @@ def _interpreter_module():
 
 
 def runtime_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
     for dist in ("ai-edge-litert", "tflite-runtime"):
         try:
-            from importlib.metadata import version
             return f"{dist} {version(dist)}"
-        except Exception:
+        except PackageNotFoundError:
             continue
     return "?"
 

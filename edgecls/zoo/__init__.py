@@ -7,6 +7,7 @@ timm's pretrained_cfg), so they cannot drift from upstream.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from edgecls.errors import UnknownModelError
 
@@ -49,6 +50,16 @@ _ENTRIES = [
 MODELS: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}
 ALIASES = {"mobilenet_v3": "mobilenet_v3_large", "mobilenetv3": "mobilenet_v3_large",
            "mobilenet": "mobilenet_v2", "efficientnet": "efficientnet_b0"}
+
+
+def read_labels(path: Path) -> list[str]:
+    """A labels file: one label per line, blank lines ignored."""
+    from edgecls.errors import DataError
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"--labels {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def list_models() -> list[ZooEntry]:
