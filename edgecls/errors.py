@@ -8,6 +8,24 @@ from __future__ import annotations
 
 import difflib
 
+# What C++ backends put before the message itself, e.g. OpenVINO's
+# "Exception from src/inference/src/core.cpp:99:" and "Check '...' failed at ...".
+_LOCATION_PREFIXES = ("Exception from", "Check '")
+
+
+def first_line(error: BaseException | str, limit: int = 300, *, join: bool = False) -> str:
+    """The text of an error as one line, for a one-line user message.
+
+    Its first line that says something (C++ location lines skipped), or with `join` all of
+    its lines (for errors whose first line is only a heading, e.g. torch's load_state_dict);
+    whitespace collapsed, at most `limit` characters; the type name when it has no text."""
+    lines = [" ".join(line.split()) for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(_LOCATION_PREFIXES)] or lines
+    text = " ".join(useful) if join else next(iter(useful), "")
+    if not text and isinstance(error, BaseException):
+        text = type(error).__name__
+    return text[:limit]
+
 
 class EdgeclsError(Exception):
     """Base class: one line that says what is wrong and what to do."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from edgecls.errors import WeightsError
+from edgecls.errors import WeightsError, first_line
 from edgecls.spec import ModelSpec
 from edgecls.zoo import ZooEntry
 from edgecls.zoo.torchvision_shim import import_torchvision
@@ -162,8 +162,8 @@ def load_checkpoint(model: torch.nn.Module, path: Path) -> None:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"--weights {path}: not a loadable state_dict ({first})") from None
+        raise WeightsError(f"--weights {path}: not a loadable state_dict ({first_line(e, 200)})") \
+            from None
     for key in ("state_dict", "model_state_dict", "model", "ema_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -174,7 +174,7 @@ def load_checkpoint(model: torch.nn.Module, path: Path) -> None:
     obj = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
     try:
         model.load_state_dict(obj, strict=True)
-    except RuntimeError as e:
-        msg = " ".join(str(e).split())[:300]
-        raise WeightsError(f"--weights {path} does not fit this model ({msg}); "
+    except RuntimeError as e:   # its first line is a heading: the mismatches follow it
+        raise WeightsError(f"--weights {path} does not fit this model "
+                           f"({first_line(e, join=True)}); "
                            "use --num-classes N for a fine-tuned head") from None
