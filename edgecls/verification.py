@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,6 +23,7 @@ from edgecls.calibration.datasets import load_part
 from edgecls.calibration.preprocess import to_model_input
 from edgecls.errors import DataError
 from edgecls.formats import get_format
+from edgecls.report.model import ArtifactResult, ParityReport
 from edgecls.spec import ModelSpec
 
 log = logging.getLogger("edgecls")
@@ -55,68 +56,6 @@ def tolerance_for(precision: str, labelled: bool, max_drop: float | None) -> Tol
     if max_drop is not None and labelled:
         return Tolerance(max_drop=max_drop, min_agreement=None)
     return Tolerance(min_agreement=MIN_AGREEMENT.get(precision, 0.995))
-
-
-@dataclass
-class ArtifactResult:
-    name: str
-    path: str
-    format: str
-    precision: str
-    backend: str
-    device: str
-    precision_used: str
-    n: int
-    agreement: float
-    agreement_ci: tuple[float, float]
-    cosine_mean: float
-    cosine_min: float
-    kl_mean: float
-    max_abs: float
-    latency_ms: float
-    tolerance: str
-    passed: bool
-    failures: list[str]
-    top1: float | None = None
-    top1_ci: tuple[float, float] | None = None
-    top5: float | None = None
-    top5_ci: tuple[float, float] | None = None
-    top1_drop: float | None = None           # points, reference minus artifact
-    mcnemar_p: float | None = None
-    calibration_overlap: int = 0
-    worst_layers: list[dict[str, Any]] = field(default_factory=list)
-    worst_layers_note: str = ""
-    disagreements: list[int] = field(default_factory=list)
-    sample_abs_error: list[float] = field(default_factory=list, repr=False)
-
-
-@dataclass
-class ParityReport:
-    data: dict[str, Any]
-    reference: dict[str, Any]
-    results: list[ArtifactResult]
-    thumbnails: dict[int, bytes] = field(default_factory=dict, repr=False)
-    predictions: dict[str, list[str]] = field(default_factory=dict, repr=False)
-
-    def __bool__(self) -> bool:
-        return all(r.passed for r in self.results)
-
-    @property
-    def failures(self) -> list[str]:
-        return [f"{r.name}: {f}" for r in self.results for f in r.failures]
-
-    def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-        return {"passed": bool(self), "data": self.data, "reference": self.reference,
-                "results": [asdict(r) for r in self.results]}
-
-    def print(self, console: Any = None) -> None:
-        from edgecls.report.terminal import print_report
-        print_report(self, console)
-
-    def write(self, folder: str | Path) -> dict[str, Path]:
-        from edgecls.report import write_all
-        return write_all(self, Path(folder))
 
 
 # -- the reference -------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import logging
 
 import numpy as np
 
-from edgecls.report.markdown import _ci, _pct
+from edgecls.report.model import WORST_LAYER_COLUMNS, ParityReport, columns, rows
 
 log = logging.getLogger("edgecls")
 
@@ -67,7 +67,12 @@ def _plots(report) -> list[tuple[str, str]]:
     return out
 
 
-def render_html(report) -> str:
+def _table(head: list[str], rows_html: list[str]) -> str:
+    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+            + "".join(rows_html) + "</table>")
+
+
+def render_html(report: ParityReport) -> str:
     d, ref = report.data, report.reference
     e = html.escape
     parts = [f"<!doctype html><meta charset='utf-8'><title>parity: {e(ref['name'])}</title>",
@@ -75,27 +80,22 @@ def render_html(report) -> str:
              f"<p>Data <b>{e(d['name'])}</b>, {d['n']} images ({'labelled' if d['labelled'] else 'unlabelled'}); "
              f"reference {e(ref['kind'])} ({e(str(ref['origin']))}). Result: "
              f"<span class='{'pass' if report else 'fail'}'>{'PASS' if report else 'FAIL'}</span></p>"]
-    head = ["artifact", "backend/device", "precision"] + (
-        ["top-1 [95% CI]", "top-5", "drop pt", "McNemar p"] if d["labelled"] else []) + [
-        "agreement [95% CI]", "cosine min", "KL", "max abs", "ms", "tolerance", "pass"]
-    rows = []
-    for r in report.results:
-        cells = [r.name, f"{r.backend}/{r.device}", r.precision_used]
-        if d["labelled"]:
-            cells += [f"{_pct(r.top1)}{_ci(r.top1_ci)}", _pct(r.top5), f"{r.top1_drop:+.2f}", f"{r.mcnemar_p:.3g}"]
-        cells += [f"{_pct(r.agreement)}{_ci(r.agreement_ci)}", f"{r.cosine_min:.5f}", f"{r.kl_mean:.2e}",
-                  f"{r.max_abs:.3g}", f"{r.latency_ms:.2f}", r.tolerance]
-        status = "<td class='pass'>yes</td>" if r.passed else "<td class='fail'>NO</td>"
-        rows.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in cells) + status + "</tr>")
-    parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>")
+    shown = columns(report)
+    lines = []
+    for row in rows(report):
+        cells = [f"<td>{e(cell)}</td>" for cell in row.cells]
+        if row.passed is not None:
+            cells[-1] = f"<td class='{'pass' if row.passed else 'fail'}'>{e(row.cells[-1])}</td>"
+        lines.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append(_table([c.header for c in shown], lines))
     for title, uri in _plots(report):
         parts.append(f"<h2>{e(title)}</h2><img src='{uri}'>")
     for r in report.results:
         if r.worst_layers:
-            parts.append(f"<h2>Lowest-SQNR tensors of {e(r.name)}</h2><table><tr><th>torch module</th>"
-                         "<th>op</th><th>SQNR dB</th></tr>" + "".join(
-                             f"<tr><td>{e(w['module'])}</td><td>{e(w['op'])}</td><td>{w['sqnr_db']:.1f}</td></tr>"
-                             for w in r.worst_layers) + "</table>")
+            parts.append(f"<h2>Lowest-SQNR tensors of {e(r.name)}</h2>" + _table(
+                [h for h, _ in WORST_LAYER_COLUMNS],
+                ["<tr>" + "".join(f"<td>{e(cell(w))}</td>" for _, cell in WORST_LAYER_COLUMNS)
+                 + "</tr>" for w in r.worst_layers]))
     if report.thumbnails:
         parts.append("<h2>Images where an artifact disagrees with the reference</h2>")
         for i, png in report.thumbnails.items():

@@ -1,0 +1,139 @@
+"""THE parity report model: the results, and the table every renderer shows - its columns are
+defined here once; the terminal, Markdown and HTML renderers only lay them out."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclass
+class ArtifactResult:
+    name: str
+    path: str
+    format: str
+    precision: str
+    backend: str
+    device: str
+    precision_used: str
+    n: int
+    agreement: float
+    agreement_ci: tuple[float, float]
+    cosine_mean: float
+    cosine_min: float
+    kl_mean: float
+    max_abs: float
+    latency_ms: float
+    tolerance: str
+    passed: bool
+    failures: list[str]
+    top1: float | None = None
+    top1_ci: tuple[float, float] | None = None
+    top5: float | None = None
+    top5_ci: tuple[float, float] | None = None
+    top1_drop: float | None = None           # points, reference minus artifact
+    mcnemar_p: float | None = None
+    calibration_overlap: int = 0
+    worst_layers: list[dict[str, Any]] = field(default_factory=list)
+    worst_layers_note: str = ""
+    disagreements: list[int] = field(default_factory=list)
+    sample_abs_error: list[float] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class ParityReport:
+    data: dict[str, Any]
+    reference: dict[str, Any]
+    results: list[ArtifactResult]
+    thumbnails: dict[int, bytes] = field(default_factory=dict, repr=False)
+    predictions: dict[str, list[str]] = field(default_factory=dict, repr=False)
+
+    def __bool__(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{r.name}: {f}" for r in self.results for f in r.failures]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": bool(self), "data": self.data, "reference": self.reference,
+                "results": [asdict(r) for r in self.results]}
+
+    def print(self, console: Any = None) -> None:
+        from edgecls.report.terminal import print_report
+        print_report(self, console)
+
+    def write(self, folder: str | Path) -> dict[str, Path]:
+        from edgecls.report import write_all
+        return write_all(self, Path(folder))
+
+
+# -- the table -----------------------------------------------------------------------------
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def ci(interval: Any) -> str:
+    return "" if not interval else f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str                                   # renderers style some by key (artifact, ok)
+    header: str
+    cell: Callable[[ArtifactResult], str]
+    labelled_only: bool = False                # shown only when the data has labels
+    align: str = "right"
+
+
+COLUMNS = (
+    Column("artifact", "artifact", lambda r: r.name, align="left"),
+    Column("backend", "backend", lambda r: f"{r.backend}/{r.device}", align="left"),
+    Column("precision", "prec", lambda r: r.precision_used),
+    Column("top1", "top-1 % [95% CI]", lambda r: pct(r.top1) + ci(r.top1_ci), labelled_only=True),
+    Column("top5", "top-5 %", lambda r: pct(r.top5), labelled_only=True),
+    Column("drop", "drop pt", lambda r: f"{r.top1_drop:+.2f}", labelled_only=True),
+    Column("mcnemar", "McNemar p", lambda r: f"{r.mcnemar_p:.3g}", labelled_only=True),
+    Column("agreement", "agree % [95% CI]", lambda r: pct(r.agreement) + ci(r.agreement_ci)),
+    Column("cosine", "cos min", lambda r: f"{r.cosine_min:.4f}"),
+    Column("kl", "KL", lambda r: f"{r.kl_mean:.2e}"),
+    Column("max_abs", "max|Δ|", lambda r: f"{r.max_abs:.3g}"),
+    Column("latency", "ms", lambda r: f"{r.latency_ms:.2f}"),
+    Column("tolerance", "tolerance", lambda r: r.tolerance, align="left"),
+    Column("ok", "ok", lambda r: "yes" if r.passed else "NO"),
+)
+
+#: the lowest-SQNR tensors of an INT8 artifact: (header, cell of one worst_layers entry)
+WORST_LAYER_COLUMNS = (("torch module", lambda w: w["module"]), ("op", lambda w: w["op"]),
+                       ("tensor", lambda w: w["tensor"]),
+                       ("SQNR vs FP32 dB", lambda w: f"{w['sqnr_db']:.1f}"))
+
+
+@dataclass(frozen=True)
+class Row:
+    cells: list[str]
+    passed: bool | None                        # None: the reference row
+
+
+def columns(report: ParityReport) -> list[Column]:
+    return [c for c in COLUMNS if report.data["labelled"] or not c.labelled_only]
+
+
+def rows(report: ParityReport) -> list[Row]:
+    """The reference first (with labels: it has an accuracy), then one row per artifact."""
+    shown = columns(report)
+    out = []
+    if report.data["labelled"]:
+        ref = report.reference
+        known = {"artifact": "reference", "backend": ref["kind"], "precision": "fp32",
+                 "top1": pct(ref["top1"]) + ci(ref.get("top1_ci")), "top5": pct(ref["top5"])}
+        out.append(Row([known.get(c.key, "") for c in shown], None))
+    out += [Row([c.cell(r) for c in shown], r.passed) for r in report.results]
+    return out
+
+
+def title(report: ParityReport) -> str:
+    d, ref = report.data, report.reference
+    return (f"parity on {d['name']} ({d['n']} images, "
+            f"{'labelled' if d['labelled'] else 'unlabelled'}) vs {ref['kind']} reference "
+            f"{ref['name']}")
