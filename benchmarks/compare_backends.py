@@ -63,7 +63,7 @@ def _export(to: str, precision: str) -> Callable[[str, Path], Path]:
 
 def _session(fixed_threads: int | None = None, **options: Any) -> Callable[[Path, int], Any]:
     def open_(path: Path, threads: int):
-        from edgecls.runtimes.base import open_session
+        from edgecls.formats import open_session
         return open_session(path, device="cpu", threads=fixed_threads or threads, **options)
     return open_
 
@@ -74,9 +74,7 @@ def _module(name: str, why: str) -> Callable[[], str | None]:
 
 BACKENDS = [
     Backend("ORT FP32", _export("onnx", "fp32"), _session()),
-    Backend("ORT INT8", _export("onnx", "int8"), _session(),
-            needs=_module("edgecls.quantization.onnx", "edgecls/quantization/onnx.py is not "
-                          "written yet")),
+    Backend("ORT INT8", _export("onnx", "int8"), _session()),
     Backend("OV FP32 (f32 hint)", _export("openvino", "fp32"),
             _session(inference_precision="f32")),
     Backend("OV default precision", _export("openvino", "fp32"),

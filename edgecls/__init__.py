@@ -21,8 +21,8 @@ _LAZY = {
     "export": "edgecls.exporting",
     "parity": "edgecls.verification",
     "ParityReport": "edgecls.verification",
-    "open_session": "edgecls.runtimes.base",
-    "read_spec": "edgecls.runtimes.base",
+    "open_session": "edgecls.formats",
+    "read_spec": "edgecls.formats",
     "list_models": "edgecls.zoo",
     "FORMATS": "edgecls.formats",
 }

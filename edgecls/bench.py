@@ -61,7 +61,7 @@ class BenchResult:
 
 def bench(artifacts: Sequence[str | Path], batch_sizes: Sequence[int] = (1,), threads: int | None = None,
           device: str | None = None, seconds: float = 3.0, warmup: int = 3) -> BenchResult:
-    from edgecls.runtimes.base import open_session
+    from edgecls.formats import open_session
     sessions, memory = [], []
     for path in artifacts:
         before = _rss_mb()

@@ -15,8 +15,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from edgecls.backends.base import Session
 from edgecls.calibration.preprocess import preprocess
-from edgecls.runtimes.base import Session, open_session
+from edgecls.formats import open_session
 
 
 class Prediction(NamedTuple):

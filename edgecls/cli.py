@@ -1,5 +1,7 @@
 """`edgecls` command line: one subcommand = one public function; no logic of its own.
 
+The flags for format options are made from what export() and each backend declare
+(ExportOptions), so a new backend's options appear here without an edit.
 User errors (EdgeclsError) print one line and exit 2; --debug shows the traceback.
 """
 from __future__ import annotations
@@ -11,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edgecls.backends.base import Declared
 from edgecls.errors import EdgeclsError
 from edgecls.formats import DEVICES, FORMATS
 
@@ -42,7 +45,7 @@ def cmd_formats(args: argparse.Namespace) -> int:
                   "pip extra", "runtime")
     for f in FORMATS.values():
         table.add_row(f.name, " ".join(f.suffixes), " ".join(f.precisions), " ".join(f.devices),
-                      " ".join("--" + o.replace("_", "-") for o in f.options),
+                      " ".join(d.flag for d in f.options.declared()),
                       "yes" if f.available() else "[red]no[/red]", f.extra, f.description)
     _console().print(table)
     return 0
@@ -51,11 +54,7 @@ def cmd_formats(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from edgecls.exporting import export
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
-    options = {"opset": args.opset, "calib_method": args.calib_method, "preset": args.preset,
-               "max_drop": args.max_drop, "data": args.data, "int8_io": args.int8_io,
-               "exclude": args.exclude, "target": args.target, "static_batch": args.static_batch,
-               "bake_preprocessing": args.bake_preprocessing, "ignored_scope": args.ignored_scope,
-               "workspace_gb": args.workspace_gb, "dla_core": args.dla_core}
+    options = {name: getattr(args, name) for name in args.format_options}
     from edgecls.zoo import read_labels
     labels = read_labels(Path(args.labels)) if args.labels else None
     out = export(args.model, to=args.to, out=args.output, precision=precision,
@@ -67,7 +66,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from edgecls.runtimes.base import read_spec
+    from edgecls.formats import read_spec
     for path in args.artifacts:
         spec = read_spec(path)
         if args.json:
@@ -138,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("export", help="export (and quantize) a model to an artifact")
     s.add_argument("model", help="a zoo name (see `edgecls models`)")
-    s.add_argument("--to", default="onnx", choices=[f for f in FORMATS if f != "torch"])
+    s.add_argument("--to", default="onnx", choices=[n for n, f in FORMATS.items() if f.exporter])
     s.add_argument("-o", "--output", help="artifact path (default out/<model>[.<precision>].<ext>)")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--fp16", action="store_true", help="FP16 weights/compute")
@@ -149,25 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", help="text file, one label per line")
     s.add_argument("--calib", help="calibration images: a folder, or photos / digits")
     s.add_argument("--calib-size", type=int, default=300, help="calibration subset size")
-    s.add_argument("--calib-method", help="minmax | entropy | percentile")
-    s.add_argument("--data", help="labelled validation folder (INT8 parity, accuracy control)")
-    s.add_argument("--max-drop", type=float, help="accuracy drop allowed, in points")
     s.add_argument("--strict", action="store_true", help="exit 1 when INT8 parity fails")
-    s.add_argument("--exclude", nargs="+", help="ONNX INT8: node names to keep in float (the first "
-                   "conv and the classifier are kept by default; `--exclude none` quantizes all)")
-    s.add_argument("--ignored-scope", nargs="+", help="OpenVINO INT8: operation names to keep in "
-                   "float (default: the first conv and the classifier; `none` quantizes all)")
-    s.add_argument("--target", help="INT8 target: cpu (u8 activations) | tensorrt (symmetric s8)")
-    s.add_argument("--preset", help="OpenVINO/NNCF preset: performance | mixed")
-    s.add_argument("--int8-io", nargs="?", const="int8", help="TFLite: int8 (or uint8) input/output")
-    s.add_argument("--static-batch", type=int, help="fix the batch dimension")
-    s.add_argument("--bake-preprocessing", action="store_true",
-                   help="OpenVINO: put mean/std and layout into the graph")
-    s.add_argument("--opset", type=int, help="ONNX opset (default 18)")
-    s.add_argument("--workspace-gb", type=float, help="TensorRT builder workspace")
-    s.add_argument("--dla-core", type=int, help="TensorRT: build for this DLA core (device npu)")
     s.add_argument("--no-check", action="store_true", help="skip the check against PyTorch")
-    s.set_defaults(func=cmd_export)
+    s.set_defaults(func=cmd_export, format_options=_add_format_options(
+        s.add_argument_group("format options (see `edgecls formats`)")))
 
     s = sub.add_parser("info", help="show the ModelSpec embedded in artifacts")
     s.add_argument("artifacts", nargs="+")
@@ -205,6 +189,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default="out/demo")
     s.set_defaults(func=cmd_demo)
     return p
+
+
+def _add_format_options(group) -> tuple[str, ...]:
+    """One flag per option that export() or a backend declares; an option that several
+    declare (--calib-method, --data) is one flag whose help says what each does with it."""
+    from edgecls.exporting import CheckOptions
+    owners: dict[str, list[tuple[str, Declared]]] = {}
+    for owner, options in [("", CheckOptions)] + [(f.name, f.options) for f in FORMATS.values()]:
+        for option in options.declared():
+            owners.setdefault(option.name, []).append((owner, option))
+    for declarations in owners.values():
+        first = declarations[0][1]
+        helps = [f"{owner}: {o.help}" if owner else o.help for owner, o in declarations]
+        group.add_argument(first.flag, help="; ".join(helps), **_argparse_settings(first))
+    return tuple(owners)
+
+
+def _argparse_settings(option: Declared) -> dict[str, Any]:
+    if option.kind is bool:
+        return {"action": "store_true"}
+    settings: dict[str, Any] = {"type": option.kind} if option.kind in (int, float) else {}
+    if option.kind is tuple:
+        settings["nargs"] = "+"
+    return {**settings, **option.cli}
 
 
 def _add_runtime_args(s: argparse.ArgumentParser, fallback: bool = False) -> None:

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgecls.backends.base import ExportOptions, Format, option
 from edgecls.errors import ExportMismatchError, UnsupportedOptionError
-from edgecls.formats import Format, get_format
+from edgecls.formats import format_for_path, get_format, open_session
 from edgecls.io import atomic_paths
+from edgecls.sources import ExportSource
 from edgecls.spec import ModelSpec
 
 log = logging.getLogger("edgecls")
@@ -31,28 +33,13 @@ TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2}
 MODEL_TOLERANCE = {"vgg19": 5e-3, "vgg19_bn": 5e-3, "densenet201": 5e-3, "inception_v3": 5e-3}
 
 
-@dataclass
-class ExportSource:
-    """The torch model plus lazily made intermediate artifacts that exporters may start from
-    (OpenVINO / TFLite / TensorRT can start from the FP32 ONNX file)."""
-    model: Any
-    spec: ModelSpec
-    workdir: Path
-    onnx_opset: int | None = None
-    _onnx: Path | None = field(default=None, repr=False)
-
-    def has_onnx(self) -> bool:
-        return self._onnx is not None
-
-    def onnx(self, opset: int | None = None) -> Path:
-        from edgecls.exporters.onnx import DEFAULT_OPSET, export_fp32
-        opset = opset or DEFAULT_OPSET
-        if self._onnx is None or self.onnx_opset != opset:
-            path = self.workdir / f"{self.spec.name}.fp32.onnx"
-            export_fp32(self.model, self.spec.derive(format="onnx", exported_from="torch",
-                                                     tools=dict(self.spec.tools)), path, opset)
-            self._onnx, self.onnx_opset = path, opset
-        return self._onnx
+@dataclass(frozen=True)
+class CheckOptions(ExportOptions):
+    """export()'s own options, for the INT8 check of every format. A backend that uses one
+    too (OpenVINO's accuracy control) declares it as well, and then receives it."""
+    data: Any = option("labelled validation images for the INT8 check (a folder, photos, "
+                       "digits)")
+    max_drop: float | None = option("INT8: the top-1 accuracy drop allowed, in points")
 
 
 def default_output(spec: ModelSpec, fmt: Format, precision: str, folder: Path = Path("out")) -> Path:
@@ -69,20 +56,16 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
     from edgecls import zoo
 
     fmt = get_format(to)
-    if precision not in fmt.precisions:
-        raise UnsupportedOptionError(f"{fmt.name} artifacts cannot be {precision}; choose from "
-                                     f"{', '.join(fmt.precisions)}")
-    options = {k: v for k, v in (options or {}).items() if v is not None and v is not False}
-    # --data / --max-drop drive the INT8 parity check of every format; formats that also use
-    # them (OpenVINO's accuracy-controlled quantization) receive them as options too.
-    val_data, max_drop = options.get("data"), options.get("max_drop")
-    for key in ("data", "max_drop"):
-        if key not in fmt.options:
-            options.pop(key, None)
-    unknown = set(options) - set(fmt.options)
-    if unknown:
-        raise UnsupportedOptionError(f"--to {fmt.name} does not take "
-                                     f"{', '.join('--' + u.replace('_', '-') for u in sorted(unknown))}")
+    fmt.check_precision(precision)
+    given = dict(options or {})
+    checking = CheckOptions.parse({k: given[k] for k in CheckOptions.names() if k in given},
+                                  precision, fmt.name)
+    for name in CheckOptions.names() - fmt.options.names():
+        given.pop(name, None)
+    backend_options = fmt.options.parse(given, precision, fmt.name)
+    if precision == "int8" and calib is None:
+        raise UnsupportedOptionError("--int8 needs calibration images: --calib DIR "
+                                     "(or a built-in set: photos, digits)")
     exporter = fmt.load_exporter()
     if isinstance(model, str):
         torch_model, base_spec = zoo.build(model, weights, num_classes, labels)
@@ -93,9 +76,6 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
     calibration = None
     if precision == "int8":
         from edgecls.calibration.datasets import CalibrationSet
-        if calib is None:
-            raise UnsupportedOptionError("--int8 needs calibration images: --calib DIR "
-                                         "(or a built-in set: photos, digits)")
         calibration = CalibrationSet.from_source(calib, base_spec, size=calib_size)
 
     out = Path(out) if out else default_output(base_spec, fmt, precision)
@@ -107,23 +87,14 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
     with tempfile.TemporaryDirectory(prefix="edgecls-") as work, atomic_paths(*finals) as temps:
         source = ExportSource(torch_model, base_spec, Path(work))
         exporter(source, spec_out, temps[0], precision=precision, calibration=calibration,
-                 options=options)
+                 options=backend_options)
         if check and precision != "int8":
             report_check(check_against_torch(temps[0], torch_model, base_spec), spec_out)
         if check and precision == "int8":
-            check_int8(temps[0], out.name, torch_model, base_spec, calibration, val_data,
-                       max_drop, strict)
+            check_int8(temps[0], out.name, torch_model, base_spec, calibration, checking.data,
+                       checking.max_drop, strict)
     log.info("wrote %s", out)
     return out
-
-
-def validation_for(calibration, data: Any, spec: ModelSpec, size: int = 500):
-    """Held-out images for the INT8 check: --data, or what calibration did not use."""
-    from edgecls.calibration.datasets import load_part
-    source = data if data is not None else calibration.source
-    if source is None:
-        return None
-    return load_part(source, spec, "val").subset(size, exclude=calibration.images)
 
 
 def check_int8(path: Path, name: str, model: Any, spec: ModelSpec, calibration, data: Any,
@@ -136,11 +107,10 @@ def check_int8(path: Path, name: str, model: Any, spec: ModelSpec, calibration, 
         # between FP32 and INT8 would measure nothing
         log.warning("%s has random weights (--weights none): INT8 parity check skipped", spec.name)
         return
-    val = validation_for(calibration, data, spec)
+    val = calibration.held_out(data, spec)
     if val is None or not len(val):
         log.warning("no held-out images to check the INT8 artifact on: pass --data DIR")
         return
-    from edgecls.formats import format_for_path
     report = parity([path], data=val, reference=model, reference_spec=spec, max_drop=max_drop,
                     sqnr=False, progress=False, device=format_for_path(path).default_device())
     report.results[0].name = name
@@ -177,16 +147,12 @@ def sample_inputs(spec: ModelSpec, n: int = 8) -> np.ndarray:
 def check_against_torch(path: Path, model: Any, spec: ModelSpec, pixels: np.ndarray | None = None,
                         tolerance: float | None = None) -> CheckResult:
     """Run the artifact and the torch model on the same inputs; compare logits."""
-    import torch
-
+    from edgecls.backends.torch.runtime import TorchSession
     from edgecls.calibration.preprocess import to_model_input
-    from edgecls.runtimes.base import open_session
 
     pixels = sample_inputs(spec) if pixels is None else pixels
-    with torch.no_grad():
-        ref = model(torch.from_numpy(to_model_input(pixels, spec.derive(layout="NCHW",
-                    normalization_in_graph=False)))).float().numpy()
-    from edgecls.formats import format_for_path
+    with TorchSession.of_module(model, spec) as reference:
+        ref = reference.run(to_model_input(pixels, reference.spec))
     with open_session(path, device=format_for_path(path).default_device()) as session:
         got = session.run(to_model_input(pixels, session.spec))
         artifact_precision = session.spec.precision if session.spec.precision in TOLERANCE else "fp32"

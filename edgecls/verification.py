@@ -5,10 +5,12 @@
 
 The reference (the PyTorch FP32 model named in the artifacts' spec, or `reference=`) and
 every artifact run on the same decoded, resized and cropped pixels; each then gets them in
-its own input form (layout, dtype, normalisation) from the shared preprocessing.
+its own input form (layout, dtype, normalisation) from the shared preprocessing. Both are
+Sessions: the PyTorch reference runs through the torch backend like any artifact.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -19,11 +21,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgecls import metrics
+from edgecls.backends.base import Session
 from edgecls.calibration.datasets import load_part
 from edgecls.calibration.preprocess import to_model_input
-from edgecls.errors import DataError
-from edgecls.formats import get_format
+from edgecls.errors import ArtifactError, DataError, first_line
+from edgecls.formats import format_for_path, get_format, open_session
 from edgecls.report.model import ArtifactResult, ParityReport
+from edgecls.sources import ExportSource
 from edgecls.spec import ModelSpec
 
 log = logging.getLogger("edgecls")
@@ -58,49 +62,50 @@ def tolerance_for(precision: str, labelled: bool, max_drop: float | None) -> Tol
     return Tolerance(min_agreement=MIN_AGREEMENT.get(precision, 0.995))
 
 
-# -- the reference -------------------------------------------------------------------------
-class _TorchReference:
-    def __init__(self, model: Any, spec: ModelSpec, origin: str):
-        self.model, self.spec, self.origin = model, spec, origin
-        self._source = None
+# -- the reference ---------------------------------------------------------------------------
+@dataclass
+class Reference:
+    """What the artifacts are compared with: a session (PyTorch, or another artifact) and how
+    the report names it."""
+    session: Session
+    description: dict[str, Any]
+    model: Any = None                 # the torch module, when the reference is PyTorch
+    _source: ExportSource | None = None
 
-    def fp32_onnx(self, workdir: Path) -> Path:
-        """The reference as FP32 ONNX, exported once per parity run (SQNR diagnostics)."""
-        if self._source is None:
-            from edgecls.exporting import ExportSource
-            self._source = ExportSource(self.model, self.spec, workdir)
-        return self._source.onnx()
-
-    def run(self, pixels: np.ndarray) -> np.ndarray:
-        import torch
-        x = to_model_input(pixels, self.spec.derive(layout="NCHW", normalization_in_graph=False))
-        with torch.no_grad():
-            return self.model(torch.from_numpy(x)).float().numpy()
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": "pytorch", "origin": self.origin, "name": self.spec.name,
-                "weights": self.spec.weights, "precision": "fp32"}
-
-
-class _ArtifactReference:
-    def __init__(self, path: str | Path, device: str, threads: int | None):
-        from edgecls.runtimes.base import open_session
-        self.session = open_session(path, device=device, threads=threads)
-        self.spec = self.session.spec
+    @property
+    def spec(self) -> ModelSpec:
+        return self.session.spec
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         return self.session.run(to_model_input(pixels, self.spec))
 
-    def describe(self) -> dict[str, Any]:
-        return {"kind": "artifact", "origin": str(self.session.path), "name": self.spec.name,
-                "precision": self.spec.precision, **self.session.describe()}
+    def fp32_onnx(self, workdir: Path) -> Path:
+        """The PyTorch reference as FP32 ONNX, exported once per parity run (SQNR diagnostics)."""
+        if self._source is None:
+            self._source = ExportSource(self.model, self.spec, workdir)
+        return self._source.onnx()
 
 
-def _resolve_reference(reference: Any, spec: ModelSpec, device: str, threads: int | None):
+def _torch_reference(model: Any, spec: ModelSpec, origin: str) -> Reference:
+    from edgecls.backends.torch.runtime import TorchSession
+    session = TorchSession.of_module(model, spec)
+    return Reference(session, {"kind": "pytorch", "origin": origin, "name": spec.name,
+                               "weights": spec.weights, "precision": "fp32"}, model)
+
+
+def _artifact_reference(path: str | Path, device: str | None, threads: int | None) -> Reference:
+    session = open_session(path, device=device, threads=threads)
+    return Reference(session, {"kind": "artifact", "origin": str(session.path),
+                               "name": session.spec.name, "precision": session.spec.precision,
+                               **session.describe()})
+
+
+def _resolve_reference(reference: Any, spec: ModelSpec, device: str | None,
+                       threads: int | None) -> Reference:
     if reference is not None and not isinstance(reference, (str, Path)):
-        return _TorchReference(reference, spec, "given torch module")
+        return _torch_reference(reference, spec, "given torch module")
     if reference is not None:
-        return _ArtifactReference(reference, device, threads)
+        return _artifact_reference(reference, device, threads)
     from edgecls import zoo
     from edgecls.errors import UnknownModelError
     try:
@@ -112,7 +117,7 @@ def _resolve_reference(reference: Any, spec: ModelSpec, device: str, threads: in
     weights = "pretrained" if weights.startswith("pretrained") else weights.removeprefix("file:")
     labels = spec.labels if spec.num_classes != 1000 else None
     model, ref_spec = zoo.build(spec.name, weights, spec.num_classes, labels)
-    return _TorchReference(model, ref_spec, f"edgecls zoo ({spec.name}, weights {weights})")
+    return _torch_reference(model, ref_spec, f"edgecls zoo ({spec.name}, weights {weights})")
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -121,13 +126,25 @@ def parity(artifacts: Sequence[str | Path], data: Any = "photos", reference: Any
            calib: Any = None, device: str | None = None, threads: int | None = None,
            reference_spec: ModelSpec | None = None, progress: bool = True,
            sqnr: bool = True) -> ParityReport:
-    from edgecls.runtimes.base import open_session, read_spec
-
+    """Every artifact is opened once: the first one before the reference (its spec names
+    the reference unless `reference_spec` does), the others in turn."""
     if not artifacts:
         raise DataError("parity needs at least one artifact")
-    specs = [read_spec(a) for a in artifacts]
-    base = reference_spec or specs[0]
-    ref = _resolve_reference(reference, base, device, threads)
+    for path in artifacts:   # a wrong path fails now, not after the reference has run
+        format_for_path(path)
+        if not Path(path).is_file():
+            raise ArtifactError(f"{path}: no such file")
+    with contextlib.ExitStack() as stack:
+        first = None if reference_spec else stack.enter_context(
+            open_session(artifacts[0], device=device, threads=threads))
+        ref = _resolve_reference(reference, reference_spec or first.spec, device, threads)
+        stack.enter_context(ref.session)
+        return _parity(artifacts, first, ref, data, max_drop, limit, out, calib, device, threads,
+                       progress, sqnr)
+
+
+def _parity(artifacts, first, ref: Reference, data, max_drop, limit, out, calib, device,
+            threads, progress, sqnr) -> ParityReport:
     images = load_part(data, ref.spec, "val")
     if limit:
         images = images.subset(limit)
@@ -152,7 +169,7 @@ def parity(artifacts: Sequence[str | Path], data: Any = "photos", reference: Any
     ref_logits = _batched(ref.run, pixels)
     ref_pred = ref_logits.argmax(1)
     ref_top1 = metrics.topk_hits(ref_logits, labels, 1) if labels is not None else None
-    ref_info = ref.describe()
+    ref_info = dict(ref.description)
     if labels is not None:
         ref_info["top1"] = float(ref_top1.mean())
         ref_info["top1_ci"] = metrics.bootstrap_ci(ref_top1)
@@ -160,10 +177,12 @@ def parity(artifacts: Sequence[str | Path], data: Any = "photos", reference: Any
 
     results, preds = [], {"reference": [ref.spec.label(int(i)) for i in ref_pred]}
     with tempfile.TemporaryDirectory(prefix="edgecls-parity-") as work:
-        for path, spec in _progress(list(zip(artifacts, specs)), progress):
-            with open_session(path, device=device, threads=threads) as session:
-                res, cand_logits = _compare(session, spec, pixels, ref_logits, labels, max_drop,
-                                            digests)
+        for index, path in enumerate(_progress(list(artifacts), progress)):
+            session = first if index == 0 and first is not None else \
+                open_session(path, device=device, threads=threads)
+            with session:
+                spec = session.spec
+                res, cand_logits = _compare(session, pixels, ref_logits, labels, max_drop, digests)
             diagnose = get_format(spec.format).load_int8_diagnostics()
             if sqnr and spec.precision == "int8" and diagnose is not None:
                 res.worst_layers, res.worst_layers_note = _worst_layers(diagnose, path, ref,
@@ -203,7 +222,8 @@ def _latency_ms(session, x1: np.ndarray, runs: int = 10) -> float:
     return float(np.median(times) * 1000)
 
 
-def _compare(session, spec: ModelSpec, pixels, ref_logits, labels, max_drop, digests):
+def _compare(session: Session, pixels, ref_logits, labels, max_drop, digests):
+    spec = session.spec
     logits = _batched(lambda p: session.run(to_model_input(p, spec)), pixels)
     agree = logits.argmax(1) == ref_logits.argmax(1)
     cos = metrics.cosine_similarity(ref_logits, logits)
@@ -246,11 +266,11 @@ def _worst_layers(diagnose, path: str | Path, ref, pixels: np.ndarray,
                   work: Path) -> tuple[list[dict[str, Any]], str]:
     """The tensors of an INT8 artifact with the lowest SQNR against the FP32 model, named by
     the torch module they came from (the format table's int8_diagnostics)."""
-    if not isinstance(ref, _TorchReference):
+    if ref.model is None:
         return [], "needs the PyTorch reference"
     try:
         return diagnose(Path(path), ref.fp32_onnx(work), ref.spec, pixels[:SQNR_IMAGES],
                         WORST_LAYERS), ""
     except Exception as e:  # diagnostics must never hide the parity result itself
-        log.warning("SQNR diagnostics unavailable for %s: %s", path, e)
-        return [], f"unavailable: {type(e).__name__}: {str(e)[:120]}"
+        log.warning("SQNR diagnostics unavailable for %s: %s", path, first_line(e))
+        return [], f"unavailable: {type(e).__name__}: {first_line(e, 120)}"

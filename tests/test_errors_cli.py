@@ -119,8 +119,9 @@ def test_unknown_format_and_suffix():
         format_for_path("model")
     assert format_for_path("a/b/M.ENGINE").name == "tensorrt"
     assert format_for_path("m.plan").name == "tensorrt"
-    from edgecls.formats import Format
-    runtime_only = Format("runonly", (".ro",), runtime="x:y", requires=(), extra="x")
+    from edgecls.backends.base import Format
+    runtime_only = Format("runonly", (".ro",), runtime="x:y", requires=(), extra="x",
+                          container="x")
     with pytest.raises(UnknownFormatError, match="cannot export to runonly"):
         runtime_only.load_exporter()                 # a format without an exporter
 
@@ -151,9 +152,10 @@ def test_unknown_runtime_option_is_refused(digits_onnx):
 
 
 def test_missing_dependency_names_the_pip_extra():
-    from edgecls.formats import Format
+    from edgecls.backends.base import Format
     fmt = Format("fancy", (".fancy",), runtime="edgecls_no_such_module.rt:Session",
                  requires=("edgecls_no_such_module",), extra="fancy",
+                 container="edgecls_no_such_module.container",
                  exporter="edgecls_no_such_module.ex:export",
                  export_requires=("numpy", "edgecls_no_such_exporter_dep"))
     assert not fmt.available()
@@ -165,11 +167,11 @@ def test_missing_dependency_names_the_pip_extra():
     with pytest.raises(MissingDependencyError, match=r"exporter.*edgecls_no_such_exporter_dep.*edgecls\[fancy\]"):
         fmt.load_exporter()
     alt = Format("alt", (".alt",), runtime="x:y", requires=("edgecls_nope_a|edgecls_nope_b",),
-                 extra="alt")
+                 extra="alt", container="x")
     with pytest.raises(MissingDependencyError, match="edgecls_nope_a or edgecls_nope_b"):
         alt.load_runtime()
     ok = Format("ok", (".ok",), runtime="edgecls.classifier:Classifier", requires=("numpy|nothing_x",),
-                extra="ok")
+                extra="ok", container="x")
     assert ok.available()
     from edgecls.classifier import Classifier
     assert ok.load_runtime() is Classifier
@@ -205,7 +207,7 @@ def test_unreadable_images(digits_onnx, tmp_path):
 ])
 def test_corrupt_or_foreign_artifacts(bad_artifacts, kind, pattern):
     from edgecls.classifier import Classifier
-    from edgecls.runtimes.base import read_spec
+    from edgecls.formats import read_spec
     path = bad_artifacts[kind]
     with pytest.raises(ArtifactError, match=pattern):
         Classifier(path)
@@ -215,7 +217,7 @@ def test_corrupt_or_foreign_artifacts(bad_artifacts, kind, pattern):
 
 def test_missing_artifact(tmp_path):
     from edgecls.classifier import Classifier
-    from edgecls.runtimes.base import read_spec
+    from edgecls.formats import read_spec
     with pytest.raises(ArtifactError, match="no such file"):
         Classifier(tmp_path / "absent.onnx")
     with pytest.raises(ArtifactError, match="no such file"):

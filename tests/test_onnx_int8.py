@@ -49,7 +49,7 @@ def test_every_calibration_method_keeps_digits_accuracy(digits_model, digits_dat
 
 
 def test_int8_recipe_and_parent_link_are_in_the_spec(digits_artifacts):
-    from edgecls.runtimes.base import read_spec
+    from edgecls.formats import read_spec
     spec = read_spec(digits_artifacts["entropy"])
     q = spec.quantization
     assert q["method"] == "entropy" and q["activations"] == "u8 asymmetric" and q["format"] == "QDQ"

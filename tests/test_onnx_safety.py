@@ -4,11 +4,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecls.errors import ArtifactError
-from edgecls.runtimes.onnxruntime import OnnxRuntimeSession
+from edgecls.backends.onnx.runtime import OnnxRuntimeSession
 
 
 def test_external_data_outside_the_model_folder_is_refused(tmp_path, digits_onnx):
-    from edgecls.runtimes.base import read_spec
+    from edgecls.formats import read_spec
     secret = tmp_path / "secret.bin"
     secret.write_bytes(np.ones(4, np.float32).tobytes())
     weight = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")

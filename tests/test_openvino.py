@@ -25,22 +25,24 @@ from edgecls.spec import SPEC_KEY  # noqa: E402
 # -- helpers -------------------------------------------------------------------------------
 def make_ir(model, spec, onnx_path: Path, out: Path, precision="fp32", calib=None, **options):
     """The OpenVINO exporter on a source whose FP32 ONNX file already exists."""
+    from edgecls.backends.onnx import DEFAULT_OPSET
+    from edgecls.backends.openvino import OpenVINOOptions
+    from edgecls.backends.openvino.export import export
     from edgecls.calibration.datasets import CalibrationSet
-    from edgecls.exporters.onnx import DEFAULT_OPSET
-    from edgecls.exporters.openvino import export
-    from edgecls.exporting import ExportSource
+    from edgecls.sources import ExportSource
 
     source = ExportSource(model, spec, out.parent, onnx_opset=DEFAULT_OPSET, _onnx=onnx_path)
     calibration = CalibrationSet.from_source(calib, spec) if calib is not None else None
     derived = spec.derive(format="openvino", precision=precision, tools=dict(spec.tools),
                           notes=dict(spec.notes))
-    return export(source, derived, out, precision=precision, calibration=calibration,
-                  options=options)
+    export(source, derived, out, precision=precision, calibration=calibration,
+           options=OpenVINOOptions.parse(options, precision, "openvino"))
+    return out
 
 
 def logits(path, crops, **kwargs):
     from edgecls.calibration.preprocess import to_model_input
-    from edgecls.runtimes.base import open_session
+    from edgecls.formats import open_session
     with open_session(path, **kwargs) as s:
         return s.run(to_model_input(crops, s.spec))
 
@@ -95,7 +97,7 @@ def test_fp32_fp16_int8_keep_the_torch_accuracy(irs, digits_val):
 def test_int8_is_really_quantized_and_recorded(irs):
     import openvino as ov
 
-    from edgecls.runtimes.base import read_spec
+    from edgecls.formats import read_spec
     spec = read_spec(irs["int8"])
     q = spec.quantization
     assert spec.precision == "int8" and q["method"] == "nncf-ptq" and q["preset"] == "performance"
@@ -139,7 +141,7 @@ def test_accuracy_control_and_ignored_scope(digits_model, digits_onnx, digits_da
     import openvino as ov
 
     from edgecls.calibration.datasets import ImageSet
-    from edgecls.runtimes.base import read_spec
+    from edgecls.formats import read_spec
     model, spec = digits_model
     _, calib, _, _ = digits_data
     fp32 = ov.convert_model(str(digits_onnx))
@@ -170,7 +172,7 @@ def test_options_that_make_no_sense_are_refused(digits_model, tmp_path):
 # -- exporting.export: atomic pair, nothing left behind -----------------------------------
 def test_export_writes_the_pair_or_nothing(digits_model, digits_val, tmp_path):
     from edgecls.exporting import export
-    from edgecls.runtimes.base import read_spec
+    from edgecls.formats import read_spec
     model, spec = digits_model
     with pytest.raises(UnsupportedOptionError):  # fails after conversion, before saving
         export(model, to="openvino", out=tmp_path / "bad.int8.xml", spec=spec, precision="int8",
@@ -187,7 +189,7 @@ def test_export_writes_the_pair_or_nothing(digits_model, digits_val, tmp_path):
 def test_spec_round_trips_through_rt_info(irs, digits_model):
     import openvino as ov
 
-    from edgecls.runtimes.base import read_spec
+    from edgecls.formats import read_spec
     _, spec = digits_model
     raw = ov.Core().read_model(str(irs["fp32"])).get_rt_info(SPEC_KEY).astype(str)
     got = read_spec(irs["fp32"])
@@ -198,7 +200,7 @@ def test_spec_round_trips_through_rt_info(irs, digits_model):
 
 def test_baked_preprocessing_matches_the_plain_ir(irs, digits_val):
     from edgecls.calibration.preprocess import to_model_input
-    from edgecls.runtimes.base import open_session, read_spec
+    from edgecls.formats import open_session, read_spec
     crops, _, _ = digits_val
     spec = read_spec(irs["baked"])
     assert (spec.normalization_in_graph, spec.layout, spec.input_dtype) == (True, "NHWC", "uint8")
@@ -211,7 +213,7 @@ def test_baked_preprocessing_matches_the_plain_ir(irs, digits_val):
 
 
 def test_static_batch_runs_any_batch_size(irs, digits_val):
-    from edgecls.runtimes.base import read_spec
+    from edgecls.formats import read_spec
     crops, _, _ = digits_val
     assert read_spec(irs["static"]).notes["static_batch"] == 4
     np.testing.assert_allclose(logits(irs["static"], crops[:7]), logits(irs["fp32"], crops[:7]),
@@ -222,7 +224,7 @@ def test_static_batch_runs_any_batch_size(irs, digits_val):
 def test_precision_hint(irs):
     import openvino as ov
 
-    from edgecls.runtimes.base import open_session
+    from edgecls.formats import open_session
     with open_session(irs["fp32"]) as s:
         assert s.precision_used == "fp32"
     default = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
@@ -237,7 +239,7 @@ def test_precision_hint(irs):
 def test_absent_devices_are_errors_that_list_what_is_present(irs):
     import openvino as ov
 
-    from edgecls.runtimes.base import open_session
+    from edgecls.formats import open_session
     present = ov.Core().available_devices
     for device in ("gpu", "npu"):
         if any(d.startswith(device.upper()) for d in present):
@@ -252,7 +254,7 @@ def test_absent_devices_are_errors_that_list_what_is_present(irs):
 
 def test_throughput_hint_threads_and_concurrency(irs, digits_val):
     from edgecls.calibration.preprocess import to_model_input
-    from edgecls.runtimes.base import open_session
+    from edgecls.formats import open_session
     crops, _, _ = digits_val
     base = logits(irs["fp32"], crops[:16])
     with open_session(irs["fp32"], hint="throughput", threads=2) as s:
@@ -281,7 +283,7 @@ def bad_irs(irs, tmp_path):
 
 def test_corrupt_artifacts_are_one_line_artifact_errors(bad_irs, capsys):
     from edgecls.cli import main
-    from edgecls.runtimes.base import open_session, read_spec
+    from edgecls.formats import open_session, read_spec
     for path in bad_irs:
         with pytest.raises(ArtifactError) as e:
             read_spec(path)

@@ -1,8 +1,10 @@
 """TensorRT backend.
 
 Runs everywhere: the .engine header (round trip and every malformed file, pure Python), the
-errors a user without TensorRT gets, export options, and the symmetric s8 QDQ ONNX that the
-INT8 export hands to TensorRT (built and run here with ONNX Runtime).
+errors a user without TensorRT (or with a broken one) gets, export options, the build plans
+(typing, flags), the logger's per-operation errors, and the symmetric s8 QDQ ONNX that the
+INT8 export hands to TensorRT (checked node by node and run here with ONNX Runtime). No
+stand-in for TensorRT anywhere.
 
 Marked needs_tensorrt (skipped, with the reason shown, where TensorRT is absent): FP32 / FP16
 / INT8 engines of the digits model built on the GPU and checked against torch.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +22,9 @@ import pytest
 from conftest import run_concurrently
 
 from edgecls.errors import ArtifactError, MissingDependencyError, UnsupportedOptionError
-from edgecls.tensorrt_header import (HEADER_SIZE, MAGIC, engine_digest, pack, read_engine,
-                                     read_spec, wrap_engine, write_engine)
+from edgecls.backends.tensorrt.container import (HEADER_SIZE, MAGIC, engine_digest, pack,
+                                                 read_engine, read_spec, wrap_engine,
+                                                 write_engine)
 
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 # Stands in for a serialized engine wherever TensorRT itself is not involved.
@@ -30,7 +34,7 @@ FAKE_PLAN = bytes(range(256)) * 64
 @pytest.fixture(scope="module")
 def engine_spec(digits_onnx):
     """The real spec of the real exported digits ONNX, as the TensorRT exporter derives it."""
-    from edgecls.runtimes.base import read_spec as read_any
+    from edgecls.formats import read_spec as read_any
     spec = read_any(digits_onnx)
     return spec.derive(format="tensorrt", exported_from="onnx", tools={**spec.tools,
                        "tensorrt": "10.9.0.34"}, notes={**spec.notes, "engine_built_on": {
@@ -72,10 +76,11 @@ def test_header_round_trip(engine_spec, engine_file):
     assert plan == FAKE_PLAN and spec2 == spec
 
 
-def test_runtime_reads_the_spec_without_tensorrt(engine_file):
-    """The runtime module imports without TensorRT; its read_spec is the pure-Python one."""
-    from edgecls.runtimes.tensorrt import TensorRTSession
-    assert TensorRTSession.read_spec(engine_file).name == "digits_cnn"
+def test_spec_is_read_without_tensorrt(engine_file):
+    """The runtime module imports without TensorRT; the row reads the spec in pure Python."""
+    import edgecls.backends.tensorrt.runtime  # noqa: F401
+    from edgecls.formats import get_format
+    assert get_format("tensorrt").read_spec(engine_file).name == "digits_cnn"
 
 
 def test_wrap_a_raw_engine(engine_spec, tmp_path):
@@ -87,6 +92,10 @@ def test_wrap_a_raw_engine(engine_spec, tmp_path):
     assert plan == FAKE_PLAN and spec.tools["tensorrt"] == "10.3.0"
     with pytest.raises(ArtifactError, match="already an edgecls engine"):
         wrap_engine(out, engine_spec, tmp_path / "twice.engine")
+    # written atomically, so even onto the raw file itself
+    wrap_engine(raw, engine_spec, raw)
+    assert read_engine(raw)[1] == FAKE_PLAN
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trtexec.plan", "wrapped.engine"]
 
 
 def test_missing_header(tmp_path):
@@ -166,51 +175,107 @@ def test_export_without_tensorrt_names_the_extra(digits_model, tmp_path):
 
 @pytest.mark.skipif(HAVE_TENSORRT, reason="TensorRT is installed here")
 def test_session_without_tensorrt_names_the_extra(engine_file):
-    from edgecls.runtimes.tensorrt import TensorRTSession
+    from edgecls.backends.tensorrt.runtime import TensorRTSession
     with pytest.raises(MissingDependencyError, match=r"edgecls\[tensorrt\]"):
         TensorRTSession(engine_file, device="gpu")
 
 
-def test_export_options_are_checked_before_tensorrt():
-    from edgecls.exporters.tensorrt import parse_options
-    assert parse_options({"workspace_gb": "2"}, "fp16") == {"workspace_gb": 2.0, "dla_core": None}
-    assert parse_options({"dla_core": 1}, "int8")["dla_core"] == 1
-    for options, precision, words in [({"opset": 17}, "fp32", "does not take opset"),
+def test_a_broken_tensorrt_install_names_the_extra(monkeypatch):
+    """tensorrt's wheel present but libnvinfer not loadable: OSError on import."""
+    from edgecls.backends.tensorrt.cuda import import_cudart
+    from edgecls.backends.tensorrt.library import import_tensorrt
+
+    class BrokenLibraries:
+        def find_spec(self, name, path=None, target=None):
+            if name in ("tensorrt", "cuda"):
+                raise OSError(f"lib for {name}.so: cannot open shared object file")
+
+    monkeypatch.setattr(sys, "meta_path", [BrokenLibraries()] + sys.meta_path)
+    for name in ("tensorrt", "cuda", "cuda.bindings"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    for load in (import_tensorrt, import_cudart):
+        with pytest.raises(MissingDependencyError, match="cannot open shared object") as e:
+            load()
+        assert e.value.extra == "tensorrt"
+
+
+def test_export_options_are_checked_before_tensorrt(digits_model, digits_data, tmp_path):
+    from edgecls.backends.tensorrt import TensorRTOptions
+    from edgecls.exporting import export
+    assert TensorRTOptions.parse({"workspace_gb": "2"}, "fp16", "tensorrt") == \
+        TensorRTOptions(workspace_gb=2.0)
+    assert TensorRTOptions.parse({"dla_core": 1}, "fp16", "tensorrt").dla_core == 1
+    for options, precision, words in [({"opset": 17}, "fp32", "does not take --opset"),
                                       ({"dla_core": 0}, "fp32", "FP16 and INT8 only"),
+                                      ({"dla_core": 0}, "int8", "no explicit .*INT8"),
                                       ({"dla_core": -1}, "fp16", "0 or more"),
                                       ({"workspace_gb": 0}, "fp32", "positive"),
                                       ({"workspace_gb": "lots"}, "fp32", "a number")]:
         with pytest.raises(UnsupportedOptionError, match=words):
-            parse_options(options, precision)
+            TensorRTOptions.parse(options, precision, "tensorrt")
+    # through export(): refused before TensorRT, a GPU or the model are needed
+    model, spec = digits_model
+    _, calib, _, _ = digits_data
+    with pytest.raises(UnsupportedOptionError, match="no explicit .*INT8"):
+        export(model, to="tensorrt", out=tmp_path / "d.engine", spec=spec, precision="int8",
+               calib=calib, options={"dla_core": 0})
 
 
-# -- the INT8 ONNX that TensorRT would parse --------------------------------------------------------
+def test_build_plans():
+    """GPU engines are strongly typed (the ONNX decides the precision; no deprecated FP16 /
+    INT8 flag) and FP32 is FP32, not TF32; DLA engines are FP16 with GPU fallback."""
+    from edgecls.backends.tensorrt.export import BuildPlan, build_plan
+    assert build_plan("fp32", None) == BuildPlan("fp32", strongly_typed=True, clear_flags=("TF32",))
+    assert build_plan("fp16", None) == BuildPlan("fp16", strongly_typed=True)
+    assert build_plan("int8", None) == BuildPlan("int8-qdq", strongly_typed=True)
+    assert build_plan("fp16", 0) == BuildPlan("fp32", strongly_typed=False,
+                                              set_flags=("FP16", "GPU_FALLBACK"))
+
+
+def test_each_operation_reports_its_own_tensorrt_errors():
+    """TensorRT has one logger per process; a failure reports its own errors, not old ones."""
+    from edgecls.backends.tensorrt.library import ErrorLog
+    errors_of = ErrorLog()
+    errors_of.add("logged outside any operation")
+    with errors_of.capture() as errors:
+        errors_of.add("parse failed:\n  node 3 (Conv)")
+        assert errors() == "parse failed: node 3 (Conv)"
+    with errors_of.capture() as errors:
+        assert errors() == "no message from TensorRT"
+        errors_of.add("out of memory")
+        with errors_of.capture() as inner:
+            errors_of.add("bad shape")
+            assert inner() == "bad shape"
+        assert errors("?") == "out of memory; bad shape"
+
+
+# -- the INT8 ONNX that TensorRT parses -----------------------------------------------------------
 @pytest.fixture(scope="module")
 def int8_for_tensorrt(digits_model, digits_data, tmp_path_factory):
-    """prepare_onnx's INT8 output (what build_engine parses) and the spec it filled in."""
+    """The QDQ ONNX an INT8 engine is built from, and the spec it filled in."""
+    from edgecls.backends.tensorrt.quantize import qdq_onnx
     from edgecls.calibration.datasets import CalibrationSet
-    from edgecls.exporters.tensorrt import prepare_onnx
-    from edgecls.exporting import ExportSource
+    from edgecls.sources import ExportSource
     model, spec = digits_model
     _, calib, _, _ = digits_data
     work = tmp_path_factory.mktemp("trt-int8")
     out_spec = spec.derive(format="tensorrt", precision="int8", tools=dict(spec.tools))
-    path = prepare_onnx(ExportSource(model, spec, work), out_spec, "int8",
-                        CalibrationSet.from_source(calib, spec), work)
+    path = qdq_onnx(ExportSource(model, spec, work).onnx(), out_spec,
+                    CalibrationSet.from_source(calib, spec), work)
     return path, out_spec
 
 
-def test_int8_onnx_is_symmetric_s8_qdq(int8_for_tensorrt):
+def test_int8_onnx_is_what_tensorrt_takes(int8_for_tensorrt):
+    """Symmetric s8 Q/DQ (zero points 0), float biases (no int32 bias DequantizeLinear, which
+    TensorRT's parser rejects), Conv weights quantized per output channel (axis 0)."""
     import onnx
     from onnx import TensorProto, numpy_helper
     path, spec = int8_for_tensorrt
     model = onnx.load(str(path))
     inits = {i.name: i for i in model.graph.initializer}
+    producers = {out: n for n in model.graph.node for out in n.output}
     qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
-    quantizers = [n for n in qdq if n.op_type == "QuantizeLinear"]
-    assert len(quantizers) >= 4, "activations are quantized"
-    assert any(n.op_type == "DequantizeLinear" and n.input[0] in inits for n in qdq), \
-        "weights are quantized"
+    assert len([n for n in qdq if n.op_type == "QuantizeLinear"]) >= 4, "activations"
     for node in qdq:
         assert len(node.input) == 3 and node.input[2] in inits, f"{node.name}: no zero point"
         zero = inits[node.input[2]]
@@ -218,16 +283,28 @@ def test_int8_onnx_is_symmetric_s8_qdq(int8_for_tensorrt):
         assert not numpy_helper.to_array(zero).any(), f"{node.name}: asymmetric"
         if node.op_type == "DequantizeLinear" and node.input[0] in inits:
             assert inits[node.input[0]].data_type == TensorProto.INT8, \
-                f"{node.name}: TensorRT's parser takes int8 Q/DQ only"
+                f"{node.name}: an int32 (bias) DequantizeLinear"
+    quantized_convs = 0
+    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+        if len(conv.input) > 2:
+            assert inits[conv.input[2]].data_type == TensorProto.FLOAT, f"{conv.name}: bias"
+        weight = producers.get(conv.input[1])
+        if weight is None or weight.op_type != "DequantizeLinear":
+            continue                  # a conv kept in float (the first one)
+        quantized_convs += 1
+        axis = next((a.i for a in weight.attribute if a.name == "axis"), 1)
+        scales = numpy_helper.to_array(inits[weight.input[1]])
+        assert axis == 0 and scales.shape == (inits[weight.input[0]].dims[0],), conv.name
+    assert quantized_convs >= 2
     q = spec.quantization
     assert q["target"] == "tensorrt" and q["activations"] == "s8 symmetric"
     assert q["format"] == "QDQ" and q["calibration_size"] > 0
-    assert spec.tools["onnxruntime"]
+    assert q["applied_by"] == "tensorrt (explicit Q/DQ)" and spec.tools["onnxruntime"]
 
 
 def test_int8_onnx_still_classifies(int8_for_tensorrt, digits_model, digits_data):
-    """The ONNX handed to TensorRT (int32 biases folded to float) is the quantized model:
-    within 2 points of torch's accuracy on held-out digits, run here with ONNX Runtime."""
+    """The ONNX handed to TensorRT is the quantized model: within 2 points of torch's
+    accuracy on held-out digits, run here with ONNX Runtime."""
     import onnxruntime as ort
     import torch
 
@@ -244,39 +321,6 @@ def test_int8_onnx_still_classifies(int8_for_tensorrt, digits_model, digits_data
     torch_acc = float((ref.argmax(1) == labels).mean())
     int8_acc = float((got.argmax(1) == labels).mean())
     assert torch_acc > 0.9 and int8_acc >= torch_acc - 0.02, (int8_acc, torch_acc)
-
-
-def test_folding_int32_bias_changes_nothing(digits_model, digits_data, tmp_path):
-    """fold_int32_bias on ORT's own QDQ output: same graph function, no int32 DQ left."""
-    import onnx
-    import onnxruntime as ort
-
-    from edgecls.calibration.datasets import CalibrationSet
-    from edgecls.calibration.preprocess import to_model_input
-    from edgecls.exporters.tensorrt import fold_int32_bias
-    from edgecls.exporting import ExportSource
-    from edgecls.quantization.onnx import quantize_onnx
-    model, spec = digits_model
-    _, calib, val, _ = digits_data
-    fp32 = ExportSource(model, spec, tmp_path).onnx()
-    before = tmp_path / "before.onnx"
-    quantize_onnx(fp32, spec.derive(tools=dict(spec.tools)), before,
-                  CalibrationSet.from_source(calib, spec), target="tensorrt")
-    after = tmp_path / "after.onnx"
-    after.write_bytes(before.read_bytes())
-    folded = fold_int32_bias(after)
-    int32_dq = [n for n in onnx.load(str(after)).graph.node if n.op_type == "DequantizeLinear"
-                and any(i.name == n.input[0] and i.data_type == onnx.TensorProto.INT32
-                        for i in onnx.load(str(after)).graph.initializer)]
-    assert not int32_dq
-    x = to_model_input(val.crops(spec)[:64], spec)
-    outs = []
-    for path in (before, after):
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        outs.append(sess.run(None, {sess.get_inputs()[0].name: x})[0])
-    scale = max(1.0, float(np.abs(outs[0]).max()))
-    assert np.abs(outs[0] - outs[1]).max() <= 1e-3 * scale, f"folded {folded}"
-    assert (outs[0].argmax(1) == outs[1].argmax(1)).all()
 
 
 # -- on a GPU with TensorRT ---------------------------------------------------------------------
@@ -296,7 +340,7 @@ def digits_engines(digits_model, digits_data, tmp_path_factory) -> dict[str, Pat
 @pytest.mark.needs_tensorrt
 def test_engines_match_torch(digits_engines, digits_val):
     from edgecls.calibration.preprocess import to_model_input
-    from edgecls.runtimes.base import open_session
+    from edgecls.formats import open_session
     crops, labels, ref = digits_val
     torch_acc = float((ref.argmax(1) == labels).mean())
     scale = max(1.0, float(np.abs(ref).max()))
@@ -306,6 +350,7 @@ def test_engines_match_torch(digits_engines, digits_val):
         with open_session(digits_engines[precision], device="gpu") as s:
             got = s.run(to_model_input(crops, s.spec))      # 400 images: slices of 32
             assert s.device_used == "gpu" and s.describe()["tensorrt"]
+            assert s.run(to_model_input(crops[:0], s.spec)).shape == (0, 10)
         agree = float((got.argmax(1) == ref.argmax(1)).mean())
         acc = float((got.argmax(1) == labels).mean())
         assert agree >= min_agree, f"{precision}: top-1 agreement {agree:.3f}"
@@ -320,7 +365,7 @@ def test_classifier_and_spec(digits_engines, digits_val):
     import tensorrt as trt
 
     from edgecls.classifier import Classifier
-    from edgecls.runtimes.base import read_spec as read_any
+    from edgecls.formats import read_spec as read_any
     crops, labels, _ = digits_val
     for precision, path in digits_engines.items():
         spec = read_any(path)
@@ -328,6 +373,9 @@ def test_classifier_and_spec(digits_engines, digits_val):
         assert spec.exported_from == "onnx" and spec.tools["tensorrt"] == trt.__version__
         assert spec.notes["engine_built_on"]["compute_capability"]
     assert read_any(digits_engines["int8"]).quantization["activations"] == "s8 symmetric"
+    builds = {p: read_any(path).notes["tensorrt_build"] for p, path in digits_engines.items()}
+    assert all(b["typing"] == "strong" and not b["flags"] for b in builds.values())
+    assert builds["fp32"]["flags_cleared"] == ["TF32"]
     with Classifier(digits_engines["fp32"], device="auto", batch_size=7) as clf:
         top = clf.predict(list(crops[:20]))
     assert sum(p[0].index == y for p, y in zip(top, labels[:20])) >= 18
@@ -337,7 +385,7 @@ def test_classifier_and_spec(digits_engines, digits_val):
 @pytest.mark.needs_tensorrt
 def test_portability_is_checked(digits_engines, tmp_path):
     from edgecls.errors import DeviceUnavailableError
-    from edgecls.runtimes.tensorrt import TensorRTSession
+    from edgecls.backends.tensorrt.runtime import TensorRTSession
     spec, plan = read_engine(digits_engines["fp32"])
     other = write_engine(tmp_path / "old.engine", spec.derive(
         tools={**spec.tools, "tensorrt": "8.6.1"}, notes=dict(spec.notes)), plan)
@@ -358,7 +406,7 @@ def test_portability_is_checked(digits_engines, tmp_path):
 @pytest.mark.needs_tensorrt
 def test_threads_share_one_session(digits_engines, digits_val):
     from edgecls.calibration.preprocess import to_model_input
-    from edgecls.runtimes.base import open_session
+    from edgecls.formats import open_session
     crops, _, _ = digits_val
     with open_session(digits_engines["fp16"], device="gpu") as s:
         x = to_model_input(crops[:48], s.spec)

@@ -53,7 +53,7 @@ def test_digits_accuracy_matches_torch(digits_tflite, digits_val):
 
 def test_fp32_logits_match_torch(digits_tflite, digits_val):
     from edgecls.calibration.preprocess import to_model_input
-    from edgecls.runtimes.base import open_session
+    from edgecls.formats import open_session
     crops, _, ref = digits_val
     with open_session(digits_tflite["fp32"]) as s:
         got = s.run(to_model_input(crops[:64], s.spec))
@@ -61,7 +61,7 @@ def test_fp32_logits_match_torch(digits_tflite, digits_val):
 
 
 def test_spec_travels_in_metadata(digits_tflite):
-    from edgecls.runtimes.base import read_spec
+    from edgecls.formats import read_spec
     for tag, path in digits_tflite.items():
         spec = read_spec(path)
         assert spec.format == "tflite" and spec.layout == "NHWC" and spec.exported_from == "torch"
@@ -76,7 +76,7 @@ def test_spec_travels_in_metadata(digits_tflite):
 def test_int8_is_full_integer(digits_tflite):
     """Every op computes on int8 - residual add and the gate's multiply included. The float-I/O
     model may convert at its edges only: one QUANTIZE (input) and one DEQUANTIZE (output)."""
-    from edgecls.quantization.tflite import float_ops, op_table
+    from edgecls.backends.tflite.quantize import float_ops, op_table
     table = op_table(digits_tflite["int8io"].read_bytes())
     assert float_ops(digits_tflite["int8io"].read_bytes(), allow_boundary=False) == []
     names = [name for name, _, _ in table]
@@ -95,8 +95,8 @@ def test_int8_is_full_integer(digits_tflite):
 
 def test_int8_io_round_trip(digits_tflite, digits_val):
     from edgecls.calibration.preprocess import to_model_input
-    from edgecls.runtimes.base import open_session
-    from edgecls.runtimes.tflite import dequantize, quantize
+    from edgecls.formats import open_session
+    from edgecls.backends.tflite.runtime import dequantize, quantize
     crops, labels, _ = digits_val
     with open_session(digits_tflite["int8io"]) as s:
         detail = s._in
@@ -117,7 +117,7 @@ def test_int8_io_round_trip(digits_tflite, digits_val):
 
 def test_uint8_io_and_option_errors(digits_model, digits_data, digits_val, tmp_path):
     from edgecls.exporting import export
-    from edgecls.quantization.tflite import float_ops
+    from edgecls.backends.tflite.quantize import float_ops
     model, spec = digits_model
     _, calib, _, _ = digits_data
     with pytest.raises(UnsupportedOptionError, match="int8"):
@@ -138,7 +138,7 @@ def test_uint8_io_and_option_errors(digits_model, digits_data, digits_val, tmp_p
 
 
 def test_bad_artifacts_are_one_line_errors(digits_tflite, tmp_path):
-    from edgecls.runtimes.base import open_session, read_spec
+    from edgecls.formats import open_session, read_spec
     data = digits_tflite["fp32"].read_bytes()
     truncated = tmp_path / "truncated.tflite"
     truncated.write_bytes(data[: len(data) // 3])
@@ -151,9 +151,9 @@ def test_bad_artifacts_are_one_line_errors(digits_tflite, tmp_path):
             open_session(bad)
         assert "\n" not in str(e.value) and str(bad) in str(e.value)
     # a valid TFLite file without an edgecls spec
-    from edgecls.exporters.tflite import embed_spec  # noqa: F401 (exporter importable)
-    from edgecls.runtimes.tflite import read_metadata
-    assert read_metadata(digits_tflite["fp32"]) is not None
+    from edgecls.backends.tflite.container import read_metadata
+    path = digits_tflite["fp32"]
+    assert read_metadata(path.read_bytes(), str(path)) is not None
     plain = tmp_path / "plain.tflite"
     plain.write_bytes(_strip_spec(data))
     with pytest.raises(ArtifactError, match="without an edgecls spec"):
@@ -172,7 +172,7 @@ def _strip_spec(model: bytes) -> bytes:
 # ai-edge-litert's Delegate.__del__ raises AttributeError after a failed load (its bug).
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_devices_and_delegates(digits_tflite, tmp_path):
-    from edgecls.runtimes.base import open_session
+    from edgecls.formats import open_session
     path = digits_tflite["int8"]
     with pytest.raises(DeviceUnavailableError, match="--delegate"):
         open_session(path, device="npu")

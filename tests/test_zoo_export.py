@@ -65,7 +65,7 @@ def test_efficientnet_lite0_names_the_photos(effl0_torch, effl0_onnx, photo_file
 
 
 def test_efficientnet_lite0_spec_travels_in_the_artifact(effl0_onnx, effl0_torch):
-    from edgecls.runtimes.base import read_spec
+    from edgecls.formats import read_spec
     _, spec = effl0_torch
     got = read_spec(effl0_onnx)
     assert got.format == "onnx" and got.precision == "fp32"

@@ -145,6 +145,14 @@ class CalibrationSet:
         for i in range(0, len(crops), batch_size):
             yield to_model_input(crops[i:i + batch_size], spec)
 
+    def held_out(self, data: Any, spec: ModelSpec, size: int = 500) -> ImageSet | None:
+        """Images to check an INT8 model on: `data` (--data), else what the calibration
+        source has left; never a calibration image. None when there is no source."""
+        source = data if data is not None else self.source
+        if source is None:
+            return None
+        return load_part(source, spec, "val").subset(size, exclude=self.images)
+
     def recipe(self) -> dict[str, Any]:
         # Short content ids of every calibration image: parity uses them to find validation
         # images that were also used for calibration, whatever their file names.

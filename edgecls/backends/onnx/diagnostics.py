@@ -39,7 +39,7 @@ def worst_onnx_layers(int8_path: Path, fp32_path: Path, spec: ModelSpec, pixels:
                                                          create_activation_matching,
                                                          modify_model_output_intermediate_tensors)
 
-    from edgecls.quantization.onnx import BatchReader
+    from edgecls.backends.onnx.quantize import BatchReader
 
     batches = [to_model_input(pixels[i:i + 1], spec.derive(layout="NCHW")) for i in range(len(pixels))]
     with tempfile.TemporaryDirectory(prefix="edgecls-sqnr-") as work:

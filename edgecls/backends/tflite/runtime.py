@@ -14,124 +14,22 @@ two threads ever share one. With the default the pool serialises callers like a 
 2 cores a pool of 2 gave no more throughput than 1 (XNNPACK already uses the threads) and
 each interpreter holds its own packed weights, so more is opt-in for many-core hosts.
 
-The edgecls spec is a TFLite metadata entry (name edgecls.spec, an associated buffer holding
-the JSON). It is read with a small flatbuffer reader of our own rather than
-ai_edge_litert.schema_py_generated: the older devices this module also serves have only
-tflite_runtime, which ships no schema module, and `edgecls info` must work there too.
+The file is read once: its spec (container.py) and every interpreter come from those bytes.
 """
 from __future__ import annotations
 
 import queue
-import struct
 import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgecls.errors import ArtifactError, DeviceUnavailableError, UnsupportedOptionError
-from edgecls.runtimes.base import Session
-from edgecls.spec import SPEC_KEY, ModelSpec
+from edgecls.backends.base import Session
+from edgecls.backends.tflite import FORMAT
+from edgecls.backends.tflite.container import read_file, spec_of
+from edgecls.errors import ArtifactError, DeviceUnavailableError, UnsupportedOptionError, first_line
 
-FILE_IDENTIFIER = b"TFL3"
 DEFAULT_INTERPRETERS = 1
-
-
-# -- a minimal flatbuffer reader for the TFLite schema (Model -> metadata, buffers) ---------
-class _Flat:
-    """Just enough of the flatbuffer wire format to read tables, vectors and strings, with
-    bounds checks so that a truncated or foreign file is an ArtifactError, not a crash."""
-
-    def __init__(self, buf: bytes, source: str):
-        self.buf, self.source = buf, source
-
-    def _bad(self, why: str) -> ArtifactError:
-        return ArtifactError(f"{self.source}: not a valid TFLite flatbuffer ({why})")
-
-    def u32(self, pos: int) -> int:
-        if pos < 0 or pos + 4 > len(self.buf):
-            raise self._bad("truncated")
-        return struct.unpack_from("<I", self.buf, pos)[0]
-
-    def u64(self, pos: int) -> int:
-        if pos < 0 or pos + 8 > len(self.buf):
-            raise self._bad("truncated")
-        return struct.unpack_from("<Q", self.buf, pos)[0]
-
-    def u16(self, pos: int) -> int:
-        if pos < 0 or pos + 2 > len(self.buf):
-            raise self._bad("truncated")
-        return struct.unpack_from("<H", self.buf, pos)[0]
-
-    def field(self, table: int, index: int) -> int | None:
-        """Absolute position of field `index` of the table at `table`, or None if absent."""
-        vtable = table - struct.unpack_from("<i", self.buf, table)[0] if table + 4 <= len(self.buf) \
-            else -1
-        vsize = self.u16(vtable)
-        if 4 + 2 * index >= vsize:
-            return None
-        off = self.u16(vtable + 4 + 2 * index)
-        return table + off if off else None
-
-    def deref(self, pos: int) -> int:
-        return pos + self.u32(pos)
-
-    def vector(self, table: int, index: int) -> tuple[int, int]:
-        """(start, length) of a vector field; (0, 0) when absent."""
-        pos = self.field(table, index)
-        if pos is None:
-            return 0, 0
-        vec = self.deref(pos)
-        n = self.u32(vec)
-        return vec + 4, n
-
-    def table_at(self, vector_start: int, i: int) -> int:
-        return self.deref(vector_start + 4 * i)
-
-    def bytes_field(self, table: int, index: int) -> bytes:
-        start, n = self.vector(table, index)
-        if start + n > len(self.buf):
-            raise self._bad("truncated")
-        return bytes(self.buf[start:start + n])
-
-
-def read_metadata(path: Path, key: str = SPEC_KEY) -> bytes | None:
-    """The bytes of the metadata entry `key` of a .tflite file (None if it has none).
-
-    Schema: Model{0 version, 1 operator_codes, 2 subgraphs, 3 description, 4 buffers,
-    5 metadata_buffer, 6 metadata, ...}; Metadata{0 name, 1 buffer}; Buffer{0 data,
-    1 offset, 2 size} (offset/size for models over 2 GB that keep data after the flatbuffer).
-    """
-    try:
-        buf = path.read_bytes()
-    except OSError as e:
-        raise ArtifactError(f"{path}: cannot read it ({e.strerror or e})") from None
-    fb = _Flat(buf, str(path))
-    if len(buf) < 8 or buf[4:8] != FILE_IDENTIFIER:
-        raise ArtifactError(f"{path}: not a TFLite flatbuffer (no TFL3 identifier); "
-                            "is it truncated or another kind of file?")
-    model = fb.deref(0)
-    meta_start, meta_n = fb.vector(model, 6)
-    buffers_start, buffers_n = fb.vector(model, 4)
-    for i in range(meta_n):
-        entry = fb.table_at(meta_start, i)
-        if fb.bytes_field(entry, 0).decode("utf-8", "replace") != key:
-            continue
-        pos = fb.field(entry, 1)
-        index = fb.u32(pos) if pos is not None else 0
-        if index >= buffers_n:
-            raise fb._bad(f"metadata buffer {index} out of range")
-        buffer = fb.table_at(buffers_start, index)
-        data = fb.bytes_field(buffer, 0)
-        if not data:
-            off, size = fb.field(buffer, 1), fb.field(buffer, 2)
-            if off is not None and size is not None:
-                start, n = fb.u64(off), fb.u64(size)
-                if start + n > len(buf):
-                    raise fb._bad("truncated")
-                data = bytes(buf[start:start + n])
-        return data
-    return None
 
 
 # -- interpreter loading -----------------------------------------------------------------------
@@ -159,30 +57,19 @@ def runtime_version() -> str:
     return "?"
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:300]
-
-
 class TFLiteSession(Session):
+    format = FORMAT
     backend = "tflite"
     # Each interpreter is used by one thread at a time (a pool), so Session.run needs no lock.
     thread_safe = True
     accepted_options = ("delegate", "delegate_options", "interpreters")
 
-    @classmethod
-    def read_spec(cls, path: Path) -> ModelSpec:
-        data = read_metadata(path)
-        if data is None:
-            raise ArtifactError(f"{path}: a TFLite model without an edgecls spec; export it with "
-                                "`edgecls export --to tflite`")
-        return ModelSpec.from_json(data.decode("utf-8", "replace"), str(path))
-
     # -- opening ----------------------------------------------------------------------------
     def _open(self, delegate: str | None = None, delegate_options: dict[str, Any] | None = None,
               interpreters: int | None = None) -> None:
+        self._content = read_file(self.path)
+        self.spec = spec_of(self._content, self.path)
         self._tfl = _interpreter_module()
-        self._content = self.path.read_bytes()
         self._delegate_path = delegate
         self._delegate_options = dict(delegate_options or {})
         self._delegates: list[Any] = []
@@ -198,7 +85,7 @@ class TFLiteSession(Session):
                         "gpu" if self.device == "gpu" else "accelerator")
                 except Exception as e:  # ValueError/OSError/RuntimeError by version
                     self._unavailable(f"the TFLite delegate {delegate} did not load "
-                                      f"({_first_line(e)})")
+                                      f"({first_line(e)})")
         if not self._delegates:
             self.device_used = "cpu"
         if delegate and self.device == "cpu":
@@ -234,7 +121,7 @@ class TFLiteSession(Session):
             it.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise ArtifactError(f"{self.path}: the TFLite runtime cannot load it "
-                                f"({_first_line(e)})") from None
+                                f"({first_line(e)})") from None
         with self._made_lock:
             self._made += 1
         return it
@@ -325,4 +212,4 @@ def dequantize(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     return (y.astype(np.float32) - np.float32(zero)) * np.float32(scale)
 
 
-__all__ = ["TFLiteSession", "read_metadata", "quantize", "dequantize", "FILE_IDENTIFIER"]
+__all__ = ["TFLiteSession", "quantize", "dequantize"]

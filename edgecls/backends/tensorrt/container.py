@@ -1,4 +1,4 @@
-"""The edgecls TensorRT artifact: one .engine file = a small header + the serialized engine.
+"""How a TensorRT artifact carries its spec: one .engine file = a small header + the engine.
 
     offset 0   12 bytes  MAGIC  b"EDGECLS-TRT\\x00"
     offset 12   4 bytes  header version, uint32 little-endian (HEADER_VERSION)
@@ -20,7 +20,8 @@ import json
 import struct
 from pathlib import Path
 
-from edgecls.errors import ArtifactError
+from edgecls.errors import ArtifactError, first_line
+from edgecls.io import atomic_paths
 from edgecls.spec import ModelSpec
 
 MAGIC = b"EDGECLS-TRT\x00"
@@ -52,7 +53,8 @@ def write_engine(path: str | Path, spec: ModelSpec, engine: bytes | memoryview) 
 
 def wrap_engine(raw: str | Path, spec: ModelSpec, out: str | Path,
                 tensorrt_version: str | None = None) -> Path:
-    """Give a raw TensorRT engine built elsewhere (trtexec, Polygraphy) an edgecls spec.
+    """Give a raw TensorRT engine built elsewhere (trtexec, Polygraphy) an edgecls spec, in
+    a new file written atomically (`out` may be `raw` itself).
 
     The spec must describe the engine's input (size, layout, normalisation). Pass the
     TensorRT version it was built with so the runtime can say so when it does not match."""
@@ -63,11 +65,17 @@ def wrap_engine(raw: str | Path, spec: ModelSpec, out: str | Path,
     if tensorrt_version:
         spec.tools["tensorrt"] = tensorrt_version
     spec.notes.setdefault("engine_origin", f"wrapped raw engine {Path(raw).name}")
-    return write_engine(out, spec, data)
+    out = Path(out)
+    with atomic_paths(out) as (tmp,):
+        write_engine(tmp, spec, data)
+    return out
 
 
-def _read_header(path: Path) -> tuple[ModelSpec, int, int]:
-    """(spec, offset of the engine, file size); every malformed case is an ArtifactError."""
+def _read(path: Path, with_engine: bool) -> tuple[ModelSpec, bytes | None]:
+    """The spec (and the engine bytes) in one pass over the file; every malformed case is an
+    ArtifactError."""
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such file")
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -80,7 +88,7 @@ def _read_header(path: Path) -> tuple[ModelSpec, int, int]:
                     f"{path}: a TensorRT engine without an edgecls header (built elsewhere?), "
                     "so its preprocessing and labels are unknown; export it with `edgecls "
                     "export --to tensorrt`, or give it a spec with "
-                    "edgecls.tensorrt_header.wrap_engine(path, spec, out)")
+                    "edgecls.backends.tensorrt.container.wrap_engine(path, spec, out)")
             if len(head) < HEADER_SIZE:
                 raise ArtifactError(f"{path}: truncated inside the edgecls TensorRT header "
                                     f"({size} of {HEADER_SIZE} bytes)")
@@ -93,47 +101,45 @@ def _read_header(path: Path) -> tuple[ModelSpec, int, int]:
             if HEADER_SIZE + n > size:
                 raise ArtifactError(f"{path}: truncated: the header announces a {n}-byte spec but "
                                     f"only {size - HEADER_SIZE} bytes follow it")
-            raw = f.read(n)
+            spec = _parse_spec(f.read(n), path)
+            _check_engine_size(spec, size - HEADER_SIZE - n, path)
+            engine = f.read() if with_engine else None
     except OSError as e:
         raise ArtifactError(f"{path}: cannot read it ({e.strerror or e})") from None
+    return spec, engine
+
+
+def _parse_spec(raw: bytes, path: Path) -> ModelSpec:
     try:
         text = raw.decode("utf-8")
         data = json.loads(text)
     except (UnicodeDecodeError, ValueError) as e:
         raise ArtifactError(f"{path}: its edgecls spec is not valid JSON "
-                            f"({str(e).splitlines()[0][:200]})") from None
+                            f"({first_line(e, 200)})") from None
     if not isinstance(data, dict):
         raise ArtifactError(f"{path}: its edgecls spec is not a JSON object "
                             f"(found {type(data).__name__})")
-    spec = ModelSpec.from_json(text, str(path))
-    offset = HEADER_SIZE + n
+    return ModelSpec.from_json(text, str(path))
+
+
+def _check_engine_size(spec: ModelSpec, size: int, path: Path) -> None:
     expected = spec.notes.get("engine_size")
-    if offset == size:
+    if size == 0:
         raise ArtifactError(f"{path}: truncated: the spec is there but the engine is missing")
-    if isinstance(expected, int) and size - offset != expected:
-        what = "truncated" if size - offset < expected else "corrupt (trailing bytes)"
+    if isinstance(expected, int) and size != expected:
+        what = "truncated" if size < expected else "corrupt (trailing bytes)"
         raise ArtifactError(f"{path}: {what}: the engine should be {expected} bytes, "
-                            f"the file holds {size - offset}")
-    return spec, offset, size
+                            f"the file holds {size}")
 
 
 def read_spec(path: str | Path) -> ModelSpec:
     """The ModelSpec of an edgecls .engine file, without TensorRT."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path}: no such file")
-    return _read_header(path)[0]
+    return _read(Path(path), with_engine=False)[0]
 
 
 def read_engine(path: str | Path) -> tuple[ModelSpec, bytes]:
     """The spec and the serialized engine bytes, checked against the recorded digest."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path}: no such file")
-    spec, offset, _ = _read_header(path)
-    with open(path, "rb") as f:
-        f.seek(offset)
-        engine = f.read()
+    spec, engine = _read(Path(path), with_engine=True)
     digest = spec.notes.get("engine_sha256")
     if digest and engine_digest(engine) != digest:
         raise ArtifactError(f"{path}: corrupt: the engine bytes do not match the digest in its "

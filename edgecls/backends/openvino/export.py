@@ -16,51 +16,34 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
-from edgecls.errors import UnsupportedOptionError
-from edgecls.spec import SPEC_KEY, ModelSpec
+from edgecls.backends.openvino import OpenVINOOptions
+from edgecls.backends.openvino.container import write_spec
+from edgecls.errors import first_line
+from edgecls.spec import ModelSpec
 
 log = logging.getLogger("edgecls")
 
-#: options that only make sense when quantizing
-INT8_ONLY = ("preset", "max_drop", "data", "ignored_scope", "calib_method")
 #: the weights compression that ov.save_model applies, per precision
 COMPRESS_TO_FP16 = {"fp32": False, "fp16": True, "int8": False}
 
 
-def export(source, spec: ModelSpec, out: Path, *, precision: str = "fp32",
-           calibration=None, options: dict[str, Any] | None = None) -> Path:
+def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
+           options: OpenVINOOptions) -> None:
     """The format table's exporter for "openvino": writes `out` and out.with_suffix(".bin")."""
     import openvino as ov
 
-    options = {k: v for k, v in (options or {}).items() if v not in (None, False, (), [])}
-    _check_options(precision, options)
     model, spec.exported_from = convert(source, spec)
     if precision == "int8":
-        from edgecls.quantization.openvino import quantize
-        model = quantize(model, spec, calibration, **{k: options[k] for k in INT8_ONLY
-                                                        if k in options})
-    if "static_batch" in options:
-        model = set_batch(model, int(options["static_batch"]), spec)
-    if options.get("bake_preprocessing"):
+        from edgecls.backends.openvino.quantize import quantize
+        model = quantize(model, spec, calibration, options)
+    if options.static_batch is not None:
+        model = set_batch(model, options.static_batch, spec)
+    if options.bake_preprocessing:
         model = bake_preprocessing(model, spec)
     spec.tools.update(openvino=ov.get_version().split("-")[0])
     write_spec(model, spec)
     ov.save_model(model, str(out), compress_to_fp16=COMPRESS_TO_FP16[precision])
-    return out
-
-
-def _check_options(precision: str, options: dict[str, Any]) -> None:
-    misplaced = sorted(k for k in INT8_ONLY if k in options and precision != "int8")
-    if misplaced:
-        raise UnsupportedOptionError(f"option(s) {', '.join(misplaced)} apply only to --int8")
-    if precision == "int8":  # fail before the (slow) conversion, not after it
-        from edgecls.quantization.openvino import check_options
-        check_options(options)
-    batch = options.get("static_batch")
-    if batch is not None and int(batch) < 1:
-        raise UnsupportedOptionError(f"--static-batch must be >= 1, not {batch}")
 
 
 def convert(source, spec: ModelSpec):
@@ -71,7 +54,7 @@ def convert(source, spec: ModelSpec):
         onnx_path = source.onnx()
     except Exception as e:  # the dynamo exporter's own error types vary by torch version
         log.warning("ONNX export failed (%s); converting the torch model directly",
-                    str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+                    first_line(e, 200))
         return _from_torch(source.model, spec), "torch"
     return ov.convert_model(str(onnx_path)), "onnx"
 
@@ -110,7 +93,3 @@ def bake_preprocessing(model, spec: ModelSpec):
         .mean([m * 255.0 for m in spec.mean]).scale([s * 255.0 for s in spec.std])
     spec.normalization_in_graph, spec.layout, spec.input_dtype = True, "NHWC", "uint8"
     return ppp.build()
-
-
-def write_spec(model, spec: ModelSpec) -> None:
-    model.set_rt_info(spec.to_json(), SPEC_KEY)

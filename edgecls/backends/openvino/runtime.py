@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgecls.errors import ArtifactError, DeviceUnavailableError, UnsupportedOptionError
-from edgecls.runtimes.base import Session
-from edgecls.spec import SPEC_KEY, ModelSpec
+from edgecls.backends.base import Session
+from edgecls.backends.openvino import FORMAT
+from edgecls.backends.openvino.container import read_model, spec_of
+from edgecls.errors import ArtifactError, DeviceUnavailableError, UnsupportedOptionError, first_line
 
 DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "auto": "AUTO"}
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
@@ -32,49 +32,24 @@ REPORTED = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "float32": "fp32",
 THROUGHPUT_CHUNK = 1
 
 
-def _core():
-    import openvino as ov
-    return ov.Core()
-
-
-def read_model(core, path: Path):
-    """ov.Model from an .xml whose .bin sits next to it; every failure is an ArtifactError."""
-    weights = path.with_suffix(".bin")
-    if not weights.is_file():
-        raise ArtifactError(f"{path}: its weights file {weights.name} is missing (an OpenVINO "
-                            "IR is an .xml plus a .bin; copy both)")
-    try:
-        return core.read_model(str(path), str(weights))
-    except Exception as e:  # OpenVINO raises RuntimeError with a multi-line C++ trace
-        raise ArtifactError(f"{path}: OpenVINO cannot read it ({_first_line(e)})") from None
-
-
-def _first_line(e: Exception) -> str:
-    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-    # OpenVINO prefixes the useful line with "Exception from src/...cpp:NN:"
-    useful = [l for l in lines if not l.startswith(("Exception from", "Check '"))] or lines
-    return (useful[0] if useful else type(e).__name__)[:300]
-
-
 class OpenVINOSession(Session):
+    format = FORMAT
     backend = "openvino"
     accepted_options = ("inference_precision", "hint", "config")
 
-    @classmethod
-    def read_spec(cls, path: Path) -> ModelSpec:
-        return spec_of(read_model(_core(), path), path)
-
     def _open(self, inference_precision: str | None = None, hint: str = "latency",
               config: dict[str, Any] | None = None) -> None:
-        core = _core()
-        device = self._device(core)
+        import openvino as ov
+        core = ov.Core()
         model = read_model(core, self.path)
+        self.spec = spec_of(model, self.path)
+        device = self._device(core)
         settings = {**self._config(inference_precision, hint, device), **(config or {})}
         try:
             self._compiled = core.compile_model(model, device, settings)
         except Exception as e:
             raise ArtifactError(f"{self.path}: OpenVINO cannot compile it for {device} "
-                                f"({_first_line(e)})") from None
+                                f"({first_line(e)})") from None
         self.hint = hint
         self.precision_used = self._precision_used()
         self._output = self._compiled.output(0)
@@ -181,10 +156,3 @@ class OpenVINOSession(Session):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "hint": self.hint,
                 "exported_from": self.spec.exported_from}
-
-
-def spec_of(model, path: Path) -> ModelSpec:
-    if not model.has_rt_info(SPEC_KEY):
-        raise ArtifactError(f"{path}: an OpenVINO IR without an edgecls spec; export it with "
-                            "`edgecls export --to openvino`")
-    return ModelSpec.from_json(model.get_rt_info(SPEC_KEY).astype(str), str(path))

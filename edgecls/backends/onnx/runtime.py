@@ -1,14 +1,14 @@
 """ONNX Runtime session: devices map to execution providers that are actually present."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgecls.errors import ArtifactError, DeviceUnavailableError
-from edgecls.runtimes.base import Session
-from edgecls.spec import SPEC_KEY, ModelSpec
+from edgecls.backends.base import Session
+from edgecls.backends.onnx import FORMAT
+from edgecls.backends.onnx.container import inference_session, spec_of
+from edgecls.errors import DeviceUnavailableError
 
 # Preferred providers per device, best first. CPU is always last resort for "auto".
 PROVIDERS = {
@@ -37,37 +37,21 @@ def pick_providers(device: str, available: list[str], fallback: bool) -> list[st
     return wanted + (["CPUExecutionProvider"] if "CPUExecutionProvider" not in wanted else [])
 
 
-def _ort():
-    import onnxruntime
-    return onnxruntime
-
-
 class OnnxRuntimeSession(Session):
+    format = FORMAT
     backend = "onnxruntime"
     accepted_options = ("providers",)
 
-    @classmethod
-    def read_spec(cls, path: Path) -> ModelSpec:
-        ort = _ort()
-        # only the metadata is wanted: skip graph optimisation, the costly part of a load
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = _inference_session(ort, path, options, ["CPUExecutionProvider"])
-        meta = sess.get_modelmeta().custom_metadata_map
-        if SPEC_KEY not in meta:
-            raise ArtifactError(f"{path}: an ONNX model without an edgecls spec; export it with "
-                                "`edgecls export`")
-        return ModelSpec.from_json(meta[SPEC_KEY], str(path))
-
     def _open(self, providers: list[str] | None = None) -> None:
-        ort = _ort()
+        import onnxruntime as ort
         so = ort.SessionOptions()
         if self.threads:
             so.intra_op_num_threads = self.threads
             so.inter_op_num_threads = 1
         if providers is None:
             providers = pick_providers(self.device, ort.get_available_providers(), self.fallback)
-        self._session = _inference_session(ort, self.path, so, providers)
+        self._session = inference_session(self.path, so, providers)
+        self.spec = spec_of(self._session, self.path)
         used = self._session.get_providers()
         self.providers = used
         self.device_used = next((d for d in ("gpu", "npu") if used[0] in PROVIDERS[d]), "cpu")
@@ -79,11 +63,3 @@ class OnnxRuntimeSession(Session):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "providers": self.providers}
-
-
-def _inference_session(ort, path: Path, options, providers):
-    try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/... classes
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ArtifactError(f"{path}: ONNX Runtime cannot load it ({first[:300]})") from None

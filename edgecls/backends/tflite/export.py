@@ -21,40 +21,32 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
 
+from edgecls.backends.tflite import TFLiteOptions, io_type
+from edgecls.backends.tflite.container import embed_spec
 from edgecls.errors import DataError, UnsupportedOptionError
-from edgecls.spec import SPEC_KEY, ModelSpec
+from edgecls.spec import ModelSpec
 
 log = logging.getLogger("edgecls")
-INT8_IO = ("int8", "uint8")
 
 
-def export(source, spec: ModelSpec, out: Path, *, precision: str = "fp32",
-           calibration=None, options: dict[str, Any] | None = None) -> Path:
+def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
+           options: TFLiteOptions) -> None:
     """The format table's exporter for "tflite"."""
-    options = dict(options or {})
-    int8_io = _int8_io(options.pop("int8_io", None))
-    if options:
-        raise UnsupportedOptionError(f"--to tflite does not take {', '.join(sorted(options))}")
-    if int8_io and precision != "int8":
-        raise UnsupportedOptionError("--int8-io needs --int8 (a float model has float I/O)")
-    if precision == "int8" and calibration is None:
-        raise UnsupportedOptionError("--int8 needs calibration images: --calib DIR")
-
+    int8_io = io_type(options.int8_io)
     spec.layout = "NHWC"
     spec.exported_from = "torch"
     spec.input_dtype = int8_io or "float32"
     spec.tools.update(_versions())
     model = convert_fp32(source.model, spec)
     if precision == "fp16":
-        from edgecls.quantization.tflite import quantize_fp16
+        from edgecls.backends.tflite.quantize import quantize_fp16
         with _quiet():
             model = quantize_fp16(model)
         spec.quantization = {"method": "weight-only", "weights": "float16",
                              "tool": "ai-edge-quantizer"}
     elif precision == "int8":
-        from edgecls.quantization.tflite import float_ops, quantize_int8
+        from edgecls.backends.tflite.quantize import float_ops, quantize_int8
         samples = [x for batch in calibration.batches(spec) for x in batch]
         if not samples:
             raise DataError("the calibration set is empty")
@@ -67,21 +59,7 @@ def export(source, spec: ModelSpec, out: Path, *, precision: str = "fp32",
                 f"({', '.join(leftover[:5])}); this architecture has no full-integer TFLite "
                 "export yet")
         spec.quantization = {**calibration.recipe(), **facts, "float_ops": []}
-    elif precision != "fp32":
-        raise UnsupportedOptionError(f"tflite artifacts cannot be {precision}")
-    out = Path(out)
-    out.write_bytes(embed_spec(model, spec))
-    return out
-
-
-def _int8_io(value: Any) -> str | None:
-    if value in (None, False, "", "float32", "none"):
-        return None
-    if value is True:
-        return "int8"
-    if str(value).lower() in INT8_IO:
-        return str(value).lower()
-    raise UnsupportedOptionError(f"--int8-io takes int8 or uint8, not {value!r}")
+    Path(out).write_bytes(embed_spec(model, spec))
 
 
 def _versions() -> dict[str, str]:
@@ -141,25 +119,3 @@ def convert_fp32(model, spec: ModelSpec) -> bytes:
         with torch.no_grad():
             edge = litert_torch.convert(_nhwc(model), (torch.zeros(1, h, w, 3),))
         return bytes(edge.model_content())
-
-
-def embed_spec(model: bytes, spec: ModelSpec, key: str = SPEC_KEY) -> bytes:
-    """Add (or replace) the metadata entry `key` -> a new buffer with the spec's JSON."""
-    import numpy as np
-    from ai_edge_litert import schema_py_generated as S
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
-    obj.metadata = [m for m in (obj.metadata or []) if _name(m.name) != key]
-    buffer = S.BufferT()
-    buffer.data = np.frombuffer(spec.to_json().encode("utf-8"), dtype=np.uint8)
-    obj.buffers.append(buffer)
-    entry = S.MetadataT()
-    entry.name = key
-    entry.buffer = len(obj.buffers) - 1
-    obj.metadata.append(entry)
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
-
-
-def _name(value: Any) -> str:
-    return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)

@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from edgecls.backends.onnx.container import write_spec
 from edgecls.errors import UnsupportedOptionError
 from edgecls.spec import ModelSpec
 
@@ -74,19 +75,8 @@ class BatchReader:
         self._it = iter(self._batches)
 
 
-def quantize_onnx(fp32_path: Path, spec: ModelSpec, out: Path, calibration, *,
-                  calib_method: str | None = None, target: str | None = None,
-                  exclude: list[str] | None = None, per_channel: bool = True,
-                  keep_float: str = "first-last",
-                  **unknown: Any) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from edgecls.exporters.onnx import write_spec
-    from edgecls.io import sha256
-
-    if unknown:
-        raise UnsupportedOptionError(f"ONNX INT8 does not take {', '.join(sorted(unknown))}")
+def check_recipe(calib_method: str | None, target: str | None) -> None:
+    """Refuse a calibration method or target this module has no recipe for."""
     method = (calib_method or "minmax").lower()
     if method in REFUSED_METHODS:
         raise UnsupportedOptionError(REFUSED_METHODS[method])
@@ -96,14 +86,28 @@ def quantize_onnx(fp32_path: Path, spec: ModelSpec, out: Path, calibration, *,
     target = (target or "cpu").lower()
     if target not in TARGETS:
         raise UnsupportedOptionError(f"unknown INT8 target {target!r}; choose {', '.join(TARGETS)}")
+
+
+def quantize_onnx(fp32_path: Path, spec: ModelSpec, out: Path, calibration, *,
+                  calib_method: str | None = None, target: str | None = None,
+                  exclude: Sequence[str] | None = None) -> None:
+    """The INT8 QDQ model of `fp32_path` at `out`, its recipe in spec.quantization (options
+    already checked by check_recipe)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgecls.io import sha256
+
+    method = (calib_method or "minmax").lower()
+    target = (target or "cpu").lower()
     recipe = TARGETS[target]
     ort_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[method]
 
     exclude = list(exclude or [])
     if exclude == ["none"]:
-        exclude, keep_float = [], "none"
-    if keep_float == "first-last":
+        exclude = []
+    else:   # the first conv and the classifier stay in float unless --exclude none
         exclude += [n for n in first_and_last_layers(fp32_path) if n not in exclude]
     batch_size = 8
     if method != "minmax":
@@ -126,7 +130,7 @@ def quantize_onnx(fp32_path: Path, spec: ModelSpec, out: Path, calibration, *,
         quantize_static(
             str(prepared), str(out),
             calibration_data_reader=BatchReader(calibration.batches(spec, batch_size)),
-            quant_format=QuantFormat.QDQ, per_channel=per_channel,
+            quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=getattr(QuantType, recipe["activation_type"]),
             weight_type=QuantType.QInt8, calibrate_method=ort_method,
             nodes_to_exclude=exclude, extra_options=extra)
@@ -135,7 +139,7 @@ def quantize_onnx(fp32_path: Path, spec: ModelSpec, out: Path, calibration, *,
     spec.quantization = {
         "tool": f"onnxruntime {onnxruntime.__version__}", "method": method, "format": "QDQ",
         "target": target, "activations": "u8 asymmetric" if target == "cpu" else "s8 symmetric",
-        "weights": "s8 per-channel" if per_channel else "s8 per-tensor",
+        "weights": "s8 per-channel",
         "kept_in_float": exclude, **calibration.recipe()}
     spec.parent = {"format": "onnx", "precision": "fp32", "sha256": sha256(fp32_path, 16),
                    "weights": spec.weights}

@@ -5,18 +5,13 @@ dimension, onnx.checker, and the ModelSpec in metadata_props.
 """
 from __future__ import annotations
 
-import logging
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
 
-from edgecls.errors import ArtifactError, UnsupportedOptionError
-from edgecls.spec import SPEC_KEY, ModelSpec
-
-log = logging.getLogger("edgecls")
-DEFAULT_OPSET = 18
-_TWO_GB = 2 * 1024 ** 3
+from edgecls.backends.onnx import DEFAULT_OPSET, OnnxOptions
+from edgecls.backends.onnx.container import write_spec
+from edgecls.spec import ModelSpec
 
 
 def export_fp32(model, spec: ModelSpec, out: Path, opset: int = DEFAULT_OPSET) -> None:
@@ -36,20 +31,6 @@ def export_fp32(model, spec: ModelSpec, out: Path, opset: int = DEFAULT_OPSET) -
     write_spec(out, spec)
 
 
-def write_spec(path: Path, spec: ModelSpec) -> None:
-    """Embed the spec, check the model and save it as one file."""
-    import onnx
-
-    proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, {SPEC_KEY: spec.to_json()})
-    if proto.ByteSize() > _TWO_GB:
-        raise ArtifactError(f"{spec.name}: the ONNX model is over 2 GB, which one protobuf file "
-                            "cannot hold")
-    onnx.checker.check_model(proto)
-    onnx.save_model(proto, str(path))
-
-
 def export_fp16(fp32_path: Path, spec: ModelSpec, out: Path) -> None:
     """FP16 weights and compute, float32 inputs and outputs (Cast nodes at the edges)."""
     import onnx
@@ -67,28 +48,19 @@ def export_fp16(fp32_path: Path, spec: ModelSpec, out: Path) -> None:
     write_spec(out, spec)
 
 
-def export(source, spec: ModelSpec, out: Path, *, precision: str = "fp32",
-           calibration=None, options: dict[str, Any] | None = None) -> Path:
+def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
+           options: OnnxOptions) -> None:
     """The format table's exporter for "onnx"."""
-    options = dict(options or {})
-    opset = int(options.pop("opset", None) or DEFAULT_OPSET)
+    opset = options.opset or DEFAULT_OPSET
     if precision == "fp32":
-        _refuse(options)
         if source.onnx_opset == opset and source.has_onnx():
             shutil.copyfile(source.onnx(), out)
             write_spec(out, spec)
         else:
             export_fp32(source.model, spec, out, opset=opset)
     elif precision == "fp16":
-        _refuse(options)
         export_fp16(source.onnx(opset), spec, out)
-    elif precision == "int8":
-        from edgecls.quantization.onnx import quantize_onnx
-        quantize_onnx(source.onnx(opset), spec, out, calibration, **options)
-    return out
-
-
-def _refuse(options: dict[str, Any]) -> None:
-    given = {k: v for k, v in options.items() if v not in (None, False, (), [])}
-    if given:
-        raise UnsupportedOptionError(f"option(s) {', '.join(sorted(given))} apply only to --int8")
+    else:
+        from edgecls.backends.onnx.quantize import quantize_onnx
+        quantize_onnx(source.onnx(opset), spec, out, calibration, calib_method=options.calib_method,
+                      target=options.target, exclude=options.exclude)

@@ -9,10 +9,9 @@ operations left in floating point are logged and recorded in spec.quantization.
 from __future__ import annotations
 
 import logging
-from typing import Any
-
 import numpy as np
 
+from edgecls.backends.openvino import OpenVINOOptions
 from edgecls.errors import DataError, UnsupportedOptionError
 from edgecls.spec import ModelSpec
 
@@ -31,32 +30,38 @@ AGNOSTIC_OPS = {"MaxPool", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Flat
 VALIDATION_SIZE = 300
 
 
-def quantize(model, spec: ModelSpec, calibration, *, preset: str = "performance",
-             max_drop: float | None = None, data: Any = None,
-             ignored_scope: list[str] | str | None = None, calib_method: str | None = None):
+def check_recipe(preset: str | None, calib_method: str | None) -> None:
+    """Refuse a preset or range estimator NNCF has no recipe for, before any model work."""
+    if preset is not None and preset not in PRESETS:
+        raise UnsupportedOptionError(f"unknown --preset {preset!r}; use {' or '.join(PRESETS)}")
+    if calib_method is not None and calib_method not in RANGE_ESTIMATORS:
+        raise UnsupportedOptionError(f"OpenVINO/NNCF --calib-method is one of "
+                                     f"{', '.join(RANGE_ESTIMATORS)}, not {calib_method!r}")
+
+
+def quantize(model, spec: ModelSpec, calibration, options: OpenVINOOptions):
     """The INT8 ov.Model; spec.quantization is filled in."""
     import nncf
 
-    if calibration is None:
-        raise UnsupportedOptionError("OpenVINO INT8 needs calibration images (--calib)")
-    if not ignored_scope:
-        ignored_scope = first_and_last_layers(model)
-    elif _names(ignored_scope) == ["none"]:
-        ignored_scope = None
-    kwargs = dict(preset=_preset(preset), subset_size=len(calibration),
+    preset, calib_method = options.preset or "performance", options.calib_method
+    scope = list(options.ignored_scope or ()) or first_and_last_layers(model)
+    if scope == ["none"]:
+        scope = []
+    kwargs = dict(preset=getattr(nncf.QuantizationPreset, preset.upper()),
+                  subset_size=len(calibration),
                   model_type=None,  # CNN classifiers: NNCF's only other type is TRANSFORMER
-                  ignored_scope=_ignored(model, ignored_scope),
+                  ignored_scope=_ignored(model, scope),
                   advanced_parameters=_advanced(calib_method))
     dataset = nncf.Dataset(list(calibration.batches(spec, batch_size=1)))
     recipe = {**calibration.recipe(), "method": "nncf-ptq", "preset": preset,
               "calib_method": calib_method or "nncf-default",
-              "ignored_scope": list(_names(ignored_scope)), "tool": f"nncf {nncf.__version__}"}
-    if max_drop is None:
+              "ignored_scope": scope, "tool": f"nncf {nncf.__version__}"}
+    if options.max_drop is None:
         quantized = nncf.quantize(model, dataset, **kwargs)
     else:
-        quantized, val = _with_accuracy_control(model, spec, dataset, calibration, data,
-                                                float(max_drop), kwargs)
-        recipe.update(method="nncf-ptq-accuracy-control", max_drop=float(max_drop),
+        quantized, val = _with_accuracy_control(model, spec, dataset, calibration, options.data,
+                                                options.max_drop, kwargs)
+        recipe.update(method="nncf-ptq-accuracy-control", max_drop=options.max_drop,
                       validation_source=val.name, validation_size=len(val),
                       validation_hash=val.digest())
     recipe["kept_in_float"] = kept_in_float(quantized)
@@ -69,7 +74,7 @@ def quantize(model, spec: ModelSpec, calibration, *, preset: str = "performance"
 def first_and_last_layers(model) -> list[str]:
     """The first convolution and the final classifier MatMul: kept in float by default.
 
-    The same mixed-precision recipe as the ONNX Runtime path (see quantization/onnx.py):
+    The same mixed-precision recipe as the ONNX Runtime path (see backends/onnx/quantize.py):
     measured on EfficientNet-Lite0 with the photo crops, NNCF INT8 top-1 agreement with FP32
     went from 85.4% to 93.8% (KL 0.039 -> 0.029). `--ignored-scope none` quantizes all."""
     ops = list(model.get_ordered_ops())
@@ -78,30 +83,10 @@ def first_and_last_layers(model) -> list[str]:
     return convs[:1] + heads[-1:]
 
 
-def check_options(options: dict[str, Any]) -> None:
-    """Refuse a bad preset or range estimator before any model work starts."""
-    _preset(options.get("preset", "performance"))
-    _advanced(options.get("calib_method"))
-
-
-def _preset(name: str):
-    import nncf
-    if name not in PRESETS:
-        raise UnsupportedOptionError(f"unknown --preset {name!r}; use {' or '.join(PRESETS)}")
-    return getattr(nncf.QuantizationPreset, name.upper())
-
-
-def _names(scope: list[str] | str | None) -> list[str]:
-    if not scope:
-        return []
-    return [scope] if isinstance(scope, str) else list(scope)
-
-
-def _ignored(model, scope: list[str] | str | None):
+def _ignored(model, names: list[str]):
     """nncf.IgnoredScope of op names; a name not in the graph is the user's error, said here
     in one line (NNCF's own validation raises a multi-line internal error)."""
     import nncf
-    names = _names(scope)
     if not names:
         return None
     present = {op.get_friendly_name() for op in model.get_ops()}
@@ -115,9 +100,6 @@ def _ignored(model, scope: list[str] | str | None):
 def _advanced(calib_method: str | None):
     if calib_method is None:
         return None
-    if calib_method not in RANGE_ESTIMATORS:
-        raise UnsupportedOptionError(f"OpenVINO/NNCF --calib-method is one of "
-                                     f"{', '.join(RANGE_ESTIMATORS)}, not {calib_method!r}")
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
     params = getattr(RangeEstimatorParametersSet, RANGE_ESTIMATORS[calib_method])
@@ -148,8 +130,7 @@ def _with_accuracy_control(model, spec, calib_dataset, calibration, data, max_dr
 def _validation_set(data, spec, calibration):
     """The same held-out images the export's INT8 parity check uses (--data, else what the
     calibration source has left), never a calibration image."""
-    from edgecls.exporting import validation_for
-    val = validation_for(calibration, data, spec, size=VALIDATION_SIZE)
+    val = calibration.held_out(data, spec, size=VALIDATION_SIZE)
     if val is None or not len(val):
         raise DataError(f"--max-drop needs held-out images: --data {data or 'DIR'} has none "
                         "once the calibration images are excluded")

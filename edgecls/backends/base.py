@@ -1,0 +1,310 @@
+"""The contracts every backend fills: its Format row, its export options, its Exporter and
+its Session.
+
+A backend is a package whose __init__ defines FORMAT, a Format row. The row and the export
+options class import nothing heavy, so the format table, `edgecls formats` and the CLI's
+flags cost nothing; the code that does the work is named by "module:attribute" strings and
+imported when an artifact of that format is made or opened, so a missing library is an
+error that names its pip extra.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import threading
+import types
+import typing
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import numpy as np
+
+from edgecls.errors import (ArtifactError, DeviceUnavailableError, MissingDependencyError,
+                            UnknownFormatError, UnsupportedOptionError)
+from edgecls.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from edgecls.calibration.datasets import CalibrationSet
+    from edgecls.sources import ExportSource
+
+DEVICES = ("cpu", "gpu", "npu", "auto")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+# -- export options ------------------------------------------------------------------------
+def option(help: str, *, int8_only: bool = False, default: Any = None, **cli: Any) -> Any:
+    """One export option of a backend: its help text, whether only --int8 uses it, and the
+    argparse settings its type alone does not imply (nargs, const)."""
+    return field(default=default, metadata={"help": help, "int8_only": int8_only, "cli": cli})
+
+
+@dataclass(frozen=True)
+class Declared:
+    """An export option as the CLI and the checks see it."""
+    name: str
+    kind: type                 # int, float, str, bool, tuple (of str) or object (as given)
+    help: str
+    int8_only: bool
+    cli: dict[str, Any]
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """A backend's export options, declared once as the fields of a frozen subclass (made
+    with option()). `parse` turns the user's dict into it; the CLI makes its flags from
+    `declared()`. This base class is the row of a backend that takes none."""
+
+    @classmethod
+    def declared(cls) -> list[Declared]:
+        hints = typing.get_type_hints(cls)
+        return [Declared(f.name, _kind(hints[f.name]), f.metadata["help"],
+                         f.metadata["int8_only"], f.metadata["cli"])
+                for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def parse(cls, values: dict[str, Any], precision: str, fmt: str) -> "ExportOptions":
+        """The user's options checked and typed, once: None, False and empty lists mean
+        "not given"; an unknown option names its flag; an --int8 option without --int8 is
+        refused; then the backend's own check() of the values."""
+        given = {k: v for k, v in values.items() if not _absent(v)}
+        declared = {d.name: d for d in cls.declared()}
+        unknown = sorted(set(given) - set(declared))
+        if unknown:
+            flags = ", ".join(Declared(u, object, "", False, {}).flag for u in unknown)
+            raise UnsupportedOptionError(f"--to {fmt} does not take {flags}")
+        misplaced = sorted(k for k in given if declared[k].int8_only and precision != "int8")
+        if misplaced:
+            raise UnsupportedOptionError(f"option(s) {', '.join(misplaced)} apply only to --int8")
+        options = cls(**{k: _convert(declared[k], v) for k, v in given.items()})
+        options.check(precision)
+        return options
+
+    def check(self, precision: str) -> None:
+        """The backend's rules on values (choices, ranges, combinations with the precision):
+        UnsupportedOptionError before any model is built."""
+
+
+def _absent(value: Any) -> bool:
+    return value is None or value is False or (isinstance(value, (list, tuple)) and not value)
+
+
+def _kind(hint: Any) -> type:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        present = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = present[0] if len(present) == 1 else object
+    if typing.get_origin(hint) is tuple:
+        return tuple
+    return hint if hint in (int, float, str, bool) else object
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", str: "text"}
+
+
+def _convert(option: Declared, value: Any) -> Any:
+    if option.kind is tuple:
+        return (value,) if isinstance(value, str) else tuple(value)
+    if option.kind in _KIND_NAMES:
+        try:
+            return option.kind(value)
+        except (TypeError, ValueError):
+            raise UnsupportedOptionError(f"{option.name} must be {_KIND_NAMES[option.kind]}, "
+                                         f"not {value!r}") from None
+    return bool(value) if option.kind is bool else value
+
+
+# -- exporting -----------------------------------------------------------------------------
+class Exporter(Protocol):
+    """What a row's `exporter` names. It writes one artifact to `out` (a temporary sibling
+    of the final path, renamed by export() once the artifact passed its check) and fills in
+    `spec` (tools, layout, quantization recipe ...) before embedding it. `calibration` is
+    given exactly when precision is "int8"; `options` is the row's options class, parsed."""
+
+    def __call__(self, source: ExportSource, spec: ModelSpec, out: Path, *, precision: str,
+                 calibration: CalibrationSet | None, options: ExportOptions) -> None: ...
+
+
+# -- the format row ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Format:
+    """Everything edgecls knows about one kind of artifact; nothing else branches on format
+    names. Modules are named as strings ("module" or "module:attribute")."""
+    name: str
+    suffixes: tuple[str, ...]          # the first one is used for new artifacts
+    runtime: str                       # "module:Class", a Session
+    requires: tuple[str, ...]          # modules the runtime needs ("a|b": either one)
+    extra: str                         # the pip extra that brings them
+    container: str                     # "module" whose read_spec(path) reads the embedded spec
+    container_requires: tuple[str, ...] = ()   # without running the artifact
+    exporter: str | None = None        # "module:function", an Exporter
+    export_requires: tuple[str, ...] = ()
+    options: type[ExportOptions] = ExportOptions
+    precisions: tuple[str, ...] = PRECISIONS
+    devices: tuple[str, ...] = DEVICES
+    companions: tuple[str, ...] = ()   # files that belong to the artifact (OpenVINO .bin)
+    # "module:function" naming the INT8 layers that lose most signal against the FP32 model:
+    # (int8_path, fp32_onnx_path, spec, pixels, count) -> rows
+    int8_diagnostics: str | None = None
+    description: str = ""
+
+    def load_runtime(self) -> type[Session]:
+        self._require(self.requires, f"the {self.name} runtime")
+        return _import(self.runtime)
+
+    def load_exporter(self) -> Exporter:
+        if self.exporter is None:
+            raise UnknownFormatError(f"edgecls cannot export to {self.name}")
+        self._require(self.export_requires, f"the {self.name} exporter")
+        return _import(self.exporter)
+
+    def read_spec(self, path: Path) -> ModelSpec:
+        """The spec embedded in an artifact, without running it (`edgecls info`)."""
+        self._require(self.container_requires, f"reading {self.name} artifacts")
+        return importlib.import_module(self.container).read_spec(path)
+
+    def load_int8_diagnostics(self) -> Any:
+        return _import(self.int8_diagnostics) if self.int8_diagnostics else None
+
+    def default_device(self) -> str:
+        return "cpu" if "cpu" in self.devices else "auto"
+
+    def available(self) -> bool:
+        return all(_installed(m) for m in self.requires)
+
+    def check_precision(self, precision: str) -> None:
+        if precision not in self.precisions:
+            raise UnsupportedOptionError(f"{self.name} artifacts cannot be {precision}; choose "
+                                         f"from {', '.join(self.precisions)}")
+
+    def _require(self, modules: tuple[str, ...], what: str) -> None:
+        for module in modules:
+            if not _installed(module):
+                raise MissingDependencyError(f"{what} ({module.replace('|', ' or ')})",
+                                             self.extra)
+
+
+def _installed(module: str) -> bool:
+    """True if the module (or one of "a|b" alternatives) can be imported."""
+    return any(importlib.util.find_spec(m) is not None for m in module.split("|"))
+
+
+def _import(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+# -- the runtime session -------------------------------------------------------------------
+class Session(ABC):
+    """An artifact opened for inference, after Polygraphy's BaseRunner.
+
+        with open_session(path, device="cpu", threads=2) as s:
+            logits = s.run(batch)          # validated here, executed by the backend's _run
+
+    Opening reads the artifact ONCE: the backend's _open loads it, sets self.spec from what
+    it loaded and makes it runnable. Devices are "cpu" | "gpu" | "npu" | "auto", mapped per
+    backend. An absent device is a DeviceUnavailableError, never a silent fallback;
+    `fallback=True` allows one and the session reports what it used in `device_used`.
+    """
+    #: the format row this session runs
+    format: ClassVar[Format]
+    #: backend name shown in reports ("onnxruntime", "openvino", ...)
+    backend: ClassVar[str]
+    #: False when the backend object must not be entered by two threads at once
+    thread_safe: ClassVar[bool] = True
+    #: the keyword options _open takes
+    accepted_options: ClassVar[tuple[str, ...]] = ()
+
+    spec: ModelSpec
+
+    def __init__(self, path: str | Path, device: str | None = None, threads: int | None = None,
+                 fallback: bool = False, **options: Any):
+        self.path: Path | None = Path(path)
+        if not self.path.is_file():
+            raise ArtifactError(f"{self.path}: no such file")
+        self._prepare(device, threads, fallback, options)
+        self._open(**options)
+
+    def _prepare(self, device: str | None, threads: int | None, fallback: bool,
+                 options: dict[str, Any]) -> None:
+        """Everything but the artifact: the device asked for, threads and options."""
+        device = device or self.format.default_device()  # cpu, or auto where there is no cpu
+        if device not in DEVICES:
+            raise DeviceUnavailableError(f"unknown device {device!r}; use one of "
+                                         f"{', '.join(DEVICES)}")
+        if device not in self.format.devices:
+            raise DeviceUnavailableError(f"{self.format.name} artifacts run on "
+                                         f"{', '.join(self.format.devices)}, not {device}")
+        unknown = set(options) - set(self.accepted_options)
+        if unknown:
+            raise UnsupportedOptionError(f"{self.backend} does not take option(s) "
+                                         f"{', '.join(sorted(unknown))}")
+        self.device = device
+        self.threads = threads
+        self.fallback = fallback
+        self.device_used = device          # what the backend actually runs on
+        self.precision_used: str | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- what a backend implements -----------------------------------------------------------
+    @abstractmethod
+    def _open(self, **options: Any) -> None:
+        """Read the artifact once, set self.spec from it, make it runnable on self.device."""
+
+    @abstractmethod
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """Logits for a validated, non-empty batch."""
+
+    def _close(self) -> None:
+        pass
+
+    # -- the public side -------------------------------------------------------------------
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Logits (N x classes, float32) for a batch already in the artifact's input form."""
+        self._validate(batch)
+        if not len(batch):     # answered here: not every backend can run an empty batch
+            return np.empty((0, self.spec.num_classes), np.float32)
+        if self.thread_safe:
+            out = self._run(batch)
+        else:
+            with self._lock:
+                out = self._run(batch)
+        return np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
+
+    def _validate(self, batch: np.ndarray) -> None:
+        expected = self.spec.input_shape(batch=len(batch))
+        if not isinstance(batch, np.ndarray) or batch.ndim != 4:
+            raise ValueError(f"expected a 4-D batch {expected}, got "
+                             f"{getattr(batch, 'shape', type(batch).__name__)}")
+        if tuple(batch.shape) != expected:
+            raise ValueError(f"expected a batch of shape {expected} ({self.spec.layout}), "
+                             f"got {tuple(batch.shape)}")
+        want = np.uint8 if self.spec.normalization_in_graph else np.float32
+        if batch.dtype != want:
+            raise ValueError(f"expected {np.dtype(want).name} input, got {batch.dtype}")
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "device": self.device_used,
+                "precision": self.precision_used or self.spec.precision,
+                "threads": self.threads}

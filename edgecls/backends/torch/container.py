@@ -1,0 +1,36 @@
+"""How a .pt2 carries its spec: an extra file named SPEC_KEY in the archive that
+torch.export.save writes. The archive is a zip file, so the spec is read without torch."""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import IO
+
+from edgecls.errors import ArtifactError, first_line
+from edgecls.spec import SPEC_KEY, ModelSpec
+
+# torch.export.save puts extra files under "<archive root>/extra/"; the root folder is named
+# after the file the archive was first written as (a temporary name, for edgecls exports).
+_MEMBER_SUFFIX = f"/extra/{SPEC_KEY}"
+
+
+def spec_in(archive_file: IO[bytes], path: Path) -> ModelSpec:
+    """The spec in an open .pt2 file (left open, for torch.export.load to read next)."""
+    try:
+        with zipfile.ZipFile(archive_file) as archive:
+            member = next((n for n in archive.namelist() if n.endswith(_MEMBER_SUFFIX)), None)
+            text = archive.read(member).decode("utf-8", "replace") if member else ""
+    except zipfile.BadZipFile as e:
+        raise ArtifactError(f"{path}: not a .pt2 archive ({first_line(e)})") from None
+    if not text:
+        raise ArtifactError(f"{path}: a .pt2 program without an edgecls spec; export it with "
+                            "`edgecls export --to torch`")
+    return ModelSpec.from_json(text, str(path))
+
+
+def read_spec(path: Path) -> ModelSpec:
+    try:
+        with open(path, "rb") as f:
+            return spec_in(f, path)
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot read it ({e.strerror or e})") from None

@@ -1,0 +1,21 @@
+"""PyTorch -> .pt2: the torch.export program (dynamic batch), the spec as an extra file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgecls.backends.base import ExportOptions
+from edgecls.spec import SPEC_KEY, ModelSpec
+
+
+def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
+           options: ExportOptions) -> None:
+    """The format table's exporter for "torch" (FP32 only)."""
+    import torch
+
+    h, w = spec.input_size
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(source.model, (torch.randn(2, 3, h, w),),
+                                  dynamic_shapes=({0: batch},))
+    spec.exported_from = "torch"
+    spec.tools["torch"] = torch.__version__
+    torch.export.save(program, str(out), extra_files={SPEC_KEY: spec.to_json()})

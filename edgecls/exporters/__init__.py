@@ -1,2 +1,0 @@
-"""One module per format; each has `export(source, spec, out, *, precision, calibration,
-options) -> Path` and is reached through edgecls.formats."""

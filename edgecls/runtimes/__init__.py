@@ -1,1 +1,0 @@
-"""One Session class per backend (see base.Session); picked through edgecls.formats."""
