@@ -1,9 +1,14 @@
 """The backend contracts: every built-in backend is one package that fills them, the CLI's
-format flags come from what the backends declare, options are checked once."""
+format flags come from what the backends declare, options are checked once, and a
+third-party package adds a backend through an entry point without touching edgecls."""
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -73,3 +78,45 @@ def test_an_empty_batch_is_answered_without_the_backend(digits_onnx):
     with open_session(digits_onnx) as s:
         out = s.run(np.empty((0,) + s.spec.input_shape()[1:], np.float32))
     assert out.shape == (0, 10) and out.dtype == np.float32
+
+
+TOY_BACKEND = '''
+from dataclasses import dataclass
+from edgecls.backends.base import ExportOptions, Format, option
+
+@dataclass(frozen=True)
+class ToyOptions(ExportOptions):
+    toy_level: int | None = option("how toy-like")
+
+FORMAT = Format("toy", (".toy",), runtime="edgecls_toy:Session", requires=(), extra="toy",
+                container="edgecls_toy", options=ToyOptions, description="a toy backend")
+'''
+
+
+def test_a_third_party_package_adds_a_backend(tmp_path):
+    (tmp_path / "edgecls_toy").mkdir()
+    (tmp_path / "edgecls_toy" / "__init__.py").write_text(TOY_BACKEND)
+    dist = tmp_path / "edgecls_toy-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: edgecls-toy\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[edgecls.backends]\ntoy = edgecls_toy:FORMAT\n"
+                                           "broken = edgecls_no_such_module:FORMAT\n"
+                                           "clash = edgecls.backends.onnx:FORMAT\n")
+    code = textwrap.dedent("""
+        import json
+        from edgecls.formats import FORMATS, format_for_path
+        print(json.dumps({"names": list(FORMATS), "suffix": format_for_path("m.toy").name}))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert '"names": ["onnx", "openvino", "tflite", "tensorrt", "torch", "toy"]' in proc.stdout
+    assert '"suffix": "toy"' in proc.stdout
+    assert "'broken'" in proc.stderr and "does not load" in proc.stderr   # said, not fatal
+    assert "'clash'" in proc.stderr and "reuses" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "edgecls", "export", "--help"],
+                          capture_output=True, text=True, env={**env, "COLUMNS": "200"},
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--toy-level TOY_LEVEL" in proc.stdout and "toy: how toy-like" in proc.stdout
