@@ -60,7 +60,7 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
     given = dict(options or {})
     checking = CheckOptions.parse({k: given[k] for k in CheckOptions.names() if k in given},
                                   precision, fmt.name)
-    for name in CheckOptions.names() - fmt.options.names():
+    for name in CheckOptions.names() - fmt.options.names():   # the check's alone
         given.pop(name, None)
     backend_options = fmt.options.parse(given, precision, fmt.name)
     if precision == "int8" and calib is None:

@@ -16,7 +16,7 @@ class OnnxOptions(ExportOptions):
     calib_method: str | None = option("minmax | entropy | percentile", int8_only=True)
     exclude: tuple[str, ...] | None = option(
         "node names to keep in float (the first conv and the classifier are kept by default; "
-        "`--exclude none` quantizes all)", int8_only=True, nargs="+")
+        "`--exclude none` quantizes all)", int8_only=True)
     target: str | None = option("INT8 target: cpu (u8 activations) | tensorrt (symmetric s8)",
                                 int8_only=True)
 

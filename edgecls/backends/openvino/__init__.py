@@ -17,7 +17,7 @@ class OpenVINOOptions(ExportOptions):
                                       "| histogram", int8_only=True)
     ignored_scope: tuple[str, ...] | None = option(
         "operation names to keep in float (default: the first conv and the classifier; "
-        "`none` quantizes all)", int8_only=True, nargs="+")
+        "`none` quantizes all)", int8_only=True)
     max_drop: float | None = option("quantize with accuracy control, to this drop",
                                     int8_only=True)
     data: Any = option("the accuracy control's validation images", int8_only=True)
