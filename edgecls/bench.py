@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from edgecls import hardware
 from edgecls.calibration.preprocess import to_model_input
 
 
@@ -40,13 +41,16 @@ class BenchRow:
 @dataclass
 class BenchResult:
     rows: list[BenchRow]
+    # the machine the numbers come from: they compare only with numbers from the same kind
+    machine: dict[str, Any] = field(default_factory=lambda: hardware.describe())
 
     def print(self, console: Any = None) -> None:
         from rich.console import Console
         from rich.table import Table
         console = console or Console()
         table = Table("artifact", "backend", "precision", "batch", "p50 ms", "p90 ms", "img/s",
-                      "vs first", "RSS MB", title="edgecls bench (interleaved)")
+                      "vs first", "RSS MB",
+                      title=f"edgecls bench (interleaved) on {hardware.cpu().summary()}")
         for r in self.rows:
             first = next((b for b in self.rows if b.batch == r.batch), r)
             table.add_row(r.artifact, r.backend, r.precision, str(r.batch), f"{r.p50_ms:.2f}",
@@ -54,18 +58,28 @@ class BenchResult:
                           f"{first.p50_ms / r.p50_ms:.2f}x", f"{r.memory_mb:.0f}")
         console.print(table)
 
-    def to_dict(self) -> list[dict[str, Any]]:
+    def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
-        return [{k: v for k, v in asdict(r).items() if k != "samples"} for r in self.rows]
+        return {"machine": self.machine,
+                "rows": [{k: v for k, v in asdict(r).items() if k != "samples"} for r in self.rows]}
 
 
 def bench(artifacts: Sequence[str | Path], batch_sizes: Sequence[int] = (1,), threads: int | None = None,
-          device: str | None = None, seconds: float = 3.0, warmup: int = 3) -> BenchResult:
-    from edgecls.formats import open_session
+          device: str | None = None, seconds: float = 3.0, warmup: int = 3,
+          options: dict[str, Any] | None = None) -> BenchResult:
+    """`options` are session options, each given to the backends that take it."""
+    from edgecls.formats import format_for_path, open_session
+    options = dict(options or {})
+    if len(artifacts) > 1:
+        # sessions sharing the process must not spin their idle threads: ORT's spinning
+        # workers took the cores from the others (ORT FP32 read 64 ms instead of 12.5 ms)
+        options.setdefault("spin", False)
     sessions, memory = [], []
     for path in artifacts:
         before = _rss_mb()
-        s = open_session(path, device=device, threads=threads)
+        accepted = format_for_path(path).load_runtime().accepted_options
+        s = open_session(path, device=device, threads=threads,
+                         **{k: v for k, v in options.items() if k in accepted})
         sessions.append(s)
         memory.append(before)
     rows = []

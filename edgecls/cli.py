@@ -80,9 +80,40 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hw(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from edgecls import hardware, targets
+    info = hardware.describe(probe_devices=True)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    console = _console()
+    table = Table("", "", title="this machine", show_header=False)
+    auto = targets.resolve("auto")
+    for key, value in (("cpu", f"{info['cpu']} ({info['arch']}, {info['cores']} cores)"),
+                       ("int8 isa", info["int8_isa"]),
+                       ("int8 flags", " ".join(info["int8_flags"]) or "-"),
+                       ("u8*s8 saturates", "yes (no VNNI: VPMADDUBSW's 16-bit sums)"
+                        if info["u8s8_saturates"] else "no"),
+                       ("--target auto", f"{auto.name}: {auto.description}"),
+                       ("openvino int8 isa", info.get("openvino_int8_isa", info["int8_isa"])),
+                       ("os / python", f"{info['os']} / {info['python']}")):
+        table.add_row(key, value)
+    console.print(table)
+    runtimes = Table("runtime", "package", "version", "devices", "note", title="runtimes")
+    for rt in info["runtimes"]:
+        runtimes.add_row(rt["name"], rt["package"], rt["version"] or "[red]not installed[/red]",
+                         ", ".join(rt["devices"]), rt["note"])
+    console.print(runtimes)
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from edgecls.classifier import Classifier
     opts = {"delegate": args.delegate} if args.delegate else {}
+    if args.precise_int8:
+        opts["precise_int8"] = True
     with Classifier(args.artifact, device=args.device, threads=args.threads,
                     fallback=args.fallback, **opts) as clf:
         results = clf.predict(list(args.images), topk=args.topk)
@@ -103,7 +134,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
     from edgecls.verification import parity
     report = parity(args.artifacts, data=args.data, reference=args.reference,
                     max_drop=args.max_drop, limit=args.limit, out=args.output,
-                    calib=args.calib, device=args.device, threads=args.threads)
+                    calib=args.calib, device=args.device, threads=args.threads,
+                    options=_session_options(args))
     report.print()
     return 0 if report else 1
 
@@ -111,7 +143,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from edgecls.bench import bench
     result = bench(args.artifacts, batch_sizes=args.batch, threads=args.threads,
-                   device=args.device, seconds=args.seconds)
+                   device=args.device, seconds=args.seconds, options=_session_options(args))
     result.print()
     return 0
 
@@ -131,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("models", help="list every model name")
     s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("hw", help="this machine: CPU INT8 instruction set, runtimes, devices")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_hw)
 
     s = sub.add_parser("formats", help="list the artifact formats and what they support")
     s.set_defaults(func=cmd_formats)
@@ -201,7 +237,11 @@ def _add_format_options(group) -> tuple[str, ...]:
             owners.setdefault(option.name, []).append((owner, option))
     for declarations in owners.values():
         first = declarations[0][1]
-        helps = [f"{owner}: {o.help}" if owner else o.help for owner, o in declarations]
+        by_text: dict[str, list[str]] = {}        # one help text, the formats that share it
+        for owner, o in declarations:
+            by_text.setdefault(o.help, []).append(owner)
+        helps = [text if len(by_text) == 1 or not all(owners) else f"{', '.join(owners)}: {text}"
+                 for text, owners in by_text.items()]
         group.add_argument(first.flag, help="; ".join(helps), **_argparse_settings(first))
     return tuple(owners)
 
@@ -219,9 +259,16 @@ def _add_runtime_args(s: argparse.ArgumentParser, fallback: bool = False) -> Non
     s.add_argument("--device", choices=DEVICES,
                    help="default: cpu (auto for formats without a CPU path, e.g. TensorRT)")
     s.add_argument("--threads", type=int)
+    s.add_argument("--precise-int8", action="store_true",
+                   help="ONNX Runtime: exact U8U8 INT8 kernels on x86 CPUs without VNNI "
+                        "(runs a VNNI or ARM INT8 recipe correctly there, at about FP32 speed)")
     if fallback:  # only where one artifact runs: parity/bench must measure the device asked for
         s.add_argument("--fallback", action="store_true",
                        help="fall back to CPU when the device is absent (reported)")
+
+
+def _session_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"precise_int8": True} if args.precise_int8 else {}
 
 
 def main(argv: list[str] | None = None) -> int:

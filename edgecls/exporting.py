@@ -85,34 +85,40 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
     spec_out = base_spec.derive(format=fmt.name, precision=precision, tools=dict(base_spec.tools))
     finals = [out] + [out.with_suffix(s) for s in fmt.companions]
     with tempfile.TemporaryDirectory(prefix="edgecls-") as work, atomic_paths(*finals) as temps:
-        source = ExportSource(torch_model, base_spec, Path(work))
+        source = ExportSource(torch_model, base_spec, Path(work), validation=checking.data,
+                              max_drop=checking.max_drop)
         exporter(source, spec_out, temps[0], precision=precision, calibration=calibration,
                  options=backend_options)
         if check and precision != "int8":
             report_check(check_against_torch(temps[0], torch_model, base_spec), spec_out)
         if check and precision == "int8":
-            check_int8(temps[0], out.name, torch_model, base_spec, calibration, checking.data,
-                       checking.max_drop, strict)
+            check_int8(temps[0], out.name, source, calibration, strict)
     log.info("wrote %s", out)
     return out
 
 
-def check_int8(path: Path, name: str, model: Any, spec: ModelSpec, calibration, data: Any,
-               max_drop: float | None, strict: bool) -> None:
-    """Parity of a fresh INT8 artifact on held-out data; loud on failure, fatal with strict."""
+def check_int8(path: Path, name: str, source: ExportSource, calibration, strict: bool) -> None:
+    """Parity of a fresh INT8 artifact on the held-out images its recipe was judged on,
+    opened as its recipe was measured (e.g. with exact kernels for a VNNI target made on an
+    AVX2 CPU); loud on failure, fatal with strict."""
     from edgecls.errors import ParityFailedError
     from edgecls.verification import parity
+    spec = source.spec
     if not spec.trained:
         # random weights give near-constant logits whose top-1 is arbitrary: agreement
         # between FP32 and INT8 would measure nothing
         log.warning("%s has random weights (--weights none): INT8 parity check skipped", spec.name)
         return
-    val = calibration.held_out(data, spec)
-    if val is None or not len(val):
+    held_out = source.held_out(calibration)
+    if held_out is None:
         log.warning("no held-out images to check the INT8 artifact on: pass --data DIR")
         return
-    report = parity([path], data=val, reference=model, reference_spec=spec, max_drop=max_drop,
-                    sqnr=False, progress=False, device=format_for_path(path).default_device())
+    fmt = format_for_path(path)
+    recipe = fmt.read_spec(path).quantization or {}
+    measured_with = recipe.get("search", {}).get("measured_with", {})
+    report = parity([path], data=held_out.images, reference=source.model, reference_spec=spec,
+                    max_drop=source.max_drop, sqnr=False, progress=False,
+                    device=fmt.default_device(), options=measured_with)
     report.results[0].name = name
     report.print()
     if not report:

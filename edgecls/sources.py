@@ -1,11 +1,14 @@
-"""ExportSource: what every exporter starts from - the torch model, its spec, and the FP32
-ONNX file made from it at most once (OpenVINO, TensorRT and parity's SQNR diagnostics all
-start from it)."""
+"""ExportSource: what every exporter starts from - the torch model, its spec, the FP32 ONNX
+file made from it at most once (OpenVINO, TensorRT and parity's SQNR diagnostics all start
+from it), and for INT8 the held-out images recipes are judged on, with the FP32 model's
+answers on them (made once, shared by the recipe search and the final parity check)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from edgecls.spec import ModelSpec
 
@@ -16,7 +19,10 @@ class ExportSource:
     spec: ModelSpec
     workdir: Path
     onnx_opset: int | None = None
+    validation: Any = None                 # --data: the INT8 check's images (else calibration's rest)
+    max_drop: float | None = None          # --max-drop: the INT8 tolerance, in points
     _onnx: Path | None = field(default=None, repr=False)
+    _held_out: Any = field(default=None, repr=False)
 
     def has_onnx(self) -> bool:
         return self._onnx is not None
@@ -31,3 +37,26 @@ class ExportSource:
                                                      tools=dict(self.spec.tools)), path, opset)
             self._onnx, self.onnx_opset = path, opset
         return self._onnx
+
+    def held_out(self, calibration) -> Any:
+        """search.HeldOut: --data, or what the calibration source has left (never a
+        calibration image), with the FP32 model's logits; None when there is nothing to
+        judge on, or when random weights (--weights none) would make agreement meaningless."""
+        if self._held_out is None and self.spec.trained:
+            from edgecls.backends.torch.runtime import TorchSession
+            from edgecls.calibration.preprocess import to_model_input
+            from edgecls.search import HeldOut
+            images = calibration.held_out(self.validation, self.spec)
+            if images is not None and len(images):
+                pixels = images.crops(self.spec)
+                with TorchSession.of_module(self.model, self.spec) as reference:
+                    logits = np.concatenate([
+                        reference.run(to_model_input(pixels[i:i + 16], reference.spec))
+                        for i in range(0, len(pixels), 16)])
+                self._held_out = HeldOut(images.name, pixels, logits, images.labels(), images)
+        return self._held_out
+
+    def tolerance(self, held_out) -> Any:
+        """The INT8 tolerance on those images (verification.Tolerance)."""
+        from edgecls.verification import tolerance_for
+        return tolerance_for("int8", held_out.labels is not None, self.max_drop)

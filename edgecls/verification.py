@@ -11,6 +11,7 @@ Sessions: the PyTorch reference runs through the torch backend like any artifact
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import tempfile
 import time
@@ -20,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgecls import metrics
+from edgecls import hardware, metrics
 from edgecls.backends.base import Session
 from edgecls.calibration.datasets import load_part
 from edgecls.calibration.preprocess import to_model_input
@@ -55,10 +56,14 @@ class Tolerance:
 
 
 def tolerance_for(precision: str, labelled: bool, max_drop: float | None) -> Tolerance:
+    """`max_drop` is in points: of top-1 accuracy with labels, of agreement with the
+    reference without them (--max-drop 2 on unlabelled data: agreement >= 98%)."""
     if precision == "int8" and labelled:
         return Tolerance(max_drop=INT8_MAX_DROP if max_drop is None else max_drop)
     if max_drop is not None and labelled:
         return Tolerance(max_drop=max_drop, min_agreement=None)
+    if max_drop is not None:
+        return Tolerance(min_agreement=1.0 - max_drop / 100.0)
     return Tolerance(min_agreement=MIN_AGREEMENT.get(precision, 0.995))
 
 
@@ -125,9 +130,10 @@ def parity(artifacts: Sequence[str | Path], data: Any = "photos", reference: Any
            max_drop: float | None = None, limit: int | None = None, out: str | Path | None = None,
            calib: Any = None, device: str | None = None, threads: int | None = None,
            reference_spec: ModelSpec | None = None, progress: bool = True,
-           sqnr: bool = True) -> ParityReport:
+           sqnr: bool = True, options: dict[str, Any] | None = None) -> ParityReport:
     """Every artifact is opened once: the first one before the reference (its spec names
-    the reference unless `reference_spec` does), the others in turn."""
+    the reference unless `reference_spec` does), the others in turn. `options` are session
+    options, each given to the backends that take it (e.g. precise_int8)."""
     if not artifacts:
         raise DataError("parity needs at least one artifact")
     for path in artifacts:   # a wrong path fails now, not after the reference has run
@@ -135,16 +141,24 @@ def parity(artifacts: Sequence[str | Path], data: Any = "photos", reference: Any
         if not Path(path).is_file():
             raise ArtifactError(f"{path}: no such file")
     with contextlib.ExitStack() as stack:
-        first = None if reference_spec else stack.enter_context(
-            open_session(artifacts[0], device=device, threads=threads))
+        opener = functools.partial(_open_artifact, device=device, threads=threads,
+                                   options=options or {})
+        first = None if reference_spec else stack.enter_context(opener(artifacts[0]))
         ref = _resolve_reference(reference, reference_spec or first.spec, device, threads)
         stack.enter_context(ref.session)
-        return _parity(artifacts, first, ref, data, max_drop, limit, out, calib, device, threads,
+        return _parity(artifacts, first, ref, data, max_drop, limit, out, calib, opener,
                        progress, sqnr)
 
 
-def _parity(artifacts, first, ref: Reference, data, max_drop, limit, out, calib, device,
-            threads, progress, sqnr) -> ParityReport:
+def _open_artifact(path: str | Path, device: str | None, threads: int | None,
+                   options: dict[str, Any]) -> Session:
+    accepted = format_for_path(path).load_runtime().accepted_options
+    return open_session(path, device=device, threads=threads,
+                        **{k: v for k, v in options.items() if k in accepted})
+
+
+def _parity(artifacts, first, ref: Reference, data, max_drop, limit, out, calib, opener,
+            progress, sqnr) -> ParityReport:
     images = load_part(data, ref.spec, "val")
     if limit:
         images = images.subset(limit)
@@ -158,7 +172,7 @@ def _parity(artifacts, first, ref: Reference, data, max_drop, limit, out, calib,
     pixels = images.crops(ref.spec, progress=progress)
     digests = [i.digest()[:12] for i in images.items]
     data_info: dict[str, Any] = {"name": images.name, "n": len(images), "labelled": labels is not None,
-                                 "source": str(data)}
+                                 "source": str(data), "machine": hardware.describe()}
     if calib is not None:
         calib_set = load_part(calib, ref.spec, "calib")
         data_info["calib_overlap"] = calib_set.overlap(images)
@@ -178,8 +192,7 @@ def _parity(artifacts, first, ref: Reference, data, max_drop, limit, out, calib,
     results, preds = [], {"reference": [ref.spec.label(int(i)) for i in ref_pred]}
     with tempfile.TemporaryDirectory(prefix="edgecls-parity-") as work:
         for index, path in enumerate(_progress(list(artifacts), progress)):
-            session = first if index == 0 and first is not None else \
-                open_session(path, device=device, threads=threads)
+            session = first if index == 0 and first is not None else opener(path)
             with session:
                 spec = session.spec
                 res, cand_logits = _compare(session, pixels, ref_logits, labels, max_drop, digests)

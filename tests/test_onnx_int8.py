@@ -124,7 +124,8 @@ def test_strict_int8_export_fails_loudly_and_writes_nothing(tmp_path, photo_file
     out_dir = tmp_path / "out"
     # an impossible tolerance: the accuracy "drop" must be at most -100 points
     code = main(["export", "efficientnet_lite0", "--int8", "--calib", "photos", "--calib-size", "16",
-                 "--data", str(data), "--max-drop", "-100", "--strict", "-o", str(out_dir / "e.int8.onnx")])
+                 "--data", str(data), "--max-drop", "-100", "--strict", "--no-search",
+                 "-o", str(out_dir / "e.int8.onnx")])
     assert code == 1
     assert "INT8 parity failed" in capsys.readouterr().err
     assert not out_dir.exists() or not list(out_dir.iterdir())

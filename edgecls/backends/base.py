@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import logging
 import threading
 import types
 import typing
@@ -223,8 +224,18 @@ class Session(ABC):
     thread_safe: ClassVar[bool] = True
     #: the keyword options _open takes
     accepted_options: ClassVar[tuple[str, ...]] = ()
+    #: True when the backend's CPU INT8 kernels add u8 x s8 products in pairs into saturating
+    #: 16-bit integers on x86 CPUs without VNNI (ORT's MLAS and OpenVINO's oneDNN do;
+    #: XNNPACK widens to 16 bits first and does not)
+    saturating_int8_kernels: ClassVar[bool] = False
+    #: how this backend can run such an artifact correctly anyway, for the warning
+    int8_remedy: ClassVar[str] = ""
 
     spec: ModelSpec
+    #: True when the session runs INT8 on exact (non-saturating) kernels whatever the CPU
+    exact_int8: bool = False
+    #: the runtime guard's warning, when the artifact's INT8 recipe is wrong on this CPU
+    int8_warning: str | None = None
 
     def __init__(self, path: str | Path, device: str | None = None, threads: int | None = None,
                  fallback: bool = False, **options: Any):
@@ -233,6 +244,7 @@ class Session(ABC):
             raise ArtifactError(f"{self.path}: no such file")
         self._prepare(device, threads, fallback, options)
         self._open(**options)
+        self._check_int8_recipe()
 
     def _prepare(self, device: str | None, threads: int | None, fallback: bool,
                  options: dict[str, Any]) -> None:
@@ -267,6 +279,21 @@ class Session(ABC):
 
     def _close(self) -> None:
         pass
+
+    def _check_int8_recipe(self) -> None:
+        """The runtime guard: one warning when an INT8 recipe is known to compute other
+        numbers on this CPU than where it was checked (a VNNI recipe on an AVX2-only CPU).
+        Nothing is changed silently: the warning names the fixes."""
+        if (self.spec.precision != "int8" or self.device_used != "cpu"
+                or not self.saturating_int8_kernels or self.exact_int8):
+            return
+        from edgecls import hardware, targets
+        why = targets.mismatch(self.spec.quantization, hardware.runtime_isa(self.backend))
+        if why:
+            name = self.path.name if self.path else self.spec.name
+            self.int8_warning = (f"{name}: {why}; re-export it on this machine with --target "
+                                 f"auto{self.int8_remedy}")
+            logging.getLogger("edgecls").warning(self.int8_warning)
 
     # -- the public side -------------------------------------------------------------------
     def run(self, batch: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ dimension, onnx.checker, and the ModelSpec in metadata_props.
 from __future__ import annotations
 
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -61,6 +62,15 @@ def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
     elif precision == "fp16":
         export_fp16(source.onnx(opset), spec, out)
     else:
-        from edgecls.backends.onnx.quantize import quantize_onnx
-        quantize_onnx(source.onnx(opset), spec, out, calibration, calib_method=options.calib_method,
-                      target=options.target, exclude=options.exclude)
+        export_int8(source.onnx(opset), source, spec, out, calibration, options)
+
+
+def export_int8(fp32: Path, source, spec: ModelSpec, out: Path, calibration,
+                options: OnnxOptions) -> None:
+    """ORT QDQ with the target's recipe, measured and, where it misses, searched."""
+    from edgecls import search, targets
+    from edgecls.backends.onnx.tuning import OnnxTuner
+    with tempfile.TemporaryDirectory(prefix="edgecls-q-") as work:
+        tuner = OnnxTuner(fp32, spec, calibration, targets.resolve(options.target), Path(work),
+                          calib_method=options.calib_method, exclude=options.exclude)
+        search.export_int8(tuner, source, calibration, out, search=not options.no_search)

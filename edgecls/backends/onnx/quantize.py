@@ -1,20 +1,29 @@
 """INT8 post-training quantization of an ONNX model with ONNX Runtime's own tooling.
 
-No quantizer math here: shape pre-processing (quant_pre_process), calibration
-(MinMax / Entropy / Percentile) and QDQ insertion are ORT's. What edgecls decides is the
-recipe for the target:
+No quantizer math here: shape pre-processing (quant_pre_process), calibration (MinMax /
+Entropy / Percentile, cached so a model is calibrated once) and QDQ insertion are ORT's.
+What edgecls decides is the recipe for the target (targets.py), one row each:
 
-  target cpu      u8 activations (asymmetric), s8 per-channel weights: the x86 fast path
-                  (VNNI u8 x s8). s8 activations run slower than FP32 on x86 ORT.
-  target tensorrt s8 activations and weights, both symmetric: the only INT8 QDQ TensorRT
-                  accepts.
+    target     activations     weights              when the recipe misses its tolerance
+    x86-vnni   u8 asymmetric   s8 per-channel       keep sensitive layers in float
+    x86-avx2   u8 asymmetric   s8 per-channel       first give the layers whose u8 x s8 pairs
+    portable                                        saturate VPMADDUBSW u8 weights (ORT then
+                                                    runs them on its exact U8U8 kernel), then
+                                                    keep sensitive layers in float
+    arm64      s8 symmetric    s8 per-channel       keep sensitive layers in float
+    tensorrt   s8 symmetric    s8 symmetric, float  nothing: TensorRT's Q/DQ rules are fixed
+                               bias (no int32 DQ)
+
+Every CPU recipe keeps the first convolution and the classifier in float (`--exclude none`
+quantizes them too). The layers a recipe changes are its `settings`:
+{"kept_in_float": [...], "u8u8_weights": [...]} - recorded in the artifact's spec.
 """
 from __future__ import annotations
 
 import logging
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -32,12 +41,36 @@ REFUSED_METHODS = {"distribution": "ORT's 'distribution' calibration collapses t
 # ORT's histogram calibrators (entropy, percentile) keep every activation of every
 # calibration image in memory and need equal-sized batches: bounded here, and said so.
 HISTOGRAM_MAX_IMAGES = 64
-TARGETS = {
-    "cpu": {"activation_type": "QUInt8", "extra": {}},
-    "tensorrt": {"activation_type": "QInt8",
-                 # TensorRT's ONNX parser rejects int32 bias DequantizeLinear nodes
-                 "extra": {"ActivationSymmetric": True, "WeightSymmetric": True,
-                           "QuantizeBias": False}},
+
+
+@dataclass(frozen=True)
+class OrtRecipe:
+    """What ONNX Runtime's quantizer is asked for on one target."""
+    activations: str                         # QuantType name
+    symmetric: bool = False                  # activations and weights with zero points 0
+    float_bias: bool = False                 # TensorRT's parser takes no int32 bias DQ
+    keep_first_last: bool = True
+    remedies: tuple[str, ...] = ("float",)   # what the recipe search may change, in order
+
+    @property
+    def short(self) -> str:
+        """activations/weights, as ORT's documentation writes them: u8/s8, s8/s8."""
+        return {"QUInt8": "u8/s8", "QInt8": "s8/s8"}[self.activations]
+
+    def describe(self) -> dict[str, str]:
+        act = "s8 symmetric" if self.symmetric else "u8 asymmetric"
+        weights = "s8 symmetric per-channel" if self.symmetric else "s8 per-channel"
+        return {"activations": act,
+                "weights": weights + (", float bias" if self.float_bias else "")}
+
+
+_AVX2_SAFE = OrtRecipe("QUInt8", remedies=("u8u8 weights", "float"))
+RECIPES: dict[str, OrtRecipe] = {
+    "x86-vnni": OrtRecipe("QUInt8"),
+    "x86-avx2": _AVX2_SAFE,
+    "portable": _AVX2_SAFE,
+    "arm64": OrtRecipe("QInt8", symmetric=True),
+    "tensorrt": OrtRecipe("QInt8", symmetric=True, float_bias=True, remedies=()),
 }
 
 
@@ -53,6 +86,16 @@ def first_and_last_layers(path: Path) -> list[str]:
     convs = [n.name for n in nodes if n.op_type == "Conv"]
     heads = [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")]
     return convs[:1] + heads[-1:]
+
+
+def gemm_layers(path: Path) -> list[str]:
+    """Nodes ORT runs as integer GEMMs when quantized: convolutions with group 1, Gemm and
+    MatMul (depthwise convolutions use other kernels and never saturate VPMADDUBSW)."""
+    import onnx
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    group = {n.name: next((a.i for a in n.attribute if a.name == "group"), 1) for n in nodes}
+    return [n.name for n in nodes if (n.op_type == "Conv" and group[n.name] == 1)
+            or n.op_type in ("Gemm", "MatMul")]
 
 
 class BatchReader:
@@ -77,71 +120,121 @@ class BatchReader:
 
 def check_recipe(calib_method: str | None, target: str | None) -> None:
     """Refuse a calibration method or target this module has no recipe for."""
+    from edgecls import targets
     method = (calib_method or "minmax").lower()
     if method in REFUSED_METHODS:
         raise UnsupportedOptionError(REFUSED_METHODS[method])
     if method not in CALIBRATION_METHODS:
         raise UnsupportedOptionError(f"unknown calibration method {method!r}; choose "
                                      f"{', '.join(CALIBRATION_METHODS)}")
-    target = (target or "cpu").lower()
-    if target not in TARGETS:
-        raise UnsupportedOptionError(f"unknown INT8 target {target!r}; choose {', '.join(TARGETS)}")
+    targets.resolve(target)
+
+
+class OrtQuantizer:
+    """ORT's quantize_static for one FP32 model, calibration set and target: the model is
+    pre-processed once and calibrated once (ORT's calibration cache), after which any
+    variant of the recipe takes about a second - what makes a per-layer search affordable."""
+
+    def __init__(self, fp32_path: Path, spec: ModelSpec, calibration, work: Path, *,
+                 target: str = "x86-vnni", calib_method: str | None = None):
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        self.fp32_path, self.spec, self.target = Path(fp32_path), spec, target
+        self.recipe = RECIPES[target]
+        self.method = (calib_method or "minmax").lower()
+        self.calibration = _bounded(calibration, self.method)
+        self.prepared = Path(work) / "prepared.onnx"
+        self.cache = Path(work) / "calibration.json"
+        # BatchNorm is already folded by the exporter; skipping ORT's graph optimisation keeps
+        # tensor names equal to the FP32 artifact's, which the SQNR diagnostics rely on.
+        quant_pre_process(str(self.fp32_path), str(self.prepared), skip_optimization=True)
+        import onnx
+        graph = onnx.load(str(self.prepared), load_external_data=False).graph
+        self.weights = {n.name: n.input[1] for n in graph.node
+                        if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1}
+
+    def default_settings(self, exclude: Sequence[str] | None = None) -> dict[str, list[str]]:
+        """The target's starting point: --exclude, plus the first conv and the classifier
+        unless `--exclude none`."""
+        kept = list(exclude or [])
+        if kept == ["none"]:
+            kept = []
+        elif self.recipe.keep_first_last:
+            kept += [n for n in first_and_last_layers(self.fp32_path) if n not in kept]
+        return {"kept_in_float": kept, "u8u8_weights": []}
+
+    def quantize(self, settings: dict[str, list[str]], out: Path,
+                 spec: ModelSpec | None = None) -> None:
+        """Write the QDQ model for `settings`; its recipe goes into `spec` (when given)."""
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        extra: dict[str, Any] = {"CalibMaxIntermediateOutputs": 16}
+        if self.recipe.symmetric:
+            extra.update(ActivationSymmetric=True, WeightSymmetric=True)
+        if self.recipe.float_bias:
+            extra["QuantizeBias"] = False
+        if self.method == "percentile":
+            extra["CalibPercentile"] = 99.999
+        # u8 weights make ORT pick its U8U8 GEMM, which never saturates (ORT's documented
+        # remedy, here for single layers rather than the whole session)
+        overrides = {self.weights[n]: [{"axis": 0, "quant_type": QuantType.QUInt8}]
+                     for n in settings.get("u8u8_weights", []) if n in self.weights}
+        if overrides:
+            extra["TensorQuantOverrides"] = overrides
+        batch_size = 8 if self.method == "minmax" else 1
+        quantize_static(
+            str(self.prepared), str(out),
+            calibration_data_reader=BatchReader(self.calibration.batches(self.spec, batch_size)),
+            quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=getattr(QuantType, self.recipe.activations),
+            weight_type=QuantType.QInt8,
+            calibrate_method={"minmax": CalibrationMethod.MinMax,
+                              "entropy": CalibrationMethod.Entropy,
+                              "percentile": CalibrationMethod.Percentile}[self.method],
+            nodes_to_exclude=list(settings.get("kept_in_float", [])),
+            nodes_to_quantize=settings.get("only"),       # a one-layer probe
+            extra_options=extra,
+            calibration_cache_path=str(self.cache))
+        if spec is not None:
+            self.describe(spec, settings)
+            write_spec(out, spec)
+
+    def describe(self, spec: ModelSpec, settings: dict[str, list[str]]) -> None:
+        """Fill spec.quantization / parent / tools with this recipe."""
+        import onnxruntime
+
+        from edgecls.io import sha256
+        spec.quantization = {
+            **(spec.quantization or {}),
+            "tool": f"onnxruntime {onnxruntime.__version__}", "method": self.method,
+            "format": "QDQ", **self.recipe.describe(),
+            "kept_in_float": list(settings.get("kept_in_float", [])),
+            "u8u8_weights": list(settings.get("u8u8_weights", [])),
+            **self.calibration.recipe()}
+        spec.parent = {"format": "onnx", "precision": "fp32",
+                       "sha256": sha256(self.fp32_path, 16), "weights": spec.weights}
+        spec.tools["onnxruntime"] = onnxruntime.__version__
+
+
+def _bounded(calibration, method: str):
+    if method != "minmax" and len(calibration) > HISTOGRAM_MAX_IMAGES:
+        log.warning("%s calibration keeps all activations in memory: using %d of %d images",
+                    method, HISTOGRAM_MAX_IMAGES, len(calibration))
+        return type(calibration)(calibration.images.subset(HISTOGRAM_MAX_IMAGES),
+                                 calibration.spec, calibration.source)
+    return calibration
 
 
 def quantize_onnx(fp32_path: Path, spec: ModelSpec, out: Path, calibration, *,
-                  calib_method: str | None = None, target: str | None = None,
+                  calib_method: str | None = None, target: str = "x86-vnni",
                   exclude: Sequence[str] | None = None) -> None:
-    """The INT8 QDQ model of `fp32_path` at `out`, its recipe in spec.quantization (options
-    already checked by check_recipe)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """One INT8 QDQ model with the target's recipe as it is (no search): what TensorRT's
+    explicit quantization starts from."""
+    import tempfile
 
-    from edgecls.io import sha256
-
-    method = (calib_method or "minmax").lower()
-    target = (target or "cpu").lower()
-    recipe = TARGETS[target]
-    ort_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                  "percentile": CalibrationMethod.Percentile}[method]
-
-    exclude = list(exclude or [])
-    if exclude == ["none"]:
-        exclude = []
-    else:   # the first conv and the classifier stay in float unless --exclude none
-        exclude += [n for n in first_and_last_layers(fp32_path) if n not in exclude]
-    batch_size = 8
-    if method != "minmax":
-        batch_size = 1
-        if len(calibration) > HISTOGRAM_MAX_IMAGES:
-            log.warning("%s calibration keeps all activations in memory: using %d of %d images",
-                        method, HISTOGRAM_MAX_IMAGES, len(calibration))
-            calibration = type(calibration)(calibration.images.subset(HISTOGRAM_MAX_IMAGES),
-                                            calibration.spec)
-
+    from edgecls import hardware, targets
     with tempfile.TemporaryDirectory(prefix="edgecls-q-") as work:
-        prepared = Path(work) / "prepared.onnx"
-        # BatchNorm is already folded by the exporter; skipping ORT's graph optimisation keeps
-        # tensor names equal to the FP32 artifact's, which the SQNR diagnostics rely on.
-        quant_pre_process(str(fp32_path), str(prepared), skip_optimization=True)
-        extra = {"CalibMaxIntermediateOutputs": 16,
-                 **recipe["extra"]}
-        if method == "percentile":
-            extra["CalibPercentile"] = 99.999
-        quantize_static(
-            str(prepared), str(out),
-            calibration_data_reader=BatchReader(calibration.batches(spec, batch_size)),
-            quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=getattr(QuantType, recipe["activation_type"]),
-            weight_type=QuantType.QInt8, calibrate_method=ort_method,
-            nodes_to_exclude=exclude, extra_options=extra)
-
-    import onnxruntime
-    spec.quantization = {
-        "tool": f"onnxruntime {onnxruntime.__version__}", "method": method, "format": "QDQ",
-        "target": target, "activations": "u8 asymmetric" if target == "cpu" else "s8 symmetric",
-        "weights": "s8 per-channel",
-        "kept_in_float": exclude, **calibration.recipe()}
-    spec.parent = {"format": "onnx", "precision": "fp32", "sha256": sha256(fp32_path, 16),
-                   "weights": spec.weights}
-    spec.tools["onnxruntime"] = onnxruntime.__version__
-    write_spec(out, spec)
+        quantizer = OrtQuantizer(fp32_path, spec, calibration, Path(work), target=target,
+                                 calib_method=calib_method)
+        spec.quantization = targets.record(targets.resolve(target), hardware.cpu().int8_isa)
+        quantizer.quantize(quantizer.default_settings(exclude), out, spec)

@@ -3,7 +3,6 @@ and sessions on Intel CPU / GPU / NPU."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from edgecls.backends.base import ExportOptions, Format, option
 from edgecls.backends.onnx import TORCH_EXPORT
@@ -18,16 +17,19 @@ class OpenVINOOptions(ExportOptions):
     ignored_scope: tuple[str, ...] | None = option(
         "operation names to keep in float (default: the first conv and the classifier; "
         "`none` quantizes all)", int8_only=True)
-    max_drop: float | None = option("quantize with accuracy control, to this drop",
-                                    int8_only=True)
-    data: Any = option("the accuracy control's validation images", int8_only=True)
+    target: str | None = option(
+        "INT8 target: auto (this machine, the default) | x86-vnni | x86-avx2 | arm64 | portable "
+        "| tensorrt (`edgecls hw` shows this machine)", int8_only=True)
+    no_search: bool = option("INT8: write the target's recipe as it is, even when it misses "
+                             "its tolerance on held-out images (no per-layer search)",
+                             int8_only=True, default=False)
     static_batch: int | None = option("fix the batch dimension")
     bake_preprocessing: bool = option("put mean/std and layout into the graph", default=False)
 
     def check(self, precision: str) -> None:
         if precision == "int8":   # fail before the (slow) conversion, not after it
             from edgecls.backends.openvino.quantize import check_recipe
-            check_recipe(self.preset, self.calib_method)
+            check_recipe(self.preset, self.calib_method, self.target)
         if self.static_batch is not None and self.static_batch < 1:
             raise UnsupportedOptionError(f"--static-batch must be >= 1, not {self.static_batch}")
 

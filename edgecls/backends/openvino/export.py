@@ -14,6 +14,7 @@ calibration data never has to know about them.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -31,12 +32,23 @@ COMPRESS_TO_FP16 = {"fp32": False, "fp16": True, "int8": False}
 def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
            options: OpenVINOOptions) -> None:
     """The format table's exporter for "openvino": writes `out` and out.with_suffix(".bin")."""
+    model, spec.exported_from = convert(source, spec)
+    finish = functools.partial(_finish, precision=precision, options=options)
+    if precision != "int8":
+        finish(model, spec, out)
+        return
+    from edgecls import search, targets
+    from edgecls.backends.openvino.tuning import OpenVINOTuner
+    tuner = OpenVINOTuner(model, source, spec, calibration, targets.resolve(options.target),
+                          options, finish)
+    search.export_int8(tuner, source, calibration, out, search=not options.no_search)
+
+
+def _finish(model, spec: ModelSpec, out: Path, *, precision: str, options: OpenVINOOptions) -> None:
+    """Static batch and baked preprocessing (after quantization, so calibration never has to
+    know about them), the spec, and the .xml + .bin pair."""
     import openvino as ov
 
-    model, spec.exported_from = convert(source, spec)
-    if precision == "int8":
-        from edgecls.backends.openvino.quantize import quantize
-        model = quantize(model, spec, calibration, options)
     if options.static_batch is not None:
         model = set_batch(model, options.static_batch, spec)
     if options.bake_preprocessing:

@@ -36,6 +36,7 @@ class OpenVINOSession(Session):
     format = FORMAT
     backend = "openvino"
     accepted_options = ("inference_precision", "hint", "config")
+    saturating_int8_kernels = True          # oneDNN's u8 x s8 convolutions use VPMADDUBSW on AVX2
 
     def _open(self, inference_precision: str | None = None, hint: str = "latency",
               config: dict[str, Any] | None = None) -> None:

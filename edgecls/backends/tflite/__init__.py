@@ -26,9 +26,25 @@ def io_type(value: Any) -> str | None:
 class TFLiteOptions(ExportOptions):
     int8_io: Any = option("int8 (or uint8) input and output", int8_only=True, nargs="?",
                           const="int8")
+    target: str | None = option(
+        "INT8 target: auto (this machine, the default) | x86-vnni | x86-avx2 | arm64 | portable "
+        "| tensorrt (`edgecls hw` shows this machine)", int8_only=True)
+    no_search: bool = option("INT8: write the target's recipe as it is, even when it misses "
+                             "its tolerance on held-out images (no per-layer search)",
+                             int8_only=True, default=False)
+    allow_float_ops: bool = option("TFLite INT8: let the search keep ops in float when "
+                                   "full-integer misses the tolerance (the model is then not "
+                                   "full-integer; QAT is the full-integer remedy)",
+                                   int8_only=True, default=False)
 
     def check(self, precision: str) -> None:
         io_type(self.int8_io)
+        if precision == "int8":
+            from edgecls import targets
+            if targets.resolve(self.target).device != "cpu":
+                raise UnsupportedOptionError(f"--target {self.target} is not a TFLite target; "
+                                             "TFLite INT8 is the same full-integer model on "
+                                             "every CPU: x86-vnni, x86-avx2, arm64, portable")
 
 
 FORMAT = Format(

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from edgecls.backends.tflite import TFLiteOptions, io_type
 from edgecls.backends.tflite.container import embed_spec
-from edgecls.errors import DataError, UnsupportedOptionError
+from edgecls.errors import DataError
 from edgecls.spec import ModelSpec
 
 log = logging.getLogger("edgecls")
@@ -41,24 +41,19 @@ def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
     model = convert_fp32(source.model, spec)
     if precision == "fp16":
         from edgecls.backends.tflite.quantize import quantize_fp16
-        with _quiet():
+        with quiet():
             model = quantize_fp16(model)
         spec.quantization = {"method": "weight-only", "weights": "float16",
                              "tool": "ai-edge-quantizer"}
     elif precision == "int8":
-        from edgecls.backends.tflite.quantize import float_ops, quantize_int8
-        samples = [x for batch in calibration.batches(spec) for x in batch]
-        if not samples:
+        from edgecls import search, targets
+        from edgecls.backends.tflite.tuning import TFLiteTuner
+        if not len(calibration):
             raise DataError("the calibration set is empty")
-        with _quiet():
-            model, facts = quantize_int8(model, samples, int8_io)
-        leftover = float_ops(model, allow_boundary=int8_io is None)
-        if leftover:  # never hand out a "full-integer" model with float islands
-            raise UnsupportedOptionError(
-                f"{spec.name}: ai-edge-quantizer left float ops in the INT8 model "
-                f"({', '.join(leftover[:5])}); this architecture has no full-integer TFLite "
-                "export yet")
-        spec.quantization = {**calibration.recipe(), **facts, "float_ops": []}
+        tuner = TFLiteTuner(model, spec, calibration, targets.resolve(options.target), int8_io,
+                            options.allow_float_ops)
+        search.export_int8(tuner, source, calibration, out, search=not options.no_search)
+        return
     Path(out).write_bytes(embed_spec(model, spec))
 
 
@@ -90,7 +85,7 @@ def _nhwc(model):
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """litert-torch prints a progress tree and absl/XLA chatter; keep the CLI clean."""
     saved = {k: os.environ.get(k) for k in ("LITERT_TORCH_SHOW_PROGRESS", "TF_CPP_MIN_LOG_LEVEL",
                                             "TQDM_DISABLE")}
@@ -114,7 +109,7 @@ def convert_fp32(model, spec: ModelSpec) -> bytes:
     import torch
 
     h, w = spec.input_size
-    with _quiet():
+    with quiet():
         import litert_torch
         with torch.no_grad():
             edge = litert_torch.convert(_nhwc(model), (torch.zeros(1, h, w, 3),))

@@ -1,0 +1,260 @@
+"""Choose an INT8 recipe by measurement, for the machine (or target) at hand.
+
+An INT8 export tries the target's recipe first. When it misses its tolerance on held-out
+images, the backend's remedies are applied one layer at a time, in the order the backend
+ranks them (saturating layers first, then the layers most sensitive to quantization), and
+every candidate is measured again: changing one layer moves the Q/DQ placement of its
+neighbours, so nothing is assumed additive. Of the candidates that meet the tolerance, the
+fastest on this machine wins (timed against the FP32 artifact in the same run); when none
+does, the most accurate one is kept and the export says so.
+
+A backend takes part through a Tuner:
+
+    tuner.bases()            -> [Recipe]   the target's recipe(s)
+    tuner.remedies(recipe)   -> [Remedy]   ranked layers, and what changing one of them means
+    tuner.fallbacks(recipe, tolerance)     (optional) whole recipes to try when the remedies
+                             -> [Recipe]   fail, e.g. NNCF's accuracy-controlled quantization
+    tuner.build(recipe, out) -> None       write the artifact for a recipe
+    tuner.keep(candidate, out, record)     the chosen candidate, with the search in its spec
+    tuner.session_options    -> dict       how to open artifacts so that they compute the
+                                           target's numbers (e.g. ORT's exact INT8 kernels)
+    tuner.suffix             -> str        of the artifacts it writes
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from edgecls import metrics
+
+log = logging.getLogger("edgecls")
+
+#: most layers one remedy may change before the search gives up on it
+MAX_STEPS = 12
+
+
+@dataclass(frozen=True)
+class Recipe:
+    base: str                                   # the target recipe it started from
+    settings: dict[str, Any]                    # backend-specific, recorded in the spec
+    changed: tuple[tuple[str, str], ...] = ()   # (remedy, layer) in the order applied
+
+    @property
+    def label(self) -> str:
+        counts: dict[str, int] = {}
+        for remedy, _ in self.changed:
+            counts[remedy] = counts.get(remedy, 0) + 1
+        return " + ".join([self.base] + [f"{name} x{n}" for name, n in counts.items()])
+
+    def with_layer(self, remedy: "Remedy", layer: str) -> "Recipe":
+        return Recipe(self.base, remedy.apply(self.settings, layer),
+                      self.changed + ((remedy.name, layer),))
+
+    def layers(self, remedy: str) -> list[str]:
+        return [layer for name, layer in self.changed if name == remedy]
+
+
+@dataclass(frozen=True)
+class Remedy:
+    name: str                                   # "u8u8 weights", "float"
+    # the layers, most harmful first: called only when the search gets to this remedy
+    # (a ranking may cost a probe per layer)
+    rank: Callable[[], Sequence[str]]
+    apply: Callable[[dict[str, Any], str], dict[str, Any]]
+
+
+class Tuner(Protocol):
+    suffix: str                                 # of the artifacts it builds
+    session_options: dict[str, Any]
+    measures_target: bool                       # can this CPU compute the target's numbers?
+
+    def bases(self) -> list[Recipe]: ...
+    def remedies(self, recipe: Recipe) -> list[Remedy]: ...
+    def build(self, recipe: Recipe, out: Path, search: dict[str, Any] | None = None) -> None:
+        """Write the artifact; `search` (what export_int8 found) goes into its spec."""
+
+    def keep(self, candidate: Path, out: Path, search: dict[str, Any]) -> None:
+        """Write the measured candidate to `out` with `search` added to its spec."""
+
+
+@dataclass
+class HeldOut:
+    """The images a search is judged on, and the FP32 reference's answers on them."""
+    name: str
+    pixels: np.ndarray                          # N x H x W x 3 uint8 crops
+    reference: np.ndarray                       # reference logits
+    labels: np.ndarray | None = None
+    images: Any = None                          # the ImageSet, for the final parity check
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+
+@dataclass
+class Trial:
+    recipe: Recipe
+    path: Path
+    agreement: float
+    kl: float
+    passed: bool
+    top1_drop: float | None = None              # points, with labels
+    latency_ms: float | None = None
+    speedup: float | None = None                # FP32 latency / this latency
+
+    def row(self) -> dict[str, Any]:
+        return {"recipe": self.recipe.label, "agreement": round(self.agreement, 4),
+                "kl": round(self.kl, 5), "top1_drop": self.top1_drop, "passed": self.passed,
+                "latency_ms": self.latency_ms, "speedup_vs_fp32": self.speedup}
+
+
+@dataclass
+class Outcome:
+    chosen: Trial
+    trials: list[Trial]
+    reason: str
+    fp32_latency_ms: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def record(self, held_out: HeldOut, tolerance: str) -> dict[str, Any]:
+        """What the artifact's spec keeps about the search."""
+        return {"chosen": self.chosen.recipe.label, "reason": self.reason,
+                "tolerance": tolerance, "judged_on": f"{held_out.name} ({len(held_out)} images)",
+                "fp32_latency_ms": self.fp32_latency_ms,
+                "candidates": [t.row() for t in self.trials]}
+
+
+def export_int8(tuner: Tuner, source, calibration, out: Path, *, search: bool = True) -> Outcome | None:
+    """The INT8 export of a CPU backend: measure the target's recipe on held-out images and,
+    when it misses, search (unless `search` is False); write the chosen recipe to `out`. The
+    artifact's spec records the target, every candidate, and why the winner won."""
+    held_out = source.held_out(calibration) if tuner.measures_target else None
+    if held_out is None:
+        why = ("this CPU cannot compute the target's INT8 numbers, so the recipe is the "
+               "target's, unmeasured" if not tuner.measures_target else
+               "no held-out images to measure recipes on (pass --data DIR)" if source.spec.trained
+               else "random weights (--weights none): nothing to measure")
+        log.info("INT8 recipe not measured: %s", why)
+        tuner.build(tuner.bases()[0], out, {"searched": False, "why": why})
+        return None
+    tolerance = source.tolerance(held_out)
+    log.info("INT8 recipes on %s (%d held-out images, %s):", held_out.name, len(held_out),
+             tolerance.describe())
+    with tempfile.TemporaryDirectory(prefix="edgecls-search-") as work:
+        outcome = run(tuner, held_out, tolerance, Path(work), fp32_artifact=source.onnx(),
+                      search=search)
+        print_trials(outcome)
+        record = outcome.record(held_out, tolerance.describe())
+        record["measured_with"] = dict(tuner.session_options)
+        tuner.keep(outcome.chosen.path, out, record)     # the very artifact that was measured
+    return outcome
+
+
+def run(tuner: Tuner, held_out: HeldOut, tolerance, work: Path, *,
+        fp32_artifact: Path | None = None, search: bool = True) -> Outcome:
+    """Build, measure and choose; candidates are written into `work` (the caller's temporary
+    folder), the chosen one included. `tolerance` is a verification.Tolerance;
+    `fp32_artifact` (any format) is timed beside the candidates for the speed-up column."""
+    trials: list[Trial] = []
+
+    def attempt(recipe: Recipe) -> Trial:
+        path = work / f"candidate{len(trials)}{tuner.suffix}"
+        tuner.build(recipe, path)
+        trial = _score(tuner, recipe, path, held_out, tolerance)
+        trials.append(trial)
+        log.info("  %-48s agreement %5.1f%%  KL %.4f  %s", recipe.label,
+                 100 * trial.agreement, trial.kl, "meets" if trial.passed else "misses")
+        return trial
+
+    bases = [attempt(r) for r in tuner.bases()]
+    if search and not any(t.passed for t in bases):
+        best = _remedy(tuner, min(bases, key=lambda t: t.kl), attempt)
+        if not best.passed:      # whole-recipe alternatives, e.g. NNCF's accuracy control
+            for recipe in getattr(tuner, "fallbacks", lambda *a: [])(best.recipe, tolerance):
+                if attempt(recipe).passed:
+                    break
+    return _choose(trials, tuner, fp32_artifact)
+
+
+def _remedy(tuner: Tuner, start: Trial, attempt: Callable[[Recipe], Trial]) -> Trial:
+    """Each remedy in turn, one ranked layer at a time, keeping a change only when it lowers
+    KL (a change that makes things worse is measured, logged and undone). The best trial."""
+    best = start
+    for remedy in tuner.remedies(start.recipe):
+        for layer in list(remedy.rank())[:MAX_STEPS]:
+            trial = attempt(best.recipe.with_layer(remedy, layer))
+            if trial.kl < best.kl or trial.passed:
+                best = trial
+            if best.passed:
+                return best
+    return best
+
+
+def _score(tuner: Tuner, recipe: Recipe, path: Path, held_out: HeldOut, tolerance) -> Trial:
+    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.formats import open_session
+
+    with open_session(path, device="cpu", **tuner.session_options) as session:
+        logits = np.concatenate([session.run(to_model_input(held_out.pixels[i:i + 16], session.spec))
+                                 for i in range(0, len(held_out), 16)])
+    agree = float((logits.argmax(1) == held_out.reference.argmax(1)).mean())
+    kl = float(metrics.kl_divergence(held_out.reference, logits).mean())
+    drop = None
+    if held_out.labels is not None:
+        drop = 100 * float(metrics.topk_hits(held_out.reference, held_out.labels, 1).mean()
+                           - metrics.topk_hits(logits, held_out.labels, 1).mean())
+    passed = ((tolerance.max_drop is None or (drop is not None and drop <= tolerance.max_drop))
+              and (tolerance.min_agreement is None or agree >= tolerance.min_agreement))
+    return Trial(recipe, path, agree, kl, passed, drop)
+
+
+def _choose(trials: Sequence[Trial], tuner: Tuner, fp32_artifact: Path | None) -> Outcome:
+    passing = [t for t in trials if t.passed]
+    timed = passing or [min(trials, key=lambda t: t.kl)]
+    fp32_ms = _time(timed, tuner, fp32_artifact)
+    if passing:
+        chosen = min(passing, key=lambda t: t.latency_ms or float("inf"))
+        reason = (f"the fastest of {len(passing)} recipes that met the tolerance"
+                  if len(passing) > 1 else "the only recipe that met the tolerance")
+    else:
+        chosen = timed[0]
+        reason = "no recipe met the tolerance: the most accurate one (lowest KL) is kept"
+    return Outcome(chosen, list(trials), reason, fp32_ms)
+
+
+def _time(trials: Sequence[Trial], tuner: Tuner, fp32_artifact: Path | None) -> float | None:
+    """Batch-1 latency of the trials (and of the FP32 artifact), interleaved in one run."""
+    from edgecls.bench import bench
+    paths = ([fp32_artifact] if fp32_artifact else []) + [t.path for t in trials]
+    rows = bench(paths, seconds=1.0, options=tuner.session_options).rows
+    fp32_ms = rows.pop(0).p50_ms if fp32_artifact else None
+    for trial, row in zip(trials, rows):
+        trial.latency_ms = round(row.p50_ms, 3)
+        trial.speedup = round(fp32_ms / row.p50_ms, 2) if fp32_ms else None
+    return round(fp32_ms, 3) if fp32_ms else None
+
+
+def print_trials(outcome: Outcome, console: Any = None) -> None:
+    """The candidates table an INT8 export prints."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(stderr=True, width=max(Console(stderr=True).width, 120))
+    table = Table("recipe", "agreement", "KL", "drop pt", "ms", "vs FP32", "outcome",
+                  title="INT8 recipes tried on this machine")
+    for t in outcome.trials:
+        mark = "[bold green]chosen[/]" if t is outcome.chosen else ("met" if t.passed else "[red]missed[/]")
+        table.add_row(t.recipe.label, f"{100 * t.agreement:.1f}%", f"{t.kl:.4f}",
+                      "-" if t.top1_drop is None else f"{t.top1_drop:+.2f}",
+                      "-" if t.latency_ms is None else f"{t.latency_ms:.2f}",
+                      "-" if t.speedup is None else f"{t.speedup:.2f}x", mark)
+    console.print(table)
+    console.print(f"chosen: {outcome.chosen.recipe.label} ({outcome.reason})")
+
+
+__all__ = ["Recipe", "Remedy", "Tuner", "HeldOut", "Trial", "Outcome", "export_int8", "run",
+           "print_trials"]
