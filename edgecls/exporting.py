@@ -37,9 +37,11 @@ MODEL_TOLERANCE = {"vgg19": 5e-3, "vgg19_bn": 5e-3, "densenet201": 5e-3, "incept
 class CheckOptions(ExportOptions):
     """export()'s own options, for the INT8 check of every format. A backend that uses one
     too (OpenVINO's accuracy control) declares it as well, and then receives it."""
-    data: Any = option("labelled validation images for the INT8 check (a folder, photos, "
-                       "digits)")
-    max_drop: float | None = option("INT8: the top-1 accuracy drop allowed, in points")
+    data: Any = option("INT8: held-out images the recipe is measured and checked on (a folder, "
+                       "photos, digits); default: what --calib leaves", int8_only=True)
+    max_drop: float | None = option("INT8: the drop allowed, in points: of top-1 accuracy with "
+                                    "labelled --data, of agreement with FP32 without",
+                                    int8_only=True)
 
 
 def default_output(spec: ModelSpec, fmt: Format, precision: str, folder: Path = Path("out")) -> Path:

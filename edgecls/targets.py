@@ -74,12 +74,14 @@ def is_native(target: Target, isa: str) -> bool:
     return isa in target.isas
 
 
-def record(target: Target, runtime_isa: str) -> dict[str, Any]:
-    """The facts every INT8 spec carries about its target (spec.quantization)."""
+def record(target: Target, runtime_isa: str, measured: bool | None = None) -> dict[str, Any]:
+    """The facts every INT8 spec carries about its target (spec.quantization). `measured`:
+    whether its accuracy was measured with the target's numbers (by default: only where this
+    CPU is of the target's kind)."""
     return {"target": target.name, "target_isas": list(target.isas),
             "saturation_safe": target.saturation_safe,
             "made_on": hardware.cpu().summary(), "made_on_isa": runtime_isa,
-            "measured_on_target": is_native(target, runtime_isa)}
+            "measured_on_target": is_native(target, runtime_isa) if measured is None else measured}
 
 
 def mismatch(quantization: dict[str, Any] | None, isa: str) -> str | None:

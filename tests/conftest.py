@@ -115,6 +115,16 @@ def effl0_onnx(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def effl0_int8_auto(tmp_path_factory) -> Path:
+    """EfficientNet-Lite0 INT8 ONNX made for THIS machine (--target auto), calibrated on one
+    half of the photo crops and searched/checked on the other (minutes on an AVX2-only CPU,
+    where the target's recipe saturates and the search runs)."""
+    from edgecls.exporting import export
+    return export("efficientnet_lite0", to="onnx", precision="int8", calib="photos",
+                  out=tmp_path_factory.mktemp("effl0-int8") / "effl0.int8.onnx")
+
+
+@pytest.fixture(scope="session")
 def photo_files(tmp_path_factory) -> dict[str, Path]:
     """The bundled photos written as JPEG files, as a user would have them."""
     import cv2

@@ -50,10 +50,11 @@ class OnnxTuner:
                                       calib_method=calib_method)
         self.work = Path(work)
         self.exclude = exclude
-        isa = hardware.cpu().int8_isa
-        self.measures_target = targets.is_native(target, isa) or (
-            not target.saturation_safe and isa in hardware.SATURATING)
-        # exact kernels give a non-saturating target's numbers on a saturating CPU
+        self.isa = isa = hardware.cpu().int8_isa
+        # a target that never saturates (x86-vnni, arm64) computes exact integer products, which
+        # any CPU can reproduce: natively, or with ORT's exact kernels where this CPU saturates;
+        # a saturation-guarded target is measured only where saturation happens
+        self.measures_target = (not target.saturation_safe) or targets.is_native(target, isa)
         self.session_options: dict[str, Any] = (
             {"precise_int8": True} if isa in hardware.SATURATING and not target.saturation_safe
             else {})
@@ -85,7 +86,7 @@ class OnnxTuner:
               spec: ModelSpec | None = None) -> None:
         spec = spec if spec is not None else self.spec.derive(format="onnx", precision="int8",
                                                               tools=dict(self.spec.tools))
-        spec.quantization = {**targets.record(self.target, hardware.cpu().int8_isa),
+        spec.quantization = {**targets.record(self.target, self.isa, self.measures_target),
                              "recipe": recipe.label,
                              **({"search": search} if search is not None else {})}
         self.quantizer.quantize(recipe.settings, out, spec)

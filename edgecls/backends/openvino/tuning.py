@@ -60,7 +60,7 @@ class OpenVINOTuner:
                                     validation=validation)
         spec = self.spec.derive(tools=dict(self.spec.tools), notes=dict(self.spec.notes))
         spec.quantization = {
-            **targets.record(self.target, self.isa), "recipe": recipe.label,
+            **targets.record(self.target, self.isa, self.measures_target), "recipe": recipe.label,
             **q.describe(quantized, self.calibration, recipe.settings,
                          self.options.preset or "performance", self.options.calib_method),
             **({"search": search} if search is not None else {})}

@@ -68,7 +68,7 @@ class TFLiteTuner:
                 f"({', '.join(leftover[:5])}); this architecture has no full-integer TFLite "
                 "export yet")
         spec = self.spec.derive(tools=dict(self.spec.tools), notes=dict(self.spec.notes))
-        spec.quantization = {**targets.record(self.target, hardware.cpu().int8_isa),
+        spec.quantization = {**targets.record(self.target, hardware.cpu().int8_isa, True),
                              "recipe": recipe.label, **self.calibration.recipe(), **facts,
                              "float_ops": leftover if kept else [],
                              **({"search": search} if search is not None else {})}

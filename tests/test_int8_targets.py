@@ -1,0 +1,305 @@
+"""INT8 that holds on the CPU it runs on: the hardware probe, targets, the VPMADDUBSW
+emulation checked against the real kernels, recipes chosen by measurement, the runtime guard.
+
+Every test passes on both x86 kinds (Intel with VNNI/AMX, AMD EPYC with AVX2 only): where the
+real kernels differ, the test asserts what THIS CPU's kernels must do, in both branches.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecls import hardware, saturation, targets
+from edgecls.errors import UnsupportedOptionError
+from edgecls.exporting import export
+from edgecls.formats import open_session, read_spec
+from edgecls.metrics import kl_divergence
+
+SATURATES = hardware.cpu().saturates
+
+
+# -- the hardware probe -----------------------------------------------------------------------
+@pytest.mark.parametrize("flags,arch,isa", [
+    ({"avx2", "avx512f", "avx512_vnni", "amx_int8"}, "x86_64", "x86-amx"),
+    ({"avx2", "avx512f", "avx512bw", "avx512_vnni"}, "x86_64", "x86-vnni"),
+    ({"avx2", "avx_vnni"}, "x86_64", "x86-vnni"),          # Alder Lake: AVX-VNNI, no AVX-512
+    ({"avx2", "avx512f", "avx512bw"}, "x86_64", "x86-avx2"),  # Skylake-X: AVX-512, no VNNI
+    ({"sse4_1", "ssse3", "avx2", "fma"}, "x86_64", "x86-avx2"),
+    ({"sse4_1", "ssse3"}, "x86_64", "x86-sse"),
+    ({"fp", "asimd", "asimddp", "i8mm"}, "aarch64", "arm64-i8mm"),
+    ({"fp", "asimd", "asimddp"}, "aarch64", "arm64-dotprod"),
+    ({"fp", "asimd"}, "aarch64", "arm64"),
+    (set(), "riscv64", "unknown"),
+])
+def test_int8_isa_classes(flags, arch, isa):
+    assert hardware.classify(frozenset(flags), arch) == isa
+
+
+def test_this_cpu_is_classified_from_its_own_flags():
+    cpu = hardware.cpu()
+    assert cpu.int8_isa != "unknown" and cpu.cores >= 1
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    lines = [l for l in text.splitlines() if l.startswith("flags")]
+    if lines and "avx2" in lines[0]:   # Linux x86 (CI: Intel with VNNI or AMD EPYC with AVX2)
+        flags = set(lines[0].split(":")[1].split())
+        vnni = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+        assert cpu.saturates == (not vnni)
+        assert targets.resolve("auto").name == ("x86-vnni" if vnni else "x86-avx2")
+
+
+def test_onednn_isa_cap_makes_openvino_an_avx2_runtime(monkeypatch):
+    vnni = hardware.CPU("Xeon", "x86_64", 4, frozenset({"avx2", "avx512_vnni"}), "test")
+    monkeypatch.setattr(hardware, "cpu", lambda: vnni)
+    assert hardware.runtime_isa("openvino") == "x86-vnni"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert hardware.runtime_isa("openvino") == "x86-avx2"
+    assert hardware.runtime_isa("onnxruntime") == "x86-vnni"   # ORT has no such cap
+
+
+def test_describe_is_json_and_torch_free():
+    import subprocess
+    import sys
+    code = ("import sys, json; from edgecls import hardware; json.dumps(hardware.describe()); "
+            "print(sorted(m for m in ('torch', 'onnxruntime', 'openvino') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_cli_hw(capsys):
+    from edgecls.cli import main
+    assert main(["hw", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["int8_isa"] == hardware.cpu().int8_isa
+    assert {r["name"] for r in info["runtimes"]} >= {"onnxruntime", "openvino", "tflite"}
+    assert next(r for r in info["runtimes"] if r["name"] == "onnxruntime")["devices"]
+    assert main(["hw"]) == 0
+    assert hardware.cpu().int8_isa in capsys.readouterr().out
+
+
+# -- targets -------------------------------------------------------------------------------------
+def test_targets_resolve_and_refuse():
+    assert targets.resolve("auto", "x86-amx").name == "x86-vnni"
+    assert targets.resolve(None, "x86-sse").name == "x86-avx2"
+    assert targets.resolve("auto", "arm64-i8mm").name == "arm64"
+    assert targets.resolve("auto", "unknown").name == "portable"
+    assert targets.resolve("cpu", "x86-avx2").name == "x86-avx2"      # edgecls 0.1's name
+    with pytest.raises(UnsupportedOptionError, match="unknown INT8 target 'x86'.*edgecls hw"):
+        targets.resolve("x86")
+
+
+def test_which_recipes_hold_where():
+    vnni = {"target": "x86-vnni", "saturation_safe": False}
+    avx2 = {"target": "x86-avx2", "saturation_safe": True}
+    assert "saturating 16-bit" in targets.mismatch(vnni, "x86-avx2")
+    assert targets.mismatch(vnni, "x86-vnni") is None and targets.mismatch(vnni, "arm64") is None
+    assert targets.mismatch(avx2, "x86-avx2") is None
+    assert targets.mismatch({"target": "cpu"}, "x86-sse")            # written by edgecls 0.1
+    assert targets.mismatch({"target": "tensorrt"}, "x86-avx2") is None
+
+
+# -- the VPMADDUBSW emulation against the real kernels -------------------------------------------
+@pytest.fixture(scope="module")
+def effl0_calibration(effl0_onnx):
+    from edgecls.calibration.datasets import CalibrationSet
+    spec = read_spec(effl0_onnx)
+    return CalibrationSet.from_source("photos", spec, size=48), spec
+
+
+def test_emulation_predicts_what_this_cpus_kernels_do(effl0_onnx, effl0_calibration, tmp_path):
+    """Quantize one layer alone with ONNX Runtime and run it on this CPU's default kernels and
+    on its exact (U8U8) ones: on an AVX2-only CPU the layer the emulation ranks first loses
+    far more than one it ranks last; on a VNNI CPU the two kernels agree for every layer."""
+    from edgecls.backends.onnx.quantize import OrtQuantizer
+    from edgecls.calibration.preprocess import to_model_input
+
+    calibration, spec = effl0_calibration
+    ranked = saturation.rank_layers(effl0_onnx, calibration.batches(spec, 8))
+    pointwise = [r for r in ranked if r.op == "Conv"][1:]   # [0] is the stem: pixels, kept float
+    worst, mildest = pointwise[0], pointwise[-1]
+    assert worst.relative_error > 5e-3 and worst.clamped_fraction > 0.01
+    assert mildest.relative_error < 1e-4
+
+    quantizer = OrtQuantizer(effl0_onnx, spec, calibration, tmp_path, target="x86-vnni")
+    x = to_model_input(calibration.images.subset(16).crops(spec), spec)
+    with open_session(effl0_onnx) as fp32:
+        ref = fp32.run(x)
+
+    def gap(node: str) -> float:
+        path = tmp_path / f"{node}.onnx"
+        quantizer.quantize({"only": [node]}, path, spec.derive(precision="int8"))
+        kl = {}
+        for exact in (False, True):
+            with open_session(path, precise_int8=exact) as s:
+                kl[exact] = float(np.mean(kl_divergence(ref, s.run(x))))
+        return kl[False] - kl[True]
+
+    worst_gap, mild_gap = gap(worst.node), gap(mildest.node)
+    if SATURATES:
+        assert worst_gap > 5e-3 and worst_gap > 20 * abs(mild_gap), (worst_gap, mild_gap)
+    else:
+        assert abs(worst_gap) < 1e-4 and abs(mild_gap) < 1e-4, (worst_gap, mild_gap)
+
+
+# -- recipes chosen by measurement --------------------------------------------------------------
+def test_efficientnet_lite0_int8_made_here_passes_and_says_how(effl0_int8_auto):
+    """The artifact `--target auto` made on this CPU: the recipe and the search are in the
+    spec, and the ONNX INT8 check of test_onnx_int8 (parity on held-out crops) passes."""
+    q = read_spec(effl0_int8_auto).quantization
+    assert q["target"] == targets.resolve("auto").name and q["measured_on_target"]
+    assert q["made_on_isa"] == hardware.cpu().int8_isa
+    search = q["search"]
+    assert search["judged_on"].startswith("photos-val") and search["candidates"]
+    chosen = next(c for c in search["candidates"] if c["recipe"] == search["chosen"])
+    assert chosen["passed"] and chosen["agreement"] >= 0.95
+    assert chosen["speedup_vs_fp32"] > 0 and search["fp32_latency_ms"] > 0
+    if SATURATES:   # the target recipe saturates here: layers were given exact u8 weights
+        assert not search["candidates"][0]["passed"] and q["u8u8_weights"]
+        assert set(q["u8u8_weights"]).isdisjoint(q["kept_in_float"])
+
+
+@pytest.mark.parametrize("target", ["x86-vnni", "x86-avx2", "portable", "arm64"])
+def test_forced_targets_are_recorded(digits_model, digits_data, tmp_path, target):
+    model, spec = digits_model
+    _, calib, val, _ = digits_data
+    path = export(model, to="onnx", out=tmp_path / f"{target}.onnx", spec=spec, precision="int8",
+                  calib=calib, options={"target": target, "data": val})
+    q = read_spec(path).quantization
+    row = targets.TARGETS[target]
+    assert q["target"] == target and q["saturation_safe"] == row.saturation_safe
+    assert q["activations"] == ("s8 symmetric" if target == "arm64" else "u8 asymmetric")
+    # exact products (VNNI, ARM) can be reproduced anywhere; saturation only where it happens
+    assert q["measured_on_target"] == (not row.saturation_safe or SATURATES)
+    assert ("candidates" in q["search"]) == q["measured_on_target"]
+    measured = q["search"].get("measured_with", {})
+    # a VNNI/ARM recipe made on an AVX2-only CPU is measured with exact kernels: its numbers
+    assert measured == ({"precise_int8": True} if SATURATES and not row.saturation_safe else {})
+
+
+def test_the_fastest_recipe_that_passes_wins(digits_model, digits_data, tmp_path):
+    """Two recipes that both meet the tolerance: the one measured faster is written."""
+    from edgecls.backends.onnx.tuning import OnnxTuner
+    from edgecls.calibration.datasets import CalibrationSet
+    from edgecls.search import Recipe, export_int8
+    from edgecls.sources import ExportSource
+
+    model, spec = digits_model
+    _, calib, val, _ = digits_data
+    source = ExportSource(model, spec, tmp_path, validation=val)
+    calibration = CalibrationSet.from_source(calib, spec)
+
+    class TwoRecipes(OnnxTuner):
+        def bases(self):
+            from edgecls.backends.onnx.quantize import gemm_layers
+            default = self.quantizer.default_settings()   # first conv, classifier in float
+            more = default["kept_in_float"] + gemm_layers(self.fp32_path)[1::2]
+            return [Recipe("default", default),
+                    Recipe("every other GEMM float too", {**default, "kept_in_float": more})]
+
+    # a target this CPU measures natively, so that both recipes are judged as they run here
+    tuner = TwoRecipes(source.onnx(), spec, calibration, targets.resolve("auto"), tmp_path)
+    out = tmp_path / "chosen.onnx"
+    outcome = export_int8(tuner, source, calibration, out)
+    passing = [t for t in outcome.trials if t.passed]
+    assert len(passing) == 2
+    assert outcome.chosen.latency_ms == min(t.latency_ms for t in passing)
+    assert read_spec(out).quantization["search"]["chosen"] == outcome.chosen.recipe.label
+
+
+def test_max_drop_on_unlabelled_data_is_points_of_agreement():
+    from edgecls.verification import tolerance_for
+    assert tolerance_for("int8", False, 2.0).min_agreement == pytest.approx(0.98)
+    assert tolerance_for("int8", False, None).min_agreement == 0.95
+    assert tolerance_for("int8", True, 2.0).max_drop == 2.0
+
+
+# -- the runtime guard ---------------------------------------------------------------------------
+def test_guard_warns_where_a_recipe_saturates(effl0_int8_auto, tmp_path, monkeypatch, caplog):
+    """A VNNI recipe opened on a CPU that saturates warns and names both fixes; exact kernels
+    silence it; the same artifact on a VNNI CPU is fine. The CPU is set per case, so every
+    branch runs on every machine."""
+    import onnx
+
+    with open_session(effl0_int8_auto) as s:      # made for this machine: nothing to say
+        assert s.int8_warning is None
+    from edgecls.spec import SPEC_KEY, ModelSpec
+    proto = onnx.load(str(effl0_int8_auto))
+    meta = {p.key: p for p in proto.metadata_props}
+    spec = ModelSpec.from_json(meta[SPEC_KEY].value)
+    spec.quantization = {**spec.quantization, "target": "x86-vnni", "saturation_safe": False}
+    meta[SPEC_KEY].value = spec.to_json()
+    vnni_made = tmp_path / "vnni.int8.onnx"
+    onnx.save(proto, str(vnni_made))
+
+    for isa, warns in (("x86-avx2", True), ("x86-vnni", False), ("arm64", False)):
+        monkeypatch.setattr(hardware, "runtime_isa", lambda runtime, isa=isa: isa)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="edgecls"), open_session(vnni_made) as s:
+            assert (s.int8_warning is not None) == warns, isa
+        if warns:
+            assert "--target auto" in s.int8_warning and "precise_int8" in s.int8_warning
+            assert s.int8_warning in caplog.text
+    monkeypatch.setattr(hardware, "runtime_isa", lambda runtime: "x86-avx2")
+    with open_session(vnni_made, precise_int8=True) as s:
+        assert s.int8_warning is None and s.describe()["int8_kernels"] == "exact (U8U8)"
+
+
+# -- OpenVINO and TFLite ---------------------------------------------------------------------------
+def test_openvino_accuracy_control_meets_its_target(digits_model, digits_onnx, digits_data, tmp_path):
+    """The search's last OpenVINO candidate, NNCF's accuracy control, built directly: the
+    held-out top-1 drop it reaches is within the 0.5 points it was asked for."""
+    import openvino as ov
+
+    from edgecls.backends.openvino import OpenVINOOptions
+    from edgecls.backends.openvino.export import _finish
+    from edgecls.backends.openvino.tuning import OpenVINOTuner
+    from edgecls.calibration.datasets import CalibrationSet
+    from edgecls.sources import ExportSource
+    from edgecls.verification import Tolerance, parity
+
+    model, spec = digits_model
+    _, calib, val, _ = digits_data
+    source = ExportSource(model, spec, tmp_path, _onnx=digits_onnx, onnx_opset=18, validation=val)
+    calibration = CalibrationSet.from_source(calib, spec)
+    options = OpenVINOOptions.parse({}, "int8", "openvino")
+    ir_spec = spec.derive(format="openvino", precision="int8")
+    tuner = OpenVINOTuner(ov.convert_model(str(digits_onnx)), source, ir_spec, calibration,
+                          targets.resolve("auto"), options,
+                          lambda m, s, out: _finish(m, s, out, precision="int8", options=options))
+    [controlled] = tuner.fallbacks(tuner.bases()[0], Tolerance(max_drop=0.5))
+    out = tmp_path / "ac.xml"
+    tuner.build(controlled, out)
+    assert read_spec(out).quantization["method"] == "nncf-ptq-accuracy-control"
+    report = parity([out], data=val, reference=model, reference_spec=spec, sqnr=False,
+                    progress=False)
+    assert report.results[0].top1_drop <= 0.5
+
+
+def test_tflite_float_ops_only_when_allowed(digits_model, digits_data, tmp_path):
+    from edgecls.backends.tflite.export import convert_fp32
+    from edgecls.backends.tflite.quantize import float_ops
+    from edgecls.backends.tflite.tuning import TFLiteTuner
+    from edgecls.calibration.datasets import CalibrationSet
+
+    model, spec = digits_model
+    _, calib, _, _ = digits_data
+    nhwc = spec.derive(layout="NHWC", format="tflite", precision="int8")
+    calibration = CalibrationSet.from_source(calib, nhwc, size=64)
+    float_model = convert_fp32(model, nhwc)
+    strict = TFLiteTuner(float_model, nhwc, calibration, targets.resolve("auto"), None, False)
+    assert strict.remedies(strict.bases()[0]) == []
+    loose = TFLiteTuner(float_model, nhwc, calibration, targets.resolve("auto"), None, True)
+    [remedy] = loose.remedies(loose.bases()[0])
+    ranked = list(remedy.rank())
+    assert len(ranked) >= 4          # the digits CNN's convolutions and its classifier
+    recipe = loose.bases()[0].with_layer(remedy, ranked[0])
+    out = tmp_path / "one-float.tflite"
+    loose.build(recipe, out)
+    q = read_spec(out).quantization
+    assert q["recipe"].endswith("float x1") and q["float_ops"]
+    assert float_ops(out.read_bytes()) == q["float_ops"]
+    with open_session(out) as s:
+        assert s.run(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 10)
