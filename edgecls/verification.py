@@ -278,12 +278,13 @@ def _compare(session: Session, pixels, ref_logits, labels, max_drop, digests):
 def _worst_layers(diagnose, path: str | Path, ref, pixels: np.ndarray,
                   work: Path) -> tuple[list[dict[str, Any]], str]:
     """The tensors of an INT8 artifact with the lowest SQNR against the FP32 model, named by
-    the torch module they came from (the format table's int8_diagnostics)."""
+    the torch module they came from, and the method that measured them (the format table's
+    int8_diagnostics)."""
     if ref.model is None:
         return [], "needs the PyTorch reference"
     try:
         return diagnose(Path(path), ref.fp32_onnx(work), ref.spec, pixels[:SQNR_IMAGES],
-                        WORST_LAYERS), ""
+                        WORST_LAYERS)
     except Exception as e:  # diagnostics must never hide the parity result itself
         log.warning("SQNR diagnostics unavailable for %s: %s", path, first_line(e))
         return [], f"unavailable: {type(e).__name__}: {first_line(e, 120)}"

@@ -92,7 +92,8 @@ def render_html(report: ParityReport) -> str:
         parts.append(f"<h2>{e(title)}</h2><img src='{uri}'>")
     for r in report.results:
         if r.worst_layers:
-            parts.append(f"<h2>Lowest-SQNR tensors of {e(r.name)}</h2>" + _table(
+            parts.append(f"<h2>Lowest-SQNR tensors of {e(r.name)}</h2>"
+                         f"<p>Method: {e(r.worst_layers_note)}</p>" + _table(
                 [h for h, _ in WORST_LAYER_COLUMNS],
                 ["<tr>" + "".join(f"<td>{e(cell(w))}</td>" for _, cell in WORST_LAYER_COLUMNS)
                  + "</tr>" for w in r.worst_layers]))

@@ -28,7 +28,8 @@ def render_markdown(report: ParityReport) -> str:
     lines += _table([c.header for c in shown], body)
     for r in report.results:
         if r.worst_layers:
-            lines += ["", f"## Lowest-SQNR tensors of `{r.name}`", ""]
+            lines += ["", f"## Lowest-SQNR tensors of `{r.name}`", "",
+                      f"Method: {r.worst_layers_note}", ""]
             lines += _table([h for h, _ in WORST_LAYER_COLUMNS],
                             [[cell(w) for _, cell in WORST_LAYER_COLUMNS] for w in r.worst_layers])
     if report.failures:

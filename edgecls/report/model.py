@@ -103,10 +103,16 @@ COLUMNS = (
     Column("ok", "ok", lambda r: "yes" if r.passed else "NO"),
 )
 
-#: the lowest-SQNR tensors of an INT8 artifact: (header, cell of one worst_layers entry)
+def _db(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+#: the lowest-SQNR tensors of an INT8 artifact: (header, cell of one worst_layers entry);
+#: the method that measured them is the result's worst_layers_note
 WORST_LAYER_COLUMNS = (("torch module", lambda w: w["module"]), ("op", lambda w: w["op"]),
                        ("tensor", lambda w: w["tensor"]),
-                       ("SQNR vs FP32 dB", lambda w: f"{w['sqnr_db']:.1f}"))
+                       ("kernel SQNR dB", lambda w: _db(w.get("kernel_sqnr_db"))),
+                       ("simulated SQNR dB", lambda w: _db(w.get("simulated_sqnr_db", w["sqnr_db"]))))
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ def print_report(report: ParityReport, console: Any = None) -> None:
     for r in report.results:
         if r.worst_layers:
             worst = ", ".join(f"{w['module']} ({w['sqnr_db']:.1f} dB)" for w in r.worst_layers[:5])
-            console.print(f"  {r.name}: lowest-SQNR layers: {worst}")
+            kind = "kernel" if r.worst_layers[0].get("kernel_sqnr_db") is not None else "simulated"
+            console.print(f"  {r.name}: lowest {kind} SQNR: {worst}")
         if r.calibration_overlap:
             console.print(f"  [yellow]{r.name}: {r.calibration_overlap} validation images were "
                           "used for its calibration[/yellow]")
