@@ -1,9 +1,11 @@
 """`make demo`: the main job on the built-in default, offline.
 
-EfficientNet-Lite0 with its real ImageNet weights -> FP32, FP16 and INT8 artifacts for every
-backend installed here -> Classifier on the photos that ship with scikit-image /
-scikit-learn / matplotlib (PyTorch top-1 vs each artifact's top-1) -> the parity table on
-held-out photo crops.
+This machine (its INT8 instruction set decides the INT8 recipes) -> EfficientNet-Lite0 with
+its real ImageNet weights -> FP32, FP16 and INT8 artifacts for every backend installed here,
+each INT8 recipe measured and chosen for this CPU (--target auto) -> the recipes chosen,
+with their speed-up over ONNX Runtime FP32 -> Classifier on the photos that ship with
+scikit-image / scikit-learn / matplotlib (PyTorch top-1 vs each artifact's top-1) -> the
+parity table on held-out photo crops.
 """
 from __future__ import annotations
 
@@ -31,7 +33,9 @@ def demo(out: Path = Path("out/demo")) -> int:
     from edgecls.exporting import default_output, export
     from edgecls.verification import parity
 
+    from edgecls import hardware
     console = Console(width=max(Console().width, 150))
+    console.rule(f"this machine: {hardware.cpu().summary()}")
     model, spec = zoo.build(MODEL)   # once: every export and the reference share it
     artifacts = []
     for fmt_name, precision in PLAN:
@@ -44,6 +48,7 @@ def demo(out: Path = Path("out/demo")) -> int:
         artifacts.append(export(model, to=fmt_name, out=path, precision=precision, spec=spec,
                                 calib="photos" if precision == "int8" else None))
 
+    int8_recipes(artifacts, console)
     photos = photo_originals()
     crops = photos.crops(spec)
     from edgecls.calibration.preprocess import to_model_input
@@ -72,6 +77,25 @@ def demo(out: Path = Path("out/demo")) -> int:
     report.print(console)
     console.print(f"reports: {out / 'report'}/report.{{json,md,html}}")
     return 0
+
+
+def int8_recipes(artifacts: list[Path], console) -> None:
+    """What each INT8 export chose on this machine, from the artifacts' own specs."""
+    from rich.table import Table
+
+    from edgecls.formats import read_spec
+    table = Table("artifact", "target", "recipe chosen", "held-out agreement", "vs ORT FP32",
+                  "why", title="INT8 recipes chosen for this CPU (--target auto)")
+    for path in artifacts:
+        q = read_spec(path).quantization or {}
+        search = q.get("search", {})
+        if read_spec(path).precision != "int8" or "chosen" not in search:
+            continue
+        chosen = next(c for c in search["candidates"] if c["recipe"] == search["chosen"])
+        table.add_row(path.name, q["target"], search["chosen"], f"{100 * chosen['agreement']:.1f}%",
+                      f"{chosen['speedup_vs_fp32']:.2f}x" if chosen["speedup_vs_fp32"] else "-",
+                      search["reason"])
+    console.print(table)
 
 
 __all__ = ["demo"]
