@@ -240,7 +240,7 @@ def _add_format_options(group) -> tuple[str, ...]:
         by_text: dict[str, list[str]] = {}        # one help text, the formats that share it
         for owner, o in declarations:
             by_text.setdefault(o.help, []).append(owner)
-        helps = [text if len(by_text) == 1 or not all(owners) else f"{', '.join(owners)}: {text}"
+        helps = [f"{', '.join(owners)}: {text}" if all(owners) else text
                  for text, owners in by_text.items()]
         group.add_argument(first.flag, help="; ".join(helps), **_argparse_settings(first))
     return tuple(owners)
