@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgecls.errors import ArtifactError, first_line
+from edgecls.errors import REEXPORT, ArtifactError, first_line
 from edgecls.spec import SPEC_KEY, ModelSpec
 
 
@@ -18,9 +18,17 @@ def read_model(core, path: Path):
         raise ArtifactError(f"{path}: its weights file {weights.name} is missing (an OpenVINO "
                             "IR is an .xml plus a .bin; copy both)")
     try:
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if not head.startswith(b"<"):   # OpenVINO would read an ONNX file given any name
+        raise ArtifactError(f"{path}: not an OpenVINO IR (an .xml file holds XML); {REEXPORT}")
+    try:
         return core.read_model(str(path), str(weights))
     except Exception as e:  # OpenVINO raises RuntimeError with a multi-line C++ trace
-        raise ArtifactError(f"{path}: OpenVINO cannot read it ({first_line(e)})") from None
+        raise ArtifactError(f"{path}: OpenVINO cannot read it ({first_line(e)}); {REEXPORT}") \
+            from None
 
 
 def spec_of(model, path: Path) -> ModelSpec:
