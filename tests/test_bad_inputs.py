@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import resource
 import shutil
 import signal
 import struct
@@ -523,13 +522,33 @@ def test_output_path_that_is_a_folder(digits_model, tmp_path):
                  OutputError, "is a file, not a folder", folder=tmp_path)
 
 
-def _drop_root_privilege() -> None:
-    """In the child: without CAP_DAC_OVERRIDE even root obeys a folder's permissions."""
-    import ctypes
+def run_cli_limited(setup: str, *args, cwd: Path, env: dict[str, str] | None = None):
+    """`edgecls ARGS` in a process that first runs `setup` (Python) and then execs the CLI,
+    so a limit set there holds for the CLI - without preexec_fn, which is unsafe to fork
+    with once threaded libraries are loaded in this test process."""
+    launcher = (f"import os, sys\n{setup}\n"
+                "os.execv(sys.executable, [sys.executable, '-m', 'edgecls', *sys.argv[1:]])\n")
+    return subprocess.run([sys.executable, "-c", launcher, *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+# Without CAP_DAC_OVERRIDE even root obeys a folder's permissions: dropped from the bounding
+# set, it is gone after the exec (PR_CAPBSET_DROP = 24; caps 1, 2: DAC_OVERRIDE, _READ_SEARCH)
+DROP_ROOT_OVERRIDE = """
+import ctypes
+if os.geteuid() == 0:
     libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (1, 2):     # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH: out of the bounding set
-        if libc.prctl(24, cap, 0, 0, 0) != 0:      # PR_CAPBSET_DROP
-            os._exit(99)
+    if any(libc.prctl(24, cap, 0, 0, 0) != 0 for cap in (1, 2)):
+        sys.exit(99)
+"""
+# A 1 MB file-size limit stands in for a full disk; SIGXFSZ ignored, a write past the limit
+# fails with EFBIG instead of killing the process
+FILE_SIZE_LIMIT = """
+import resource, signal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+"""
 
 
 def test_read_only_output_folder(tmp_path):
@@ -537,10 +556,8 @@ def test_read_only_output_folder(tmp_path):
     locked.mkdir()
     locked.chmod(0o555)
     try:
-        proc = subprocess.run([sys.executable, "-m", "edgecls", "export", SMALL, "--weights",
-                               "none", "-o", str(locked / "sub" / "m.onnx")], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300,
-                              preexec_fn=_drop_root_privilege if os.geteuid() == 0 else None)
+        proc = run_cli_limited(DROP_ROOT_OVERRIDE, "export", SMALL, "--weights", "none", "-o",
+                               locked / "sub" / "m.onnx", cwd=tmp_path)
         if proc.returncode == 99:
             pytest.skip("running as root and cannot drop CAP_DAC_OVERRIDE here")
         assert_user_error(proc, "cannot write in", "locked", "choose another -o")
@@ -549,20 +566,13 @@ def test_read_only_output_folder(tmp_path):
         locked.chmod(0o755)
 
 
-def _limit_file_size() -> None:
-    # SIGXFSZ ignored: a write past the limit then fails with EFBIG instead of killing us
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
-
-
 def test_disk_full(tmp_path):
-    """A 1 MB file-size limit stands in for a full disk: the 5 MB model cannot be written."""
+    """The 5 MB model cannot be written under a 1 MB file-size limit."""
     work = tmp_path / "tmp"
     work.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "edgecls", "export", "squeezenet1_1",
-                           "--weights", "none", "-o", str(tmp_path / "out" / "sq.onnx")],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          preexec_fn=_limit_file_size, env={**os.environ, "TMPDIR": str(work)})
+    proc = run_cli_limited(FILE_SIZE_LIMIT, "export", "squeezenet1_1", "--weights", "none",
+                           "-o", tmp_path / "out" / "sq.onnx", cwd=tmp_path,
+                           env={"TMPDIR": str(work)})
     assert_user_error(proc, "cannot write", "File too large", "nothing was written",
                       only_line=False)           # the random-weights warning comes first
     assert not (tmp_path / "out").exists()

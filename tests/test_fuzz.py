@@ -127,15 +127,12 @@ def _tflite_spec(data: bytes):
 @FUZZ
 @given(data=st.data())
 def test_mutated_tflite_metadata(tflite_bytes, data):
-    # the header, the root table and the metadata vectors: the start and the end of the file
-    tail = len(tflite_bytes) - 4096
-    blob = data.draw(mutations(tflite_bytes, focus=256))
-    more = data.draw(st.lists(st.tuples(st.integers(max(tail, 0), len(blob) - 1 if blob else 0),
-                                        st.integers(0, 255)), max_size=6))
-    blob = bytearray(blob)
-    for pos, value in more:
-        if pos < len(blob):
-            blob[pos] = value
+    # the header and root table lead the file; the metadata and its buffer end it
+    blob = bytearray(data.draw(mutations(tflite_bytes, focus=256)))
+    for back, value in data.draw(st.lists(st.tuples(st.integers(1, 4096), st.integers(0, 255)),
+                                          max_size=6)):
+        if back <= len(blob):
+            blob[-back] = value
     _tflite_spec(bytes(blob))
 
 

@@ -157,6 +157,13 @@ def test_accuracy_control_and_ignored_scope(digits_model, digits_onnx, digits_da
     # the validation subset excludes every calibration image
     val = ImageSet.load("digits").subset(q["validation_size"], exclude=calib)
     assert not val.keys() & calib.keys() and val.digest() == q["validation_hash"]
+    # and the target is met: on those images the INT8 IR loses at most 0.5 points of top-1
+    from edgecls.verification import parity
+    report = parity([xml], data=val, reference=model, reference_spec=spec, max_drop=0.5,
+                    sqnr=False, progress=False)
+    result = report.results[0]
+    assert result.n == q["validation_size"] and result.top1 > 0.9
+    assert result.top1_drop <= 0.5 and report, (result.top1_drop, report.failures)
 
 
 def test_options_that_make_no_sense_are_refused(digits_model, tmp_path):
