@@ -43,7 +43,7 @@ class CheckOptions(ExportOptions):
     max_drop: float | None = option("INT8: the top-1 accuracy drop allowed, in points",
                                     int8_only=True)
 
-#: export() defaults that only INT8 uses; given without --int8 they are refused
+#: calibration images drawn when --calib-size is not given
 DEFAULT_CALIB_SIZE = 300
 #: errno values that mean "the output cannot be written here", not a bug
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES,

@@ -15,9 +15,9 @@ def atomic_paths(*finals: Path) -> Iterator[list[Path]]:
     they are renamed into place, the first one LAST (so e.g. an OpenVINO .xml never points
     at a .bin that is not there yet); when it fails they are removed."""
     first = finals[0]
-    created = [p for p in reversed(first.parent.absolute().parents) if not p.exists()]
-    created += [] if first.parent.exists() else [first.parent.absolute()]
-    first.parent.mkdir(parents=True, exist_ok=True)
+    folder = first.parent.absolute()
+    made = [p for p in (folder, *folder.parents) if not p.exists()]    # deepest first
+    folder.mkdir(parents=True, exist_ok=True)
     done = False
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{first.stem}.", suffix=f".tmp{first.suffix}",
@@ -37,9 +37,9 @@ def atomic_paths(*finals: Path) -> Iterator[list[Path]]:
                 tmp.unlink(missing_ok=True)
     finally:
         if not done:   # the folders made for it go too, when nothing else went into them
-            for folder in reversed(created):
+            for path in made:
                 with contextlib.suppress(OSError):
-                    folder.rmdir()
+                    path.rmdir()
 
 
 @contextlib.contextmanager

@@ -134,8 +134,6 @@ class CalibrationSet:
                     max_pixels: int | None = None) -> "CalibrationSet":
         if isinstance(source, CalibrationSet):
             return source
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise DataError(f"the calibration size must be a whole number >= 1, not {size!r}")
         full = load_part(source, spec, "calib", max_pixels)
         if not len(full):
             raise DataError(f"calibration source {source}: no images found")

@@ -45,7 +45,8 @@ def max_pixels_setting(max_pixels: int | None = None) -> int:
             return MAX_PIXELS
         if not text.isdigit():
             raise ImageReadError(f"{MAX_PIXELS_ENV}={os.environ[MAX_PIXELS_ENV]!r} is not a "
-                                 "whole number of pixels")
+                                 f"whole number of pixels; set it to one (default {MAX_PIXELS}) "
+                                 "or unset it")
         max_pixels = int(text)
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise ImageReadError(f"max_pixels must be a positive whole number, not {max_pixels!r}")
@@ -67,6 +68,8 @@ def load_rgb(image: Any, max_pixels: int | None = None) -> np.ndarray:
     `max_pixels` (see max_pixels_setting) are refused before they are decoded."""
     if isinstance(image, (str, Path)):
         path = Path(image)
+        if path.exists() and not path.is_file():   # a folder, or a device that never ends
+            raise ImageReadError(f"cannot read image {path}: not a regular file")
         try:
             data = np.fromfile(path, dtype=np.uint8)  # fromfile + imdecode: unicode-safe
         except OSError as e:
@@ -100,7 +103,7 @@ def _from_pil(image: Any, max_pixels: int | None) -> np.ndarray:
 def _decode(data: np.ndarray, source: str, max_pixels: int | None) -> np.ndarray:
     import imagesize
     width, height = imagesize.get(io.BytesIO(data.tobytes())) if data.size else (-1, -1)
-    if width < 0:
+    if width < 1 or height < 1:   # unreadable, or a header that claims no pixels
         raise ImageReadError(f"cannot decode {source}: not an image ({READABLE}) or a "
                              "truncated one")
     check_pixels(width, height, source, max_pixels)
