@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -456,6 +457,35 @@ def test_cli_pretrained_weights_unavailable(tmp_path):
     # torch.hub announces the download attempt on stderr before failing; the error is last
     assert_user_error(proc, "resnet18", "--weights PATH", only_line=False)
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_offline_hub_weights_fail_in_seconds(tmp_path):
+    """mobilenet_v1's weights come from the Hugging Face Hub, whose client retries for ~50 s
+    when offline. edgecls decides before torch is even imported (the child says whether it
+    was): with HF_HUB_OFFLINE, and with a proxy that drops every packet (TEST-NET-1). Timed
+    against the same command failing on a plain argument error, so that a busy machine's
+    slow start-up does not count: the offline verdict itself must cost under 2 s."""
+    cli = ("import sys\nfrom edgecls.cli import main\ncode = main(sys.argv[1:])\n"
+           "print('torch imported:', 'torch' in sys.modules)\nraise SystemExit(code)\n")
+
+    def run(*args: str, **extra: str) -> tuple[subprocess.CompletedProcess, float]:
+        env = {**os.environ, **offline_env(tmp_path), **extra}
+        start = time.monotonic()
+        proc = subprocess.run([sys.executable, "-c", cli, "export", "mobilenet_v1", "-o",
+                               str(tmp_path / "out" / "m.onnx"), *args], env=env,
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        return proc, time.monotonic() - start
+
+    _, start_up = run("--calib", "photos")          # refused at once: --calib needs --int8
+    black_hole = "http://192.0.2.1:3128"
+    for extra in ({"HF_HUB_OFFLINE": "1"},
+                  {"HF_HUB_OFFLINE": "", "https_proxy": black_hole, "HTTPS_PROXY": black_hole}):
+        proc, elapsed = run(**extra)
+        assert_user_error(proc, "pretrained weights for mobilenet_v1 cannot be had",
+                          "--weights PATH or --weights none")
+        assert proc.stdout.strip() == "torch imported: False"
+        assert elapsed - start_up < 2.0, f"{elapsed:.1f} s (start-up {start_up:.1f} s), {extra}"
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_mismatched_weights_leave_nothing(tmp_path, small_state):
