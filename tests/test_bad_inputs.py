@@ -147,13 +147,22 @@ def test_openvino_ir_without_its_bin(good, tmp_path):
                  folder=tmp_path)
 
 
-def test_openvino_ir_with_a_mismatched_bin(good, tmp_path):
-    """Another model's (here: a truncated) weights file next to the .xml."""
+@pytest.mark.parametrize("kind", ["truncated", "same-size-other-weights"])
+def test_openvino_ir_with_a_mismatched_bin(good, tmp_path, kind):
+    """A .bin that is not the .xml's: cut short, or (silent for OpenVINO itself) of the
+    right size with other weights, as another export of the same model would have."""
     xml = tmp_path / "pair.xml"
     shutil.copyfile(good[".xml"], xml)
-    weights = good[".xml"].with_suffix(".bin").read_bytes()
-    xml.with_suffix(".bin").write_bytes(weights[: len(weights) // 3])
-    expect_error(lambda: _open(xml), ArtifactError, "OpenVINO cannot read it", folder=tmp_path)
+    weights = np.frombuffer(good[".xml"].with_suffix(".bin").read_bytes(), np.uint8)
+    if kind == "truncated":
+        xml.with_suffix(".bin").write_bytes(weights[: len(weights) // 3].tobytes())
+        fragment = "OpenVINO cannot read it"
+    else:
+        other = weights.copy()
+        other[len(other) // 2:len(other) // 2 + 64] ^= 0x5A       # some weights changed
+        xml.with_suffix(".bin").write_bytes(other.tobytes())
+        fragment = "pair.bin is not its weights file"
+    expect_error(lambda: _open(xml), ArtifactError, fragment, "copy", folder=tmp_path)
 
 
 def test_unknown_artifact_suffix(tmp_path):
