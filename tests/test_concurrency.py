@@ -80,7 +80,6 @@ RACER = textwrap.dedent("""
 def test_two_processes_export_to_one_path(tmp_path, fmt, suffix):
     """Both finish; the artifact is one racer's, whole (for OpenVINO: its .xml AND its .bin),
     and no temporary file is left beside it."""
-    from edgecls.calibration.preprocess import to_model_input  # noqa: F401  (warm import)
     from edgecls.formats import open_session, read_spec
     out = tmp_path / "out" / f"model{suffix}"
     meeting = tmp_path / "meeting"
