@@ -16,7 +16,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from edgecls.backends.base import Session
-from edgecls.calibration.preprocess import preprocess
+from edgecls.calibration.preprocess import max_pixels_setting, preprocess
+from edgecls.errors import UnsupportedOptionError
 from edgecls.formats import open_session
 
 
@@ -34,7 +35,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 class Classifier:
     def __init__(self, path: str | Path, device: str | None = None, threads: int | None = None,
-                 topk: int = 5, batch_size: int = 16, **options: Any):
+                 topk: int = 5, batch_size: int = 16, max_pixels: int | None = None,
+                 **options: Any):
+        """`max_pixels`: images with more pixels are refused before they are decoded
+        (default: $EDGECLS_MAX_PIXELS, else edgecls.calibration.preprocess.MAX_PIXELS)."""
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise UnsupportedOptionError(f"batch_size must be a whole number >= 1, not {batch_size!r}")
+        self.max_pixels = None if max_pixels is None else max_pixels_setting(max_pixels)
         self.session: Session = open_session(path, device=device, threads=threads, **options)
         self.spec = self.session.spec
         self.topk = topk
@@ -45,7 +52,7 @@ class Classifier:
         batch = list(images) if _is_many(images) else [images]
         out = []
         for i in range(0, len(batch), self.batch_size):
-            x = preprocess(batch[i:i + self.batch_size], self.spec)
+            x = preprocess(batch[i:i + self.batch_size], self.spec, self.max_pixels)
             logits = self.session.run(x)
             out.append(logits if self.spec.output == "probabilities" else softmax(logits))
         return np.concatenate(out) if out else np.empty((0, self.spec.num_classes), np.float32)
@@ -53,6 +60,8 @@ class Classifier:
     def predict(self, images: Any, topk: int | None = None):
         """Top-k predictions: a list for one image, a list of lists for several."""
         k = self.topk if topk is None else topk
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise UnsupportedOptionError(f"topk must be a whole number >= 1, not {k!r}")
         probs = self.probabilities(images)
         results = [self._top(p, k) for p in probs]
         return results if _is_many(images) else results[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -154,9 +155,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -- parser --------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors (`--to coreml`, a missing argument) take the same form
+    as every other user error: one `edgecls: error:` line, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"edgecls: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgecls", description="Export, quantize, run and verify "
-                                "image classifiers on edge runtimes.")
+    p = _Parser(prog="edgecls", description="Export, quantize, run and verify "
+                "image classifiers on edge runtimes.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -183,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-classes", type=int, help="classes of a fine-tuned --weights PATH")
     s.add_argument("--labels", help="text file, one label per line")
     s.add_argument("--calib", help="calibration images: a folder, or photos / digits")
-    s.add_argument("--calib-size", type=int, default=300, help="calibration subset size")
+    s.add_argument("--calib-size", type=int, help="calibration subset size (default 300)")
     s.add_argument("--strict", action="store_true", help="exit 1 when INT8 parity fails")
     s.add_argument("--no-check", action="store_true", help="skip the check against PyTorch")
     s.set_defaults(func=cmd_export, format_options=_add_format_options(
@@ -273,6 +282,10 @@ def _session_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.debug:
+        # OpenCV's decoders log to stderr ("PNG input buffer is incomplete"); a bad image is
+        # already one `edgecls: error:` line. Read by OpenCV when it is first imported.
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
     from rich.logging import RichHandler
     # edgecls speaks at INFO; the libraries it drives (torch.onnx, onnxscript, ORT's
     # quantizer, NNCF) only get through with warnings and errors

@@ -62,8 +62,16 @@ class ArtifactError(EdgeclsError):
     """A model file that is missing, corrupt, or not what its suffix says."""
 
 
+#: what to do about an artifact that is corrupt, truncated or not what its suffix says
+REEXPORT = "export it again (`edgecls export`) or copy the whole file again"
+
+
 class WeightsError(EdgeclsError):
     pass
+
+
+class OutputError(EdgeclsError):
+    """An output path that cannot be written: a folder, read-only, no space left ..."""
 
 
 class DataError(EdgeclsError):

@@ -9,6 +9,7 @@ nothing behind.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgecls.backends.base import ExportOptions, Format, option
-from edgecls.errors import ExportMismatchError, UnsupportedOptionError
+from edgecls.errors import ExportMismatchError, OutputError, UnsupportedOptionError
 from edgecls.formats import format_for_path, get_format, open_session
 from edgecls.io import atomic_paths
 from edgecls.sources import ExportSource
@@ -43,6 +44,12 @@ class CheckOptions(ExportOptions):
                                     "labelled --data, of agreement with FP32 without",
                                     int8_only=True)
 
+#: calibration images drawn when --calib-size is not given
+DEFAULT_CALIB_SIZE = 300
+#: errno values that mean "the output cannot be written here", not a bug
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                 errno.EPERM}
+
 
 def default_output(spec: ModelSpec, fmt: Format, precision: str, folder: Path = Path("out")) -> Path:
     tag = "" if precision == "fp32" else f".{precision}"
@@ -51,7 +58,7 @@ def default_output(spec: ModelSpec, fmt: Format, precision: str, folder: Path = 
 
 def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
            precision: str = "fp32", weights: str = "pretrained", num_classes: int | None = None,
-           labels: list[str] | None = None, calib: Any = None, calib_size: int = 300,
+           labels: list[str] | None = None, calib: Any = None, calib_size: int | None = None,
            check: bool = True, options: dict[str, Any] | None = None,
            spec: ModelSpec | None = None, strict: bool = False) -> Path:
     """Export a zoo model (by name) or a torch module (with `spec`) to one artifact."""
@@ -60,6 +67,7 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
     fmt = get_format(to)
     fmt.check_precision(precision)
     given = dict(options or {})
+    _refuse_unused(precision, calib, calib_size, check, strict, given, fmt)
     checking = CheckOptions.parse({k: given[k] for k in CheckOptions.names() if k in given},
                                   precision, fmt.name)
     for name in CheckOptions.names() - fmt.options.names():   # the check's alone
@@ -68,6 +76,12 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
     if precision == "int8" and calib is None:
         raise UnsupportedOptionError("--int8 needs calibration images: --calib DIR "
                                      "(or a built-in set: photos, digits)")
+    if out is not None:     # a path that cannot be written fails before any model work
+        check_output(Path(out), fmt)
+    if precision == "int8":
+        from edgecls.calibration.datasets import check_source
+        for source in (calib, checking.data):
+            check_source(source)
     exporter = fmt.load_exporter()
     if isinstance(model, str):
         torch_model, base_spec = zoo.build(model, weights, num_classes, labels)
@@ -78,25 +92,77 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
     calibration = None
     if precision == "int8":
         from edgecls.calibration.datasets import CalibrationSet
-        calibration = CalibrationSet.from_source(calib, base_spec, size=calib_size)
+        calibration = CalibrationSet.from_source(calib, base_spec,
+                                                 size=calib_size or DEFAULT_CALIB_SIZE)
 
-    out = Path(out) if out else default_output(base_spec, fmt, precision)
+    if out is None:
+        out = default_output(base_spec, fmt, precision)
+        check_output(out, fmt)
+    out = Path(out)
+    finals = [out] + [out.with_suffix(s) for s in fmt.companions]
+    spec_out = base_spec.derive(format=fmt.name, precision=precision, tools=dict(base_spec.tools))
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgecls-") as work, \
+                atomic_paths(*finals) as temps:
+            source = ExportSource(torch_model, base_spec, Path(work), validation=checking.data,
+                                  max_drop=checking.max_drop)
+            exporter(source, spec_out, temps[0], precision=precision, calibration=calibration,
+                     options=backend_options)
+            if check and precision != "int8":
+                report_check(check_against_torch(temps[0], torch_model, base_spec), spec_out)
+            if check and precision == "int8":
+                check_int8(temps[0], out.name, source, calibration, strict)
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS:
+            raise
+        raise OutputError(f"cannot write {out}: {e.strerror or e} (errno {e.errno}); free some "
+                          "space or choose another -o; nothing was written") from None
+    log.info("wrote %s", out)
+    return out
+
+
+def _refuse_unused(precision: str, calib: Any, calib_size: int | None, check: bool,
+                   strict: bool, given: dict[str, Any], fmt: Format) -> None:
+    """Options that would change nothing are refused, never ignored: calibration settings
+    without --int8, and --strict without the INT8 check it makes fatal (--data / --max-drop
+    still steer the INT8 recipe search with --no-check)."""
+    if precision != "int8":
+        unused = [flag for flag, value in (("--calib", calib), ("--calib-size", calib_size),
+                                           ("--strict", strict)) if value not in (None, False)]
+        if unused:
+            raise UnsupportedOptionError(f"{', '.join(unused)} apply only to --int8 (this "
+                                         f"export is {precision})")
+    if calib_size is not None and (isinstance(calib_size, bool) or not isinstance(calib_size, int)
+                                   or calib_size < 1):
+        raise UnsupportedOptionError(f"--calib-size must be a whole number >= 1, not {calib_size!r}")
+    if not check and strict:
+        raise UnsupportedOptionError("--strict makes the INT8 check fatal, and --no-check skips "
+                                     "it; give one of them")
+
+
+def check_output(out: Path, fmt: Format) -> None:
+    """The artifact can be written at `out`: the format's suffix, not a folder, in a folder
+    (or one that can be made) this process can write in. Nothing is created here (the
+    folders are made when the artifact is written)."""
     if out.suffix.lower() not in fmt.suffixes:
         raise UnsupportedOptionError(f"{out}: a {fmt.name} artifact must end in "
                                      f"{' or '.join(fmt.suffixes)}")
-    spec_out = base_spec.derive(format=fmt.name, precision=precision, tools=dict(base_spec.tools))
     finals = [out] + [out.with_suffix(s) for s in fmt.companions]
-    with tempfile.TemporaryDirectory(prefix="edgecls-") as work, atomic_paths(*finals) as temps:
-        source = ExportSource(torch_model, base_spec, Path(work), validation=checking.data,
-                              max_drop=checking.max_drop)
-        exporter(source, spec_out, temps[0], precision=precision, calibration=calibration,
-                 options=backend_options)
-        if check and precision != "int8":
-            report_check(check_against_torch(temps[0], torch_model, base_spec), spec_out)
-        if check and precision == "int8":
-            check_int8(temps[0], out.name, source, calibration, strict)
-    log.info("wrote %s", out)
-    return out
+    for final in finals:
+        if final.is_dir():
+            raise OutputError(f"{final} is a folder; give the artifact's file name, e.g. "
+                              f"{final / ('model' + final.suffix if final.suffix else 'model.onnx')}")
+    folder = finals[0].parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"cannot write {finals[0]}: {folder} is a file, not a folder")
+    try:   # the real test (os.access is wrong for root, ACLs and read-only mounts)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise OutputError(f"cannot write in {folder}: {e.strerror or e}; choose another -o") \
+            from None
 
 
 def check_int8(path: Path, name: str, source: ExportSource, calibration, strict: bool) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgecls import hardware, metrics
 from edgecls.backends.base import Session
-from edgecls.calibration.datasets import load_part
+from edgecls.calibration.datasets import check_source, load_part
 from edgecls.calibration.preprocess import to_model_input
 from edgecls.errors import ArtifactError, DataError, first_line
 from edgecls.formats import format_for_path, get_format, open_session
@@ -130,12 +130,18 @@ def parity(artifacts: Sequence[str | Path], data: Any = "photos", reference: Any
            max_drop: float | None = None, limit: int | None = None, out: str | Path | None = None,
            calib: Any = None, device: str | None = None, threads: int | None = None,
            reference_spec: ModelSpec | None = None, progress: bool = True,
-           sqnr: bool = True, options: dict[str, Any] | None = None) -> ParityReport:
+           sqnr: bool = True, max_pixels: int | None = None,
+           options: dict[str, Any] | None = None) -> ParityReport:
     """Every artifact is opened once: the first one before the reference (its spec names
-    the reference unless `reference_spec` does), the others in turn. `options` are session
-    options, each given to the backends that take it (e.g. precise_int8)."""
+    the reference unless `reference_spec` does), the others in turn. Images of `data` and
+    `calib` over `max_pixels` are refused before they are decoded (see load_rgb). `options`
+    are session options, each given to the backends that take it (e.g. precise_int8)."""
     if not artifacts:
         raise DataError("parity needs at least one artifact")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DataError(f"--limit must be a whole number >= 1, not {limit!r}")
+    for source in (data, calib):
+        check_source(source)
     for path in artifacts:   # a wrong path fails now, not after the reference has run
         format_for_path(path)
         if not Path(path).is_file():
@@ -147,7 +153,7 @@ def parity(artifacts: Sequence[str | Path], data: Any = "photos", reference: Any
         ref = _resolve_reference(reference, reference_spec or first.spec, device, threads)
         stack.enter_context(ref.session)
         return _parity(artifacts, first, ref, data, max_drop, limit, out, calib, opener,
-                       progress, sqnr)
+                       progress, sqnr, max_pixels)
 
 
 def _open_artifact(path: str | Path, device: str | None, threads: int | None,
@@ -158,8 +164,8 @@ def _open_artifact(path: str | Path, device: str | None, threads: int | None,
 
 
 def _parity(artifacts, first, ref: Reference, data, max_drop, limit, out, calib, opener,
-            progress, sqnr) -> ParityReport:
-    images = load_part(data, ref.spec, "val")
+            progress, sqnr, max_pixels) -> ParityReport:
+    images = load_part(data, ref.spec, "val", max_pixels)
     if limit:
         images = images.subset(limit)
     if not len(images):
@@ -174,7 +180,7 @@ def _parity(artifacts, first, ref: Reference, data, max_drop, limit, out, calib,
     data_info: dict[str, Any] = {"name": images.name, "n": len(images), "labelled": labels is not None,
                                  "source": str(data), "machine": hardware.describe()}
     if calib is not None:
-        calib_set = load_part(calib, ref.spec, "calib")
+        calib_set = load_part(calib, ref.spec, "calib", max_pixels)
         data_info["calib_overlap"] = calib_set.overlap(images)
         if data_info["calib_overlap"]:
             log.warning("%d validation image(s) are also in the calibration data %s: accuracy "

@@ -53,7 +53,12 @@ class Declared:
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return flag_of(self.name)
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of an option name (calib_method -> --calib-method)."""
+    return "--" + name.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ class ExportOptions:
         declared = {d.name: d for d in cls.declared()}
         unknown = sorted(set(given) - set(declared))
         if unknown:
-            flags = ", ".join(Declared(u, object, "", False, {}).flag for u in unknown)
+            flags = ", ".join(flag_of(u) for u in unknown)
             raise UnsupportedOptionError(f"--to {fmt} does not take {flags}")
         misplaced = sorted(k for k in given if declared[k].int8_only and precision != "int8")
         if misplaced:

@@ -54,10 +54,12 @@ class ImageSet:
 
     # -- construction --------------------------------------------------------------------
     @classmethod
-    def load(cls, source: str | Path, spec: ModelSpec | None = None) -> "ImageSet":
+    def load(cls, source: str | Path, spec: ModelSpec | None = None,
+             max_pixels: int | None = None) -> "ImageSet":
+        """A built-in set, or a folder whose images are refused over `max_pixels`."""
         if str(source) in BUILTIN:
             return _BUILTIN_LOADERS[str(source)]()
-        return _folder(Path(source), spec)
+        return _folder(Path(source), spec, max_pixels)
 
     # -- subsets -------------------------------------------------------------------------
     def subset(self, size: int | None, seed: int = 0, exclude: "ImageSet | None" = None) -> "ImageSet":
@@ -125,15 +127,17 @@ class CalibrationSet:
     images: ImageSet
     spec: ModelSpec
     source: Any = None          # where the images came from (a folder or a built-in name)
+    max_pixels: int | None = None   # the pixel limit for its images and held-out images
 
     @classmethod
-    def from_source(cls, source: Any, spec: ModelSpec, size: int = 300) -> "CalibrationSet":
+    def from_source(cls, source: Any, spec: ModelSpec, size: int = 300,
+                    max_pixels: int | None = None) -> "CalibrationSet":
         if isinstance(source, CalibrationSet):
             return source
-        full = load_part(source, spec, "calib")
+        full = load_part(source, spec, "calib", max_pixels)
         if not len(full):
             raise DataError(f"calibration source {source}: no images found")
-        return cls(full.subset(size), spec, source)
+        return cls(full.subset(size), spec, source, max_pixels)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -151,7 +155,7 @@ class CalibrationSet:
         source = data if data is not None else self.source
         if source is None:
             return None
-        return load_part(source, spec, "val").subset(size, exclude=self.images)
+        return load_part(source, spec, "val", self.max_pixels).subset(size, exclude=self.images)
 
     def recipe(self) -> dict[str, Any]:
         # Short content ids of every calibration image: parity uses them to find validation
@@ -161,7 +165,8 @@ class CalibrationSet:
                 "calibration_ids": sorted(i.digest()[:12] for i in self.images.items)}
 
 
-def load_part(source: Any, spec: ModelSpec | None, part: str) -> ImageSet:
+def load_part(source: Any, spec: ModelSpec | None, part: str,
+              max_pixels: int | None = None) -> ImageSet:
     """An image source used for calibration (part "calib") or validation ("val").
 
     The one place the built-in `photos` is split: calibration takes its even views and
@@ -171,24 +176,44 @@ def load_part(source: Any, spec: ModelSpec | None, part: str) -> ImageSet:
         return source
     if str(source) == "photos":
         return photos_split(part)
-    return ImageSet.load(source, spec)
+    return ImageSet.load(source, spec, max_pixels)
 
 
 # -- folders -------------------------------------------------------------------------------
-def _folder(root: Path, spec: ModelSpec | None) -> ImageSet:
+def check_source(source: Any) -> None:
+    """A folder or built-in name that does not exist fails now, before any model work."""
+    if isinstance(source, (str, Path)) and str(source) not in BUILTIN:
+        _must_be_folder(Path(source))
+
+
+def _must_be_folder(root: Path) -> None:
     if not root.is_dir():
         raise DataError(f"{root}: not a folder of images (or one of the built-in sets: "
                         f"{', '.join(BUILTIN)})")
+
+
+def _folder(root: Path, spec: ModelSpec | None, max_pixels: int | None = None) -> ImageSet:
+    _must_be_folder(root)
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not subdirs:  # flat folder: unlabelled
         files = _images_in(root)
         if not files:
             raise DataError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        return ImageSet(root.name, [_file_item(f, None) for f in files])
+        return ImageSet(root.name, [_file_item(f, None, max_pixels) for f in files])
+    loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if loose:   # half a class layout: the loose images would silently not count
+        raise DataError(f"{root}: {len(loose)} image(s) (e.g. {loose[0].name}) sit next to the "
+                        "class folders; move them into a class folder or out of it")
     mapping = _map_classes([d.name for d in subdirs], spec)
-    items = [_file_item(f, mapping[d.name]) for d in subdirs for f in _images_in(d)]
-    if not items:
+    per_class = {d.name: _images_in(d) for d in subdirs}
+    empty = [name for name, files in per_class.items() if not files]
+    if len(empty) == len(subdirs):
         raise DataError(f"{root}: its class folders hold no images")
+    if empty:   # as torchvision's ImageFolder: a class without images is a mistake
+        raise DataError(f"{root}: class folder(s) {', '.join(empty[:3])} hold no images; "
+                        "add images or remove the folder")
+    items = [_file_item(f, mapping[name], max_pixels)
+             for name, files in per_class.items() for f in files]
     return ImageSet(root.name, items, [d.name for d in subdirs])
 
 
@@ -196,8 +221,8 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def _file_item(path: Path, label: int | None) -> Item:
-    return Item(str(path.resolve()), label, lambda p=path: load_rgb(p))
+def _file_item(path: Path, label: int | None, max_pixels: int | None = None) -> Item:
+    return Item(str(path.resolve()), label, lambda p=path: load_rgb(p, max_pixels))
 
 
 def _normal(name: str) -> str:

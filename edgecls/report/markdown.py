@@ -5,8 +5,9 @@ from edgecls.report.model import WORST_LAYER_COLUMNS, ParityReport, columns, mac
 
 
 def _table(head: list[str], body: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + \
-        ["| " + " | ".join(cells) + " |" for cells in body]
+    def row(cells: list[str]) -> str:   # a "|" inside a cell (max|Δ|) would split it
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+    return [row(head), "|" + "---|" * len(head)] + [row(cells) for cells in body]
 
 
 def render_markdown(report: ParityReport) -> str:

@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 
 from edgecls.backends.openvino import OpenVINOOptions
-from edgecls.backends.openvino.container import write_spec
+from edgecls.backends.openvino.container import save, write_spec
 from edgecls.errors import first_line
 from edgecls.spec import ModelSpec
 
@@ -55,7 +55,7 @@ def _finish(model, spec: ModelSpec, out: Path, *, precision: str, options: OpenV
         model = bake_preprocessing(model, spec)
     spec.tools.update(openvino=ov.get_version().split("-")[0])
     write_spec(model, spec)
-    ov.save_model(model, str(out), compress_to_fp16=COMPRESS_TO_FP16[precision])
+    save(model, out, compress_to_fp16=COMPRESS_TO_FP16[precision])
 
 
 def convert(source, spec: ModelSpec):

@@ -69,12 +69,12 @@ class OpenVINOTuner:
     def keep(self, candidate: Path, out: Path, search: dict[str, Any]) -> None:
         import openvino as ov
 
-        from edgecls.backends.openvino.container import read_model, spec_of, write_spec
+        from edgecls.backends.openvino.container import read_model, save, spec_of, write_spec
         model = read_model(ov.Core(), candidate)
         spec = spec_of(model, candidate)
         spec.quantization = {**spec.quantization, "search": search}
         write_spec(model, spec)
-        ov.save_model(model, str(out), compress_to_fp16=False)
+        save(model, out, compress_to_fp16=False)
 
 
 __all__ = ["OpenVINOTuner"]

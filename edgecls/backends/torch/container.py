@@ -6,7 +6,7 @@ import zipfile
 from pathlib import Path
 from typing import IO
 
-from edgecls.errors import ArtifactError, first_line
+from edgecls.errors import REEXPORT, ArtifactError, first_line
 from edgecls.spec import SPEC_KEY, ModelSpec
 
 # torch.export.save puts extra files under "<archive root>/extra/"; the root folder is named
@@ -21,7 +21,8 @@ def spec_in(archive_file: IO[bytes], path: Path) -> ModelSpec:
             member = next((n for n in archive.namelist() if n.endswith(_MEMBER_SUFFIX)), None)
             text = archive.read(member).decode("utf-8", "replace") if member else ""
     except zipfile.BadZipFile as e:
-        raise ArtifactError(f"{path}: not a .pt2 archive ({first_line(e)})") from None
+        raise ArtifactError(f"{path}: not a .pt2 archive ({first_line(e)}); {REEXPORT}") \
+            from None
     if not text:
         raise ArtifactError(f"{path}: a .pt2 program without an edgecls spec; export it with "
                             "`edgecls export --to torch`")
