@@ -36,6 +36,15 @@ SMALL = "shufflenet_v2_x0_5"     # a small zoo model (1.4 M parameters)
 
 
 # -- the contract ----------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def private_tmp(tmp_path_factory, monkeypatch):
+    """A temporary folder of this test's own (children inherit TMPDIR): on a shared machine
+    other processes make edgecls-* folders in /tmp too, which are not this test's leftovers."""
+    tmp = tmp_path_factory.mktemp("tmp")
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+
+
 def _tree(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
 
@@ -467,8 +476,8 @@ REFUSED = {
     "data-without-int8-tflite": ("tflite", "fp32", {"options": {"data": "digits"}}, "data"),
     "data-without-int8-tensorrt": ("tensorrt", "fp16", {"options": {"data": "digits"}}, "data"),
     "max-drop-without-int8": ("onnx", "fp32", {"options": {"max_drop": 1.0}}, "max_drop"),
-    "data-with-no-check": ("onnx", "int8", {"calib": "digits", "check": False,
-                                            "options": {"data": "digits"}}, "--no-check"),
+    "strict-with-no-check": ("onnx", "int8", {"calib": "digits", "check": False,
+                                              "strict": True}, "--no-check"),
     "another-formats-option": ("onnx", "fp32", {"options": {"preset": "mixed"}}, "--preset"),
     "int8-io-without-int8": ("tflite", "fp32", {"options": {"int8_io": "int8"}}, "int8_io"),
     "tensorrt-option-on-tflite": ("tflite", "fp32", {"options": {"workspace_gb": 2}},

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
+from edgecls import hardware
+
 
 @pytest.fixture(scope="module")
 def miswired(digits_onnx, tmp_path_factory) -> Path:
@@ -110,7 +112,9 @@ def test_bench_cli_and_api(digits_onnx, digits_ir, tmp_path):
 
     from edgecls.bench import bench
     result = bench([digits_onnx, digits_ir], batch_sizes=[1, 4], seconds=0.3)
-    rows = result.to_dict()
+    record = result.to_dict()
+    assert record["machine"]["int8_isa"] == hardware.cpu().int8_isa   # numbers name their CPU
+    rows = record["rows"]
     assert [(r["artifact"], r["batch"]) for r in rows] == [
         ("digits.onnx", 1), ("digits.xml", 1), ("digits.onnx", 4), ("digits.xml", 4)]
     for row, raw in zip(rows, result.rows):
