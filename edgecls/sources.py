@@ -1,11 +1,18 @@
 """ExportSource: what every exporter starts from - the torch model, its spec, and the FP32
 ONNX file made from it at most once (OpenVINO, TensorRT and parity's SQNR diagnostics all
-start from it)."""
+start from it) - and the reference its artifacts are checked against.
+
+Model sources (zoo names, timm:/torchvision: names, .pt2 programs, factories, ONNX files)
+are resolved into one by edgecls.source_kinds; an FP32 ONNX file gives an OnnxFileSource
+(source_kinds/onnx_file.py), whose model is None and whose reference is that file.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+import numpy as np
 
 from edgecls.spec import ModelSpec
 
@@ -17,6 +24,8 @@ class ExportSource:
     workdir: Path
     onnx_opset: int | None = None
     _onnx: Path | None = field(default=None, repr=False)
+    #: what runs the reference (parity reports it)
+    reference_backend: ClassVar[str] = "pytorch"
 
     def has_onnx(self) -> bool:
         return self._onnx is not None
@@ -24,10 +33,30 @@ class ExportSource:
     def onnx(self, opset: int | None = None) -> Path:
         from edgecls.backends.onnx import DEFAULT_OPSET
         from edgecls.backends.onnx.export import export_fp32
-        opset = opset or DEFAULT_OPSET
+        opset = opset or self.onnx_opset or DEFAULT_OPSET
         if self._onnx is None or self.onnx_opset != opset:
             path = self.workdir / f"{self.spec.name}.fp32.onnx"
             export_fp32(self.model, self.spec.derive(format="onnx", exported_from="torch",
                                                      tools=dict(self.spec.tools)), path, opset)
             self._onnx, self.onnx_opset = path, opset
         return self._onnx
+
+    # -- the reference: what every artifact made from this source is compared with ---------
+    @property
+    def reference(self) -> Any:
+        """The torch module; what parity(reference=...) and the INT8 check take."""
+        return self.model
+
+    def reference_session(self, device: str | None = None, threads: int | None = None):
+        """A Session running the reference (fed as its .spec says)."""
+        from edgecls.backends.torch.runtime import TorchSession
+        return TorchSession.of_module(self.model, self.spec, device, threads)
+
+    def reference_logits(self, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
+        """The reference's logits for N x H x W x 3 uint8 crops (resize_crop's output)."""
+        from edgecls.calibration.preprocess import to_model_input
+        if not len(pixels):
+            return np.empty((0, self.spec.num_classes), np.float32)
+        with self.reference_session() as session:
+            return np.concatenate([session.run(to_model_input(pixels[i:i + batch], session.spec))
+                                   for i in range(0, len(pixels), batch)])
