@@ -38,7 +38,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                       e.note)
     _console().print(table)
     sources = Table("model source", "example", "what it is",
-                    title="what else `edgecls export MODEL` takes")
+                    title="what `edgecls export MODEL` takes (tried in this order)")
     for kind in KINDS:
         sources.add_row(kind.name, kind.example, kind.description)
     _console().print(sources)

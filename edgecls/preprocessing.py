@@ -80,6 +80,11 @@ class PreprocessingOptions(ExportOptions):
                                           CHANNELS)
         given = {k: _numbers(f"--{k}", getattr(self, k)) for k in ("mean", "std")
                  if getattr(self, k) is not None}
+        counts = {1, changes.get("channels", 3)}  # 1, or one per channel (3 unless --channels)
+        for key, values in given.items():
+            if len(values) not in counts:
+                allowed = " or ".join(map(str, sorted(counts)))
+                raise UnsupportedOptionError(f"--{key} takes {allowed} value(s), not {len(values)}")
         scale = 255.0 if any(v > 1 for values in given.values() for v in values) else 1.0
         mixed = [k for k, values in given.items() if scale > 1 and max(values) <= 1
                  and not set(values) <= {0.0, 1.0}]

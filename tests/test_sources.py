@@ -95,7 +95,7 @@ def gray(digits_data, tmp_path_factory):
                                     "--weights", weights, "--labels", labels])
 
 
-# -- preprocessing, on its own ----------------------------------------------------------------------
+# -- preprocessing, on its own ---------------------------------------------------------------------
 def test_grayscale_input_is_pil_luma(photo_files):
     """A 1-channel model gets ITU-R 601 luma, exactly as PIL's convert("L") (what torchvision's
     Grayscale gives), normalised with its one mean and std."""
@@ -164,6 +164,29 @@ def test_bad_preprocessing_values(values, words):
     assert words in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("flags,words", [
+    (["--input-size", "64x"], "--input-size '64x': give H or HxW"),
+    (["--mean", "0.5", "0.5"], "--mean takes 1 or 3 value(s)"),
+    (["--std", "0"], "--std 0 0 0 must be above 0"),
+    (["--resize", "10", "--input-size", "64"], "--resize 10 is smaller than the input size"),
+    (["--interpolation", "cubic"], "--interpolation 'cubic' is not one of"),
+    (["--channels", "two"], "--channels takes a whole number"),
+    (["--channel-order", "RGBA"], "--channel-order 'RGBA'"),
+])
+def test_bad_values_on_the_command_line(flags, words, tmp_path, capsys):
+    message = cli_error(capsys, "export", "mobilenet_v3_small", "--weights", "none", *flags,
+                        "-o", tmp_path / "out" / "m.onnx")
+    assert words in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_value_in_a_real_process(tmp_path):
+    proc = run_cli("export", "mobilenet_v3_small", "--weights", "none", "--mean", "0.5", "0.5",
+                   "-o", tmp_path / "out" / "m.onnx", cwd=tmp_path)
+    assert_user_error(proc, "--mean takes 1 or 3 value(s)")
+    assert not (tmp_path / "out").exists()
+
+
 def test_zoo_defaults_stay_and_flags_override():
     from edgecls.preprocessing import PreprocessingOptions
     from edgecls.source_kinds import SourceRequest, resolve
@@ -182,7 +205,7 @@ def test_zoo_defaults_stay_and_flags_override():
                                                                    "std": 0.5})))
 
 
-# -- the grayscale CNN, through the command line, to every format ------------------------------------
+# -- the grayscale CNN, through the command line, to every format ----------------------------------
 def test_gray_cnn_through_the_cli_to_every_format(gray, tmp_path, capsys, digits_data):
     """A factory + weights + kwargs + labels + preprocessing flags, exported to ONNX, OpenVINO
     and TFLite in FP32 and INT8; each keeps the torch model's accuracy on the held-out
@@ -265,7 +288,7 @@ def test_the_factory_and_its_options_fail_in_one_line(gray, tmp_path, capsys):
     assert not out.exists() or not list(out.iterdir())
 
 
-# -- timm and torchvision names outside the zoo -----------------------------------------------------
+# -- timm and torchvision names outside the zoo ----------------------------------------------------
 def test_timm_and_torchvision_names_outside_the_zoo(tmp_path, capsys, caplog):
     """A timm model with its own (160 px, bicubic) preprocessing and a fine-tuned checkpoint;
     a torchvision classifier with random weights. parity rebuilds both from their specs, and
@@ -329,7 +352,7 @@ def test_timm_and_torchvision_names_outside_the_zoo(tmp_path, capsys, caplog):
         resolve("torchvision:regnet_y_400m")
 
 
-# -- an ONNX file made by someone else --------------------------------------------------------------
+# -- an ONNX file made by someone else -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def foreign_onnx(gray, tmp_path_factory):
     """The trained network as torch's TorchScript-based exporter writes it for another team:
@@ -421,6 +444,34 @@ def test_onnx_source_reference_for_the_recipe_search(gray, foreign_onnx, tmp_pat
         source.onnx(opset=11)
 
 
+def test_tensorrt_builds_from_the_onnx_file(gray, foreign_onnx, tmp_path):
+    """TensorRT parses what the ONNX source gives: the parent itself (FP32), its FP16 form and
+    its symmetric QDQ INT8 form; all three still run in ONNX Runtime (no GPU needed here)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from edgecls.backends.tensorrt.export import _onnx_to_parse, build_plan
+    from edgecls.calibration.datasets import CalibrationSet
+    from edgecls.preprocessing import PreprocessingOptions
+    from edgecls.source_kinds import SourceRequest, resolve
+    resolved = resolve(str(foreign_onnx), SourceRequest(preprocessing=PreprocessingOptions.of(
+        {"resize": "none", "mean": 0.3, "std": 0.4})))
+    source, spec = resolved.source(tmp_path), resolved.spec
+    calibration = CalibrationSet.from_source(gray.calib, spec, size=64)
+    x = next(calibration.batches(spec, 16))
+    want = ort.InferenceSession(str(source.onnx())).run(None, {"input": x})[0]
+    for precision in ("fp32", "fp16", "int8"):
+        out_spec = spec.derive(format="tensorrt", precision=precision, tools=dict(spec.tools))
+        path = _onnx_to_parse(build_plan(precision, None), source, out_spec, calibration,
+                              tmp_path)
+        got = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
+        assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9, precision
+    zero_points = [i for i in onnx.load(str(path)).graph.initializer if "zero_point" in i.name]
+    assert zero_points and not any(numpy_helper.to_array(z).any() for z in zero_points)
+    assert out_spec.quantization["target"] == "tensorrt"
+
+
 def test_onnx_files_edgecls_cannot_feed(gray, foreign_onnx, digits_onnx, tmp_path, capsys):
     import warnings
 
@@ -477,7 +528,7 @@ def test_onnx_files_edgecls_cannot_feed(gray, foreign_onnx, digits_onnx, tmp_pat
     assert "no such file" in cli_error(capsys, "export", tmp_path / "absent.onnx")
 
 
-# -- torch.export programs --------------------------------------------------------------------------
+# -- torch.export programs -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def gray_pt2(gray, tmp_path_factory):
     """The trained network saved by torch.export.save (dynamic batch, no edgecls spec)."""
@@ -569,7 +620,7 @@ def test_pt2_files_that_would_run_code_are_refused(gray_pt2, tmp_path, capsys):
     assert all(m.read_text() == "pwned" for m in markers)
 
 
-# -- files that are pickles ---------------------------------------------------------------------------
+# -- files that are pickles ------------------------------------------------------------------------
 def test_pickled_and_torchscript_modules(gray, tmp_path, capsys):
     import torch
 

@@ -116,7 +116,7 @@ class SourceRequest:
         if self.kwargs is not None and kind.name != "factory":
             raise UnsupportedOptionError(f"--kwargs applies to module:function sources, not to "
                                          f"{text}")
-        if not kind.takes_weights and self.weights != "pretrained" and kind is not MODULE:
+        if not kind.takes_weights and self.weights != "pretrained":
             raise UnsupportedOptionError(f"--weights does not apply to {text}: its weights are "
                                          "inside it")
 
@@ -162,7 +162,7 @@ def resolve(model: Any, request: SourceRequest | None = None) -> Resolved:
     from edgecls.backends.base import _import   # "module:attribute", as the format rows
     request = request or SourceRequest()
     kind = kind_of(model)
-    text = str(model) if kind is not MODULE else ""
+    text = str(model) if kind is not MODULE else "a torch module"
     request.check_for(kind, text)
     resolved: Resolved = _import(kind.resolver)(model if kind is MODULE else text, request)
     spec = resolved.spec

@@ -3,7 +3,11 @@
 The file becomes the FP32 parent of every artifact: ExportSource.onnx() returns it, so the
 ONNX INT8 / FP16, OpenVINO and TensorRT exporters run unchanged, and it is the reference
 that export checks and parity compare with, run in ONNX Runtime. Formats whose exporter
-needs a torch module (TFLite, the .pt2 program) refuse it (Format.starts_from).
+needs a torch module (TFLite, the .pt2 program) refuse it (Format.starts_from). Measured for
+TFLite: no maintained ONNX->TFLite route installs under the pins - onnx2tf (1.29.24, the
+newest that resolves) brings TensorFlow 2.19 and downgrades numpy, onnx, onnxruntime and
+ai-edge-litert; onnx2torch 1.5.15 (2024) cannot read torch's ONNX (ReduceMean-18, and at
+opset 17 Reshape's allowzero), so litert-torch cannot be fed through it either.
 
 What edgecls reads from the graph: one image input (NCHW, or NHWC), one logits output
 (N x classes), float32. It then makes the parent the shape every exporter expects, and

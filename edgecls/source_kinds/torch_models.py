@@ -113,15 +113,13 @@ def _with_weights(model, spec: ModelSpec, request: SourceRequest) -> ModelSpec:
 # -- files with their weights inside: .pt2 programs, TorchScript and pickled modules ---------
 def program(text: str, request: SourceRequest) -> Resolved:
     """A torch.export program; an edgecls .pt2 brings its spec, any other its input shape."""
-    from edgecls.backends.torch.container import SPEC_KEY
+    from edgecls.backends.torch.container import spec_text
     from edgecls.backends.torch.program import load_program
     path = _existing(text)
     with open(path, "rb") as f:
-        ep = load_program(f, path, request.trust_remote_code)
+        embedded = spec_text(f, path)
         f.seek(0)
-        with zipfile.ZipFile(f) as archive:
-            member = next((n for n in archive.namelist() if n.endswith(f"/extra/{SPEC_KEY}")), None)
-            embedded = archive.read(member).decode("utf-8", "replace") if member else None
+        ep = load_program(f, path, request.trust_remote_code)
     shape = _program_input_shape(ep, path)
     if embedded:
         spec = ModelSpec.from_json(embedded, str(path)).derive(
