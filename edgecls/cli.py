@@ -31,12 +31,18 @@ def _console():
 def cmd_models(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from edgecls.source_kinds import KINDS
     from edgecls.zoo import list_models
-    table = Table("name", "family", "source", "input", "pretrained", "note")
+    table = Table("name", "family", "source", "input", "pretrained", "note", title="the zoo")
     for e in list_models():
         table.add_row(e.name, e.family, e.source, f"{e.input_size}", "yes" if e.pretrained else "no",
                       e.note)
     _console().print(table)
+    sources = Table("model source", "example", "what it is",
+                    title="what `edgecls export MODEL` takes (tried in this order)")
+    for kind in KINDS:
+        sources.add_row(kind.name, kind.example, kind.description)
+    _console().print(sources)
     return 0
 
 
@@ -54,14 +60,18 @@ def cmd_formats(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from edgecls.exporting import export
+    from edgecls.source_kinds import parse_kwargs
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
     options = {name: getattr(args, name) for name in args.format_options}
+    preprocessing = {name: getattr(args, name) for name in args.preprocessing_options}
     from edgecls.zoo import read_labels
     labels = read_labels(Path(args.labels)) if args.labels else None
     out = export(args.model, to=args.to, out=args.output, precision=precision,
                  weights=args.weights, num_classes=args.num_classes, labels=labels,
                  calib=args.calib, calib_size=args.calib_size, check=not args.no_check,
-                 options=options, strict=args.strict)
+                 options=options, strict=args.strict, preprocessing=preprocessing,
+                 model_kwargs=parse_kwargs(args.kwargs),
+                 trust_remote_code=args.trust_remote_code)
     _console().print(f"[green]wrote[/green] {out}")
     return 0
 
@@ -136,7 +146,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
     report = parity(args.artifacts, data=args.data, reference=args.reference,
                     max_drop=args.max_drop, limit=args.limit, out=args.output,
                     calib=args.calib, device=args.device, threads=args.threads,
-                    options=_session_options(args))
+                    options=_session_options(args),
+                    trust_remote_code=args.trust_remote_code)
     report.print()
     return 0 if report else 1
 
@@ -181,22 +192,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_formats)
 
     s = sub.add_parser("export", help="export (and quantize) a model to an artifact")
-    s.add_argument("model", help="a zoo name (see `edgecls models`)")
+    s.add_argument("model", help="a zoo name, timm:NAME, torchvision:NAME, a .pt2 program, "
+                   "module:function, or an FP32 .onnx file (see `edgecls models`)")
     s.add_argument("--to", default="onnx", choices=[n for n, f in FORMATS.items() if f.exporter])
     s.add_argument("-o", "--output", help="artifact path (default out/<model>[.<precision>].<ext>)")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--fp16", action="store_true", help="FP16 weights/compute")
     g.add_argument("--int8", action="store_true", help="INT8 post-training quantization")
     s.add_argument("--weights", default="pretrained",
-                   help="pretrained (default) | PATH to a state_dict/checkpoint | none (random)")
+                   help="for zoo, timm:, torchvision: and module:function models: pretrained "
+                   "(default; a factory's own) | PATH to a state_dict/checkpoint | none (random)")
     s.add_argument("--num-classes", type=int, help="classes of a fine-tuned --weights PATH")
+    s.add_argument("--kwargs", help="module:function sources: its keyword arguments, as JSON")
+    _add_trust(s)
     s.add_argument("--labels", help="text file, one label per line")
     s.add_argument("--calib", help="calibration images: a folder, or photos / digits")
     s.add_argument("--calib-size", type=int, help="calibration subset size (default 300)")
     s.add_argument("--strict", action="store_true", help="exit 1 when INT8 parity fails")
-    s.add_argument("--no-check", action="store_true", help="skip the check against PyTorch")
+    s.add_argument("--no-check", action="store_true", help="skip the check against the reference (PyTorch, or the source ONNX)")
     s.set_defaults(func=cmd_export, format_options=_add_format_options(
-        s.add_argument_group("format options (see `edgecls formats`)")))
+        s.add_argument_group("format options (see `edgecls formats`)")),
+        preprocessing_options=_add_preprocessing_options(s.add_argument_group(
+            "preprocessing (default: the model's own, else ImageNet's)")))
 
     s = sub.add_parser("info", help="show the ModelSpec embedded in artifacts")
     s.add_argument("artifacts", nargs="+")
@@ -216,7 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("artifacts", nargs="+")
     s.add_argument("--data", default="photos", help="validation folder or photos / digits")
     s.add_argument("--calib", help="the calibration folder, to detect overlap with --data")
-    s.add_argument("--reference", help="a reference artifact instead of the PyTorch model")
+    s.add_argument("--reference", action="append",
+                   help="an FP32 artifact to compare with, or what the reference the artifacts' "
+                   "spec records is built from: its model source and/or its weights file (give "
+                   "--reference twice for both); default: rebuilt from the spec")
+    _add_trust(s)
     s.add_argument("--max-drop", type=float, help="INT8 accuracy drop allowed, in points")
     s.add_argument("--limit", type=int, help="use at most this many images")
     s.add_argument("-o", "--output", help="folder for report.{json,md,html}")
@@ -253,6 +274,19 @@ def _add_format_options(group) -> tuple[str, ...]:
                  for text, owners in by_text.items()]
         group.add_argument(first.flag, help="; ".join(helps), **_argparse_settings(first))
     return tuple(owners)
+
+
+def _add_preprocessing_options(group) -> tuple[str, ...]:
+    from edgecls.preprocessing import PreprocessingOptions
+    declared = PreprocessingOptions.declared()
+    for option in declared:
+        group.add_argument(option.flag, help=option.help, **_argparse_settings(option))
+    return tuple(o.name for o in declared)
+
+
+def _add_trust(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--trust-remote-code", action="store_true",
+                   help="allow loading TorchScript / pickled modules (runs code from the file)")
 
 
 def _argparse_settings(option: Declared) -> dict[str, Any]:

@@ -34,9 +34,9 @@ class EdgeclsError(Exception):
 
 
 class UnknownModelError(EdgeclsError):
-    def __init__(self, name: str, known: list[str]):
+    def __init__(self, name: str, known: list[str], listing: str = "`edgecls models` lists them"):
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; `edgecls models` lists them"
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; {listing}"
         super().__init__(f"unknown model {name!r}{hint}")
 
 
@@ -72,6 +72,11 @@ class WeightsError(EdgeclsError):
 
 class OutputError(EdgeclsError):
     """An output path that cannot be written: a folder, read-only, no space left ..."""
+
+
+class SourceError(EdgeclsError):
+    """A model source that cannot be used: not importable, not a classifier, a file that is
+    unsafe to load, an ONNX graph edgecls cannot feed."""
 
 
 class DataError(EdgeclsError):

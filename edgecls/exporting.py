@@ -1,11 +1,14 @@
-"""`edgecls.export(...)`: zoo name or torch model in, verified artifact out.
+"""`edgecls.export(...)`: a model source (edgecls.source_kinds) in, verified artifact out.
 
     export("mobilenet_v3_large", to="onnx", out="out/mnv3.onnx")
     export("efficientnet_lite0", to="openvino", precision="int8", calib="photos")
+    export("timm:mobilenetv4_conv_small", weights="ckpt.pth", num_classes=37,
+           preprocessing={"input_size": 160}, to="openvino")
+    export("their_model.onnx", to="onnx", precision="int8", calib="data/calib")
 
-Every artifact is written to a temporary sibling, checked against PyTorch (or, for INT8,
-through parity on held-out data) and only then renamed into place: a failed export leaves
-nothing behind.
+Every artifact is written to a temporary sibling, checked against its reference (PyTorch,
+or the source ONNX file in ONNX Runtime; for INT8, through parity on held-out data) and
+only then renamed into place: a failed export leaves nothing behind.
 """
 from __future__ import annotations
 
@@ -60,9 +63,15 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
            precision: str = "fp32", weights: str = "pretrained", num_classes: int | None = None,
            labels: list[str] | None = None, calib: Any = None, calib_size: int | None = None,
            check: bool = True, options: dict[str, Any] | None = None,
-           spec: ModelSpec | None = None, strict: bool = False) -> Path:
-    """Export a zoo model (by name) or a torch module (with `spec`) to one artifact."""
-    from edgecls import zoo
+           spec: ModelSpec | None = None, strict: bool = False,
+           preprocessing: dict[str, Any] | None = None, model_kwargs: dict[str, Any] | None = None,
+           trust_remote_code: bool = False) -> Path:
+    """Export a model source (a zoo name, "timm:NAME", "torchvision:NAME", a .pt2 program,
+    "module:function" with `model_kwargs`, an FP32 .onnx file) or a torch module (with
+    `spec`) to one artifact. `preprocessing` overrides the model's own (PreprocessingOptions:
+    input_size, resize, mean, std, interpolation, channel_order, channels)."""
+    from edgecls.preprocessing import PreprocessingOptions
+    from edgecls.source_kinds import SourceRequest, kind_of, refuse_format, resolve
 
     fmt = get_format(to)
     fmt.check_precision(precision)
@@ -80,15 +89,15 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
         check_output(Path(out), fmt)
     if precision == "int8":
         from edgecls.calibration.datasets import check_source
-        for source in (calib, checking.data):
-            check_source(source)
+        for images in (calib, checking.data):
+            check_source(images)
     exporter = fmt.load_exporter()
-    if isinstance(model, str):
-        torch_model, base_spec = zoo.build(model, weights, num_classes, labels)
-    elif spec is None:
-        raise TypeError("export(torch_module, ...) needs spec=ModelSpec(...)")
-    else:
-        torch_model, base_spec = model.eval(), spec
+    refuse_format(kind_of(model), model, fmt)
+    request = SourceRequest(weights=weights, num_classes=num_classes, labels=labels,
+                            kwargs=model_kwargs, trust_remote_code=trust_remote_code,
+                            preprocessing=PreprocessingOptions.of(preprocessing), spec=spec)
+    resolved = resolve(model, request)
+    base_spec = resolved.spec
     calibration = None
     if precision == "int8":
         from edgecls.calibration.datasets import CalibrationSet
@@ -104,12 +113,12 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
     try:
         with tempfile.TemporaryDirectory(prefix="edgecls-") as work, \
                 atomic_paths(*finals) as temps:
-            source = ExportSource(torch_model, base_spec, Path(work), validation=checking.data,
-                                  max_drop=checking.max_drop)
+            source = resolved.source(Path(work))
+            source.validation, source.max_drop = checking.data, checking.max_drop
             exporter(source, spec_out, temps[0], precision=precision, calibration=calibration,
                      options=backend_options)
             if check and precision != "int8":
-                report_check(check_against_torch(temps[0], torch_model, base_spec), spec_out)
+                report_check(check_against_reference(temps[0], source), spec_out)
             if check and precision == "int8":
                 check_int8(temps[0], out.name, source, calibration, strict)
     except OSError as e:
@@ -166,9 +175,10 @@ def check_output(out: Path, fmt: Format) -> None:
 
 
 def check_int8(path: Path, name: str, source: ExportSource, calibration, strict: bool) -> None:
-    """Parity of a fresh INT8 artifact on the held-out images its recipe was judged on,
-    opened as its recipe was measured (e.g. with exact kernels for a VNNI target made on an
-    AVX2 CPU); loud on failure, fatal with strict."""
+    """Parity of a fresh INT8 artifact against the source's reference (the torch module, or
+    the FP32 ONNX file the source is) on the held-out images its recipe was judged on, opened
+    as its recipe was measured (e.g. with exact kernels for a VNNI target made on an AVX2
+    CPU); loud on failure, fatal with strict."""
     from edgecls.errors import ParityFailedError
     from edgecls.verification import parity
     spec = source.spec
@@ -184,7 +194,7 @@ def check_int8(path: Path, name: str, source: ExportSource, calibration, strict:
     fmt = format_for_path(path)
     recipe = fmt.read_spec(path).quantization or {}
     measured_with = recipe.get("search", {}).get("measured_with", {})
-    report = parity([path], data=held_out.images, reference=source.model, reference_spec=spec,
+    report = parity([path], data=held_out.images, reference=source.reference, reference_spec=spec,
                     max_drop=source.max_drop, sqnr=False, progress=False,
                     device=fmt.default_device(), options=measured_with)
     report.results[0].name = name
@@ -218,14 +228,15 @@ def sample_inputs(spec: ModelSpec, n: int = 8) -> np.ndarray:
     return np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_CUBIC) for im in small])
 
 
-def check_against_torch(path: Path, model: Any, spec: ModelSpec, pixels: np.ndarray | None = None,
-                        tolerance: float | None = None) -> CheckResult:
-    """Run the artifact and the torch model on the same inputs; compare logits."""
-    from edgecls.backends.torch.runtime import TorchSession
+def check_against_reference(path: Path, source: ExportSource, pixels: np.ndarray | None = None,
+                            tolerance: float | None = None) -> CheckResult:
+    """Run the artifact and the source's reference (the torch model, or the FP32 ONNX file
+    the source is) on the same inputs; compare logits."""
     from edgecls.calibration.preprocess import to_model_input
 
+    spec = source.spec
     pixels = sample_inputs(spec) if pixels is None else pixels
-    with TorchSession.of_module(model, spec) as reference:
+    with source.reference_session() as reference:
         ref = reference.run(to_model_input(pixels, reference.spec))
     with open_session(path, device=format_for_path(path).default_device()) as session:
         got = session.run(to_model_input(pixels, session.spec))

@@ -39,23 +39,29 @@ def _field_problem(values: dict[str, Any]) -> str | None:
              "layout": str, "input_dtype": str, "output": str, "precision": str, "format": str,
              "weights": str, "normalization_in_graph": bool, "trained": bool, "tools": dict,
              "notes": dict, "exported_from": (str, type(None)),
-             "quantization": (dict, type(None)), "parent": (dict, type(None))}
+             "quantization": (dict, type(None)), "parent": (dict, type(None)),
+             "reference": (dict, type(None))}
     for key, kind in kinds.items():
         if key in values and not isinstance(values[key], kind):
             return f"{key} is {type(values[key]).__name__}"
     for key in ("num_classes", "resize", "spec_version"):
+        if key == "resize" and values.get(key, 0) is None:   # a plain resize, no crop
+            continue
         if key in values and (not isinstance(values[key], int) or isinstance(values[key], bool)
                               or not 1 <= values[key] <= 10 ** 7):
             return f"{key} must be a whole number from 1, not {values[key]!r}"
+    if "channels" in values and values["channels"] not in (1, 3):
+        return f"channels must be 1 or 3, not {values['channels']!r}"
     if "labels" in values and not (isinstance(values["labels"], list)
                                    and all(isinstance(x, str) for x in values["labels"])):
         return "labels must be a list of strings"
     if "input_size" in values and not (numbers(values["input_size"], 2) and all(
             isinstance(v, int) and 1 <= v <= MAX_SIDE for v in values["input_size"])):
         return f"input_size must be [height, width] within 1..{MAX_SIDE}"
+    channels = values.get("channels", 3)
     for key in ("mean", "std"):
-        if key in values and not numbers(values[key], 3):
-            return f"{key} must be three numbers"
+        if key in values and not numbers(values[key], channels):
+            return f"{key} must be {channels} number(s), one per channel"
     if "std" in values and not all(values["std"]):
         return "std must not be 0"
     for key, allowed in CHOICES.items():
@@ -71,11 +77,15 @@ class ModelSpec:
     num_classes: int
     labels: list[str]
     input_size: tuple[int, int] = (224, 224)       # H, W fed to the network
-    resize: int = 256                              # shorter side before the centre crop
-    interpolation: str = "bilinear"                # bilinear | bicubic | nearest
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # in [0, 1] pixel units
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    channel_order: str = "RGB"
+    # shorter side before the centre crop; None: a plain resize to input_size (no crop)
+    resize: int | None = 256
+    interpolation: str = "bilinear"                # bilinear | bicubic | nearest | area | lanczos
+    # one value per channel, in [0, 1] pixel units (the CLI also takes 0-255 units and
+    # converts them: edgecls.preprocessing)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    channel_order: str = "RGB"                     # of colour input: RGB | BGR
+    channels: int = 3                              # 3 (colour) | 1 (grayscale, ITU-R 601 luma)
     layout: str = "NCHW"                           # of the artifact's input tensor
     input_dtype: str = "float32"                   # of the artifact's input tensor
     # Set when the artifact normalises itself (e.g. OpenVINO PrePostProcessor): the
@@ -89,6 +99,10 @@ class ModelSpec:
     exported_from: str | None = None               # torch | onnx
     quantization: dict[str, Any] | None = None     # method, calibration size + hash, ...
     parent: dict[str, Any] | None = None           # path, sha256, precision, accuracy
+    # where the FP32 reference comes from, for parity to rebuild it: the model source
+    # (zoo name, timm:/torchvision: name, file + sha256, module:function + kwargs) and its
+    # weights (+ sha256); see edgecls.source_kinds.reference
+    reference: dict[str, Any] | None = None
     tools: dict[str, str] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
     spec_version: int = SPEC_VERSION
@@ -136,7 +150,8 @@ class ModelSpec:
     # -- convenience ---------------------------------------------------------------------
     def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
         h, w = self.input_size
-        return (batch, 3, h, w) if self.layout == "NCHW" else (batch, h, w, 3)
+        c = self.channels
+        return (batch, c, h, w) if self.layout == "NCHW" else (batch, h, w, c)
 
     def label(self, index: int) -> str:
         return self.labels[index] if 0 <= index < len(self.labels) else str(index)

@@ -92,8 +92,6 @@ def digits_model(digits_data):
     import torch
     from torch import nn
 
-    from edgecls.calibration.preprocess import resize_crop, to_model_input
-
     torch.manual_seed(0)
 
     class DigitsCNN(nn.Module):
@@ -114,17 +112,26 @@ def digits_model(digits_data):
 
     spec = digits_spec()
     _, _, _, train_items = digits_data
-    x = torch.from_numpy(to_model_input(np.stack([resize_crop(i.rgb(), spec) for i in train_items]), spec))
-    y = torch.tensor([i.label for i in train_items])
-    model = DigitsCNN()
+    return train(DigitsCNN(), train_items, spec, DIGITS_EPOCHS), spec
+
+
+def train(model, items, spec, epochs: int):
+    """`model` trained on labelled items, preprocessed as `spec` says (Adam, batches of 64);
+    returned in eval mode."""
+    import torch
+    from torch import nn
+
+    from edgecls.calibration.preprocess import resize_crop, to_model_input
+    x = torch.from_numpy(to_model_input(np.stack([resize_crop(i.rgb(), spec) for i in items]), spec))
+    y = torch.tensor([i.label for i in items])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(DIGITS_EPOCHS):
+    for _ in range(epochs):
         model.train()
         for idx in torch.randperm(len(x)).split(64):
             opt.zero_grad()
             nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
-    return model.eval(), spec
+    return model.eval()
 
 
 @pytest.fixture(scope="session")

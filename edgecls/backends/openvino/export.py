@@ -76,15 +76,16 @@ def _from_torch(model, spec: ModelSpec):
     import torch
 
     h, w = spec.input_size
-    ov_model = ov.convert_model(model, example_input=torch.randn(1, 3, h, w),
-                                input=[(-1, 3, h, w)])
+    c = spec.channels
+    ov_model = ov.convert_model(model, example_input=torch.randn(1, c, h, w),
+                                input=[(-1, c, h, w)])
     return ov_model
 
 
 def set_batch(model, batch: int, spec: ModelSpec):
     """Fix the batch dimension; the runtime splits/pads other batch sizes (spec.notes)."""
     h, w = spec.input_size
-    model.reshape({model.input(0).get_any_name(): [batch, 3, h, w]})
+    model.reshape({model.input(0).get_any_name(): [batch, spec.channels, h, w]})
     spec.notes = {**spec.notes, "static_batch": batch}  # a new dict: derive() shares notes
     return model
 

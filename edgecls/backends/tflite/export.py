@@ -112,5 +112,5 @@ def convert_fp32(model, spec: ModelSpec) -> bytes:
     with quiet():
         import litert_torch
         with torch.no_grad():
-            edge = litert_torch.convert(_nhwc(model), (torch.zeros(1, h, w, 3),))
+            edge = litert_torch.convert(_nhwc(model), (torch.zeros(1, h, w, spec.channels),))
         return bytes(edge.model_content())
