@@ -47,6 +47,32 @@ def default_output(spec: ModelSpec, fmt: Format, precision: str, folder: Path = 
     return folder / f"{spec.name}{tag}{fmt.suffixes[0]}"
 
 
+def options_for(fmt: str, options: dict[str, Any], formats: list[str]) -> dict[str, Any]:
+    """With several formats in one command (--to onnx,openvino), each takes the options it
+    (or export's check) declares; an option none of them takes is an error, said once."""
+    if len(formats) == 1:
+        return options
+    names = {f: get_format(f).options.names() | CheckOptions.names() for f in formats}
+    unused = [k for k, v in options.items() if v not in (None, False, [], ())
+              and not any(k in n for n in names.values())]
+    if unused:
+        raise UnsupportedOptionError(f"none of {', '.join(formats)} takes "
+                                     f"{', '.join('--' + u.replace('_', '-') for u in unused)}")
+    return {k: v for k, v in options.items() if k in names[fmt]}
+
+
+def output_for(out: str | Path | None, formats: list[str]) -> Path | None:
+    """export()'s `out` for each of `formats`: the path given for one format; for several, a
+    folder (made here) that export() fills with default names."""
+    if out is None or len(formats) == 1:
+        return Path(out) if out else None
+    folder = Path(out)
+    if folder.suffix:
+        raise UnsupportedOptionError(f"-o {out}: with several formats, -o names a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
            precision: str = "fp32", weights: str = "pretrained", num_classes: int | None = None,
            labels: list[str] | None = None, calib: Any = None, calib_size: int = 300,
@@ -55,51 +81,71 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
     """Export a zoo model (by name) or a torch module (with `spec`) to one artifact."""
     from edgecls import zoo
 
+    from edgecls.qat_training.student import QATStudent
+
     fmt = get_format(to)
     fmt.check_precision(precision)
+    student = model if isinstance(model, QATStudent) else None
+    if student is not None:
+        student.check_export(fmt.name, precision)
     given = dict(options or {})
     checking = CheckOptions.parse({k: given[k] for k in CheckOptions.names() if k in given},
                                   precision, fmt.name)
-    for name in CheckOptions.names() - fmt.options.names():   # the check's alone
+    # the check's alone (and a QAT student's: no backend recipe of its own uses them)
+    for name in CheckOptions.names() - (set() if student else fmt.options.names()):
         given.pop(name, None)
     backend_options = fmt.options.parse(given, precision, fmt.name)
-    if precision == "int8" and calib is None:
+    if student is not None:
+        refuse_ptq_options(backend_options, fmt)
+    elif precision == "int8" and calib is None:
         raise UnsupportedOptionError("--int8 needs calibration images: --calib DIR "
                                      "(or a built-in set: photos, digits)")
     exporter = fmt.load_exporter()
-    if isinstance(model, str):
+    if student is not None:    # the teacher is the reference; the training images calibrated
+        torch_model, base_spec, calibration = student.teacher, spec or student.spec, \
+            student.calibration()
+    elif isinstance(model, str):
         torch_model, base_spec = zoo.build(model, weights, num_classes, labels)
     elif spec is None:
         raise TypeError("export(torch_module, ...) needs spec=ModelSpec(...)")
     else:
         torch_model, base_spec = model.eval(), spec
-    calibration = None
-    if precision == "int8":
+    if precision == "int8" and student is None:
         from edgecls.calibration.datasets import CalibrationSet
         calibration = CalibrationSet.from_source(calib, base_spec, size=calib_size)
+    elif student is None:
+        calibration = None
 
-    out = Path(out) if out else default_output(base_spec, fmt, precision)
+    tag = "int8-qat" if student is not None else precision
+    out = Path(out) if out else default_output(base_spec, fmt, tag)
+    if out.is_dir():
+        out = default_output(base_spec, fmt, tag, out)
     if out.suffix.lower() not in fmt.suffixes:
         raise UnsupportedOptionError(f"{out}: a {fmt.name} artifact must end in "
                                      f"{' or '.join(fmt.suffixes)}")
     spec_out = base_spec.derive(format=fmt.name, precision=precision, tools=dict(base_spec.tools))
     finals = [out] + [out.with_suffix(s) for s in fmt.companions]
     with tempfile.TemporaryDirectory(prefix="edgecls-") as work, atomic_paths(*finals) as temps:
-        source = ExportSource(torch_model, base_spec, Path(work))
+        source = ExportSource(student or torch_model, base_spec, Path(work))
         exporter(source, spec_out, temps[0], precision=precision, calibration=calibration,
                  options=backend_options)
         if check and precision != "int8":
             report_check(check_against_torch(temps[0], torch_model, base_spec), spec_out)
         if check and precision == "int8":
+            # a QAT artifact is shown next to the PTQ one of the same format and target
+            alongside = [] if student is None else [
+                ptq_twin(student, fmt, Path(work), given, calib_size)]
             check_int8(temps[0], out.name, torch_model, base_spec, calibration, checking.data,
-                       checking.max_drop, strict)
+                       checking.max_drop, strict, alongside)
     log.info("wrote %s", out)
     return out
 
 
 def check_int8(path: Path, name: str, model: Any, spec: ModelSpec, calibration, data: Any,
-               max_drop: float | None, strict: bool) -> None:
-    """Parity of a fresh INT8 artifact on held-out data; loud on failure, fatal with strict."""
+               max_drop: float | None, strict: bool, alongside: list[Path] = ()) -> None:
+    """Parity of a fresh INT8 artifact on held-out data; loud on failure, fatal with strict.
+    Artifacts `alongside` are shown in the same table, for comparison; only the first is
+    judged."""
     from edgecls.errors import ParityFailedError
     from edgecls.verification import parity
     if not spec.trained:
@@ -111,15 +157,34 @@ def check_int8(path: Path, name: str, model: Any, spec: ModelSpec, calibration, 
     if val is None or not len(val):
         log.warning("no held-out images to check the INT8 artifact on: pass --data DIR")
         return
-    report = parity([path], data=val, reference=model, reference_spec=spec, max_drop=max_drop,
-                    sqnr=False, progress=False, device=format_for_path(path).default_device())
+    report = parity([path, *alongside], data=val, reference=model, reference_spec=spec,
+                    max_drop=max_drop, sqnr=False, progress=False,
+                    device=format_for_path(path).default_device())
     report.results[0].name = name
     report.print()
-    if not report:
-        message = f"INT8 parity failed: {'; '.join(report.failures)}"
+    if not report.results[0].passed:
+        message = f"INT8 parity failed: {'; '.join(report.results[0].failures)}"
         if strict:
             raise ParityFailedError(message + " (--strict: nothing was written)")
         log.error("%s - the artifact is written anyway; inspect it with `edgecls parity`", message)
+
+
+def refuse_ptq_options(options: ExportOptions, fmt: Format) -> None:
+    """A QAT student's quantization is trained: the options of a PTQ recipe do not apply."""
+    given = [d.flag for d in options.given() if d.int8_only]
+    if given:
+        raise UnsupportedOptionError(f"{', '.join(given)}: a QAT student's quantization is "
+                                     f"trained; {fmt.name}'s PTQ options do not apply to it")
+
+
+def ptq_twin(student, fmt: Format, work: Path, options: dict[str, Any], calib_size: int) -> Path:
+    """The PTQ artifact of the same format, target and images that a QAT artifact is compared
+    with: the teacher calibrated on the student's training images."""
+    from edgecls.qat_training.comparison import ptq_options
+    out = default_output(student.spec, fmt, "int8-ptq", work / "ptq")
+    return export(student.teacher, to=fmt.name, out=out, precision="int8", spec=student.spec,
+                  calib=student.calibration(), calib_size=calib_size, check=False,
+                  options={**ptq_options(student, fmt), **options})
 
 
 @dataclass

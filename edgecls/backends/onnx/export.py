@@ -31,6 +31,15 @@ def export_fp32(model, spec: ModelSpec, out: Path, opset: int = DEFAULT_OPSET) -
     write_spec(out, spec)
 
 
+def export_qat(student, spec: ModelSpec, out: Path, opset: int = DEFAULT_OPSET) -> None:
+    """A QAT student as QDQ ONNX: convert_pt2e folds the weights into int8 tensors, and the
+    dynamo exporter (with its optimizer) keeps them as int8 initializers feeding
+    DequantizeLinear, per channel (onnxscript >= 0.7.1), with the trained activation scales
+    on QuantizeLinear / DequantizeLinear pairs."""
+    student.record(spec, "onnx")
+    export_fp32(student.converted(fold_quantize=True), spec, out, opset)
+
+
 def export_fp16(fp32_path: Path, spec: ModelSpec, out: Path) -> None:
     """FP16 weights and compute, float32 inputs and outputs (Cast nodes at the edges)."""
     import onnx
@@ -52,7 +61,9 @@ def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
            options: OnnxOptions) -> None:
     """The format table's exporter for "onnx"."""
     opset = options.opset or DEFAULT_OPSET
-    if precision == "fp32":
+    if source.student is not None:       # QAT: the trained scales, nothing to calibrate
+        export_qat(source.student, spec, out, opset)
+    elif precision == "fp32":
         if source.onnx_opset == opset and source.has_onnx():
             shutil.copyfile(source.onnx(), out)
             write_spec(out, spec)

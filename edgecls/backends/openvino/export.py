@@ -33,8 +33,12 @@ def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
     """The format table's exporter for "openvino": writes `out` and out.with_suffix(".bin")."""
     import openvino as ov
 
-    model, spec.exported_from = convert(source, spec)
-    if precision == "int8":
+    if source.student is not None:   # QAT: the QDQ ONNX's trained scales become FakeQuantize
+        model, spec.exported_from = ov.convert_model(str(source.qat_onnx())), "onnx"
+        source.student.record(spec, "openvino")
+    else:
+        model, spec.exported_from = convert(source, spec)
+    if precision == "int8" and source.student is None:
         from edgecls.backends.openvino.quantize import quantize
         model = quantize(model, spec, calibration, options)
     if options.static_batch is not None:
