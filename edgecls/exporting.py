@@ -133,8 +133,9 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
             report_check(check_against_torch(temps[0], torch_model, base_spec), spec_out)
         if check and precision == "int8":
             # a QAT artifact is shown next to the PTQ one of the same format and target
-            alongside = [] if student is None else [
-                ptq_twin(student, fmt, Path(work), given, calib_size)]
+            alongside = {} if student is None else {
+                "PTQ, same target and images": ptq_twin(student, fmt, Path(work), given,
+                                                        calib_size)}
             check_int8(temps[0], out.name, torch_model, base_spec, calibration, checking.data,
                        checking.max_drop, strict, alongside)
     log.info("wrote %s", out)
@@ -142,10 +143,12 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
 
 
 def check_int8(path: Path, name: str, model: Any, spec: ModelSpec, calibration, data: Any,
-               max_drop: float | None, strict: bool, alongside: list[Path] = ()) -> None:
+               max_drop: float | None, strict: bool,
+               alongside: dict[str, Path] | None = None) -> None:
     """Parity of a fresh INT8 artifact on held-out data; loud on failure, fatal with strict.
-    Artifacts `alongside` are shown in the same table, for comparison; only the first is
-    judged."""
+    The artifacts `alongside` (by the name to show) share its table, for comparison; only
+    the fresh one is judged."""
+    alongside = alongside or {}
     from edgecls.errors import ParityFailedError
     from edgecls.verification import parity
     if not spec.trained:
@@ -157,10 +160,11 @@ def check_int8(path: Path, name: str, model: Any, spec: ModelSpec, calibration, 
     if val is None or not len(val):
         log.warning("no held-out images to check the INT8 artifact on: pass --data DIR")
         return
-    report = parity([path, *alongside], data=val, reference=model, reference_spec=spec,
-                    max_drop=max_drop, sqnr=False, progress=False,
+    report = parity([path, *alongside.values()], data=val, reference=model,
+                    reference_spec=spec, max_drop=max_drop, sqnr=False, progress=False,
                     device=format_for_path(path).default_device())
-    report.results[0].name = name
+    for result, shown in zip(report.results, [name, *alongside]):
+        result.name = shown
     report.print()
     if not report.results[0].passed:
         message = f"INT8 parity failed: {'; '.join(report.results[0].failures)}"

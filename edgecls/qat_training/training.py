@@ -183,9 +183,9 @@ class Run:
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                total += float(loss) * len(x)
+                total += loss.item() * len(x)
                 seen += len(x)
-                advance(float(loss))
+                advance(loss.item())
         self._switch(fake_quant=True, observe=False)
         return total / max(seen, 1)
 
