@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import onnx
 import pytest
 from conftest import digits_spec
@@ -173,6 +174,28 @@ def test_qat_onnx_keeps_int8_weights_behind_dequantize(digits_qat_artifacts):
                 inits[conv.input[1]].data_type != onnx.TensorProto.FLOAT, conv.name
     assert quantized >= len(convs) - 1
     assert Counter(n.op_type for n in proto.graph.node)["QuantizeLinear"] >= 3
+
+
+def test_tensorrt_student_is_symmetric_s8_qdq_onnx(digits_model, digits_data, tmp_path):
+    """TensorRT's family (trained for --target tensorrt): zero points 0 everywhere, and the
+    QDQ ONNX TensorRT would parse keeps the accuracy (run here by ONNX Runtime)."""
+    from onnx import numpy_helper
+    model, spec = digits_model
+    _, calib, val, _ = digits_data
+    student = qat(model, spec, calib=calib, train=_digits_train(digits_data), data=val,
+                  to="onnx", target="tensorrt", epochs=1, checkpoint=tmp_path / "t.pt",
+                  progress=False)
+    assert student.family.name == "tensorrt" and student.family.formats == ("tensorrt", "onnx")
+    path = export(student, to="onnx", out=tmp_path / "d.trt.onnx", precision="int8", spec=spec,
+                  check=False)
+    proto = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    points = [inits[n.input[2]] for n in proto.graph.node
+              if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
+    assert points and all(p.dtype == np.int8 and not p.any() for p in points)
+    r = parity([path], data=val, reference=model, reference_spec=spec, sqnr=False,
+               progress=False).results[0]
+    assert r.top1_drop <= 0.5 and read_spec(path).quantization["target"] == "tensorrt"
 
 
 def test_tflite_qat_is_full_integer(digits_qat_artifacts):

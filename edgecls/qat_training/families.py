@@ -5,9 +5,11 @@ One PT2E graph cannot serve every backend, so a student is trained once per fami
   cpu       ONNX Runtime and OpenVINO on CPU targets: torchao's X86InductorQuantizer config
             (u8 asymmetric activations, s8 symmetric per-channel weights, the u8 x s8 path
             both runtimes have fast kernels for). For targets whose CPUs add u8 x s8
-            products in saturating 16-bit integers (x86-avx2, portable) the weights are
-            trained in 7 bits (-64..63): 2 x 255 x 64 stays below 32767, so nothing saturates,
-            and the weights are constants, so no input can push them out of that range.
+            products in saturating 16-bit integers (x86-avx2, portable) the weights of the
+            GEMM-like layers are trained in 7 bits (-64..63): 2 x 255 x 64 stays below
+            32767, so nothing saturates, and the weights are constants, so no input can
+            push them out of that range (depthwise convolutions keep 8 bits: their kernels
+            widen before they add).
   tensorrt  TensorRT (and ONNX made for it): symmetric s8 activations and weights, zero
             points 0, the only INT8 Q/DQ TensorRT accepts.
   tflite    LiteRT full-integer: litert-torch's own PT2E quantizer (int8 asymmetric
@@ -51,6 +53,7 @@ class Family:
     weights: str
     seven_bit_when_saturating: bool = False
     lowering: str = "torch.onnx (dynamo): QDQ ONNX"   # what turns the student into the artifact
+    requires: tuple[tuple[str, str], ...] = (("torchao", "qat"),)   # (module, pip extra)
 
     def seven_bit(self, target: targets.Target) -> bool:
         return self.seven_bit_when_saturating and target.saturation_safe
@@ -59,7 +62,9 @@ class Family:
         return self.make(self.seven_bit(target))
 
     def weights_for(self, target: targets.Target) -> str:
-        return f"{self.weights}, {'7-bit (-64..63)' if self.seven_bit(target) else '8-bit'}"
+        bits = "7-bit (-64..63) where a GEMM, 8-bit depthwise" if self.seven_bit(target) \
+            else "8-bit"
+        return f"{self.weights}, {bits}"
 
 
 # -- quantization configs -------------------------------------------------------------------
@@ -82,13 +87,39 @@ def _x86(seven_bit: bool, symmetric: bool):
     if symmetric:
         act = dataclasses.replace(act, dtype=torch.int8, quant_min=-128, quant_max=127,
                                   qscheme=torch.per_tensor_symmetric)
-    weight = base.weight
-    if seven_bit:
-        weight = dataclasses.replace(weight, quant_min=SEVEN_BIT[0], quant_max=SEVEN_BIT[1])
     config = dataclasses.replace(base, input_activation=_fake_quant(act),
                                  output_activation=_fake_quant(act),
-                                 weight=_fake_quant(weight, per_channel=True))
-    return X86InductorQuantizer().set_global(config)
+                                 weight=_fake_quant(base.weight, per_channel=True))
+    quantizer = _seven_bit_gemms(X86InductorQuantizer) if seven_bit else X86InductorQuantizer
+    return quantizer().set_global(config)
+
+
+def _seven_bit_gemms(base: type) -> type:
+    """`base` with 7-bit weights on the layers x86 CPUs run as u8 x s8 GEMMs (convolutions
+    with groups=1, linear): the ones whose VPMADDUBSW pair sums saturate. Depthwise
+    convolutions run in kernels that widen to 16 bits first, and keep 8-bit weights."""
+    import torch
+    gemms = {torch.ops.aten.conv2d.default: 6, torch.ops.aten.conv1d.default: 6,
+             torch.ops.aten.linear.default: None}      # op -> index of its groups argument
+
+    def groups(node) -> int:
+        index = gemms[node.target]
+        return node.args[index] if index is not None and len(node.args) > index else 1
+
+    class SevenBitGemmWeights(base):
+        def annotate(self, model):
+            model = super().annotate(model)
+            for node in model.graph.nodes:
+                note = node.meta.get("quantization_annotation")
+                if node.target not in gemms or note is None or groups(node) != 1:
+                    continue
+                weight = note.input_qspec_map.get(node.args[1])
+                if weight is not None:
+                    note.input_qspec_map[node.args[1]] = dataclasses.replace(
+                        weight, quant_min=SEVEN_BIT[0], quant_max=SEVEN_BIT[1])
+            return model
+
+    return SevenBitGemmWeights
 
 
 def cpu_quantizer(seven_bit: bool):
@@ -112,8 +143,20 @@ FAMILIES: tuple[Family, ...] = (
            "s8 symmetric per-tensor", "s8 symmetric per-channel"),
     Family("tflite", ("tflite",), CPU_TARGETS, litert_quantizer,
            "int8 asymmetric per-tensor", "int8 symmetric per-channel",
-           lowering="litert-torch (PT2E): full-integer TFLite"),
+           lowering="litert-torch (PT2E): full-integer TFLite",
+           requires=(("torchao", "qat"), ("litert_torch", "tflite"))),
 )
+
+
+def require(family: Family) -> None:
+    """A one-line error naming the pip extra when a family's tools are not installed."""
+    import importlib.util
+
+    from edgecls.errors import MissingDependencyError
+    for module, extra in family.requires:
+        if importlib.util.find_spec(module) is None:
+            raise MissingDependencyError(f"quantization-aware training for {family.name} "
+                                         f"({module})", extra)
 
 
 def resolve(fmt: str, target: str | None) -> tuple[Family, targets.Target]:

@@ -33,7 +33,7 @@ import numpy as np
 from edgecls import hardware, metrics, targets
 from edgecls.errors import UnsupportedOptionError
 from edgecls.qat_training import data as qdata
-from edgecls.qat_training.families import Family, resolve
+from edgecls.qat_training.families import Family, require, resolve
 from edgecls.qat_training.student import QATStudent
 from edgecls.spec import ModelSpec
 
@@ -57,6 +57,7 @@ def qat(model: Any, spec: ModelSpec, calib: Any = "photos", train: Any = None, *
     import torch
 
     family, chosen = resolve(to, target)
+    require(family)
     if epochs < 1 or lr <= 0:
         raise UnsupportedOptionError("QAT needs epochs >= 1 and a positive learning rate")
     split = qdata.split(calib, train, data, spec, size, seed)
