@@ -155,11 +155,14 @@ class Run:
                                    for i in range(0, len(x), batch)])
 
     def calibrate(self) -> None:
-        """Observers on, fake quantization off: the global min/max of the calibration images."""
+        """Observers on, fake quantization off: the global min/max of the calibration images
+        (decoded a batch at a time)."""
         import torch
         self._switch(fake_quant=False, observe=True)
-        x = torch.from_numpy(qdata.inputs(self.split.calibration, self.spec))
-        self._logits(self.module, x)
+        with torch.no_grad():
+            for x, _ in qdata.batches(self.split.calibration, self.spec, 32,
+                                      np.random.default_rng(0), augmented=False):
+                self.module(torch.from_numpy(x).to(self.device))
         self._switch(fake_quant=True, observe=False)
 
     def epoch(self, optimizer, epoch: int, epochs: int, mode: str, seed: int, observing: bool,
