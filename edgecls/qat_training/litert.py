@@ -1,26 +1,27 @@
-"""litert-torch's PT2E quantizer, with the two annotations it misses on mobile CNNs.
+"""litert-torch's PT2E quantizer, with the annotations it misses on mobile CNNs.
 
 litert-torch 0.10's PT2EQuantizer annotates ops by matching "source partitions". On
-EfficientNet-style networks (timm, torch.export, torch 2.13) that leaves two gaps, each of
-which costs the TFLite artifact dearly:
+EfficientNet/MobileNet-style networks (timm, torch.export, torch 2.13) that leaves three
+gaps, each of which costs the TFLite artifact dearly:
 
   convolution + ReLU6   The clamp (aten.hardtanh) only shares the quantization parameters
                         of its input, so the ReLU6 output (0..6) is quantized with the range
                         of the raw convolution output (here up to -50..30): ~20 of 256 levels
                         left for what the next layer sees. TFLite fuses the clamp into the
-                        convolution (fused_activation_function RELU6), so the pattern is
-                        annotated as such, like litert's own conv + ReLU: the convolution's
-                        inputs, and the clamp's output. Measured on EfficientNet-Lite0
-                        (photo-disjoint validation crops): 62.5% -> 91.7% agreement with FP32.
+                        convolution (or add), so the pair is annotated as one op, like
+                        litert's own conv + ReLU. Measured on EfficientNet-Lite0 (held-out
+                        photos, fake-quant PTQ): 62.5% -> 91.7% agreement with FP32.
   chained residual adds An add whose input is another add's output (stage after stage of
                         inverted residuals) is not annotated, and the add before it then has
                         no quantized output: the TFLite file gets float ADDs with DEQUANTIZE /
-                        QUANTIZE around them (7 of EfficientNet-Lite0's 9). Every add left
-                        unannotated is annotated like litert's own adds.
+                        QUANTIZE around them (7 of EfficientNet-Lite0's 9). Every add or
+                        multiply left unannotated is annotated like litert's own.
+  hard-sigmoid          Not annotated, and lowered after annotation as float ops; it is
+                        rewritten first into relu6(x + 3) * 1/6, whose ops TFLite runs in int8.
 
-Both fillers run around the upstream annotate() and only touch nodes it left unannotated;
-tests/test_qat.py checks that upstream still has both gaps, so the day a litert-torch
-release closes one, a test says this module can shrink.
+The fillers only touch nodes upstream left unannotated; tests/test_qat.py checks that
+upstream still has each gap, so the day a litert-torch release closes one, a test says this
+module can shrink.
 """
 from __future__ import annotations
 
