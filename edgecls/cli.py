@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecls.backends.base import Declared
-from edgecls.errors import EdgeclsError
+from edgecls.errors import EdgeclsError, UnsupportedOptionError
 from edgecls.formats import DEVICES, FORMATS
 
 
@@ -59,20 +59,30 @@ def cmd_formats(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from edgecls.exporting import export
+    from edgecls.exporting import export, options_for, output_for
     from edgecls.source_kinds import parse_kwargs
-    precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
+    precision = "int8" if args.int8 or args.qat else "fp16" if args.fp16 else "fp32"
     options = {name: getattr(args, name) for name in args.format_options}
     preprocessing = {name: getattr(args, name) for name in args.preprocessing_options}
     from edgecls.zoo import read_labels
     labels = read_labels(Path(args.labels)) if args.labels else None
-    out = export(args.model, to=args.to, out=args.output, precision=precision,
-                 weights=args.weights, num_classes=args.num_classes, labels=labels,
-                 calib=args.calib, calib_size=args.calib_size, check=not args.no_check,
-                 options=options, strict=args.strict, preprocessing=preprocessing,
-                 model_kwargs=parse_kwargs(args.kwargs),
-                 trust_remote_code=args.trust_remote_code)
-    _console().print(f"[green]wrote[/green] {out}")
+    common = dict(weights=args.weights, num_classes=args.num_classes, labels=labels,
+                  calib=args.calib, calib_size=args.calib_size, check=not args.no_check,
+                  strict=args.strict, preprocessing=preprocessing,
+                  model_kwargs=parse_kwargs(args.kwargs), trust_remote_code=args.trust_remote_code)
+    if args.qat:
+        if args.fp16:
+            raise UnsupportedOptionError("--qat makes INT8 artifacts; it does not go with --fp16")
+        from edgecls.qat_training import export_with_qat
+        outs = export_with_qat(args.model, args.to, args.output, train=args.train,
+                               epochs=args.epochs, lr=args.lr, resume=args.resume,
+                               options=options, **common)
+    else:
+        outs = [export(args.model, to=fmt, out=output_for(args.output, args.to),
+                       precision=precision, options=options_for(fmt, options, args.to), **common)
+                for fmt in args.to]
+    for out in outs:
+        _console().print(f"[green]wrote[/green] {out}")
     return 0
 
 
@@ -194,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="export (and quantize) a model to an artifact")
     s.add_argument("model", help="a zoo name, timm:NAME, torchvision:NAME, a .pt2 program, "
                    "module:function, or an FP32 .onnx file (see `edgecls models`)")
-    s.add_argument("--to", default="onnx", choices=[n for n, f in FORMATS.items() if f.exporter])
+    s.add_argument("--to", default=["onnx"], type=_format_list, metavar="FORMAT[,FORMAT...]",
+                   help=f"{', '.join(_exportable())}; several, comma-separated, export each")
     s.add_argument("-o", "--output", help="artifact path (default out/<model>[.<precision>].<ext>)")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--fp16", action="store_true", help="FP16 weights/compute")
@@ -209,7 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--calib", help="calibration images: a folder, or photos / digits")
     s.add_argument("--calib-size", type=int, help="calibration subset size (default 300)")
     s.add_argument("--strict", action="store_true", help="exit 1 when INT8 parity fails")
-    s.add_argument("--no-check", action="store_true", help="skip the check against the reference (PyTorch, or the source ONNX)")
+    q = s.add_argument_group("quantization-aware training (--qat)")
+    q.add_argument("--qat", action="store_true",
+                   help="INT8 by quantization-aware training (PT2E), one student per family of "
+                        "formats: label-free distillation on --calib, or supervised on --train")
+    q.add_argument("--train", help="labelled images (one subfolder per class, or digits): "
+                                   "supervised QAT")
+    q.add_argument("--epochs", type=int, default=3, help="QAT epochs (default 3; stops early "
+                                                         "when held-out agreement stalls)")
+    q.add_argument("--lr", type=float, default=1e-5, help="QAT learning rate (default 1e-5)")
+    q.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint next to the artifact")
+    s.add_argument("--no-check", action="store_true",
+                   help="skip the check against the reference (PyTorch, or the source ONNX)")
     s.set_defaults(func=cmd_export, format_options=_add_format_options(
         s.add_argument_group("format options (see `edgecls formats`)")),
         preprocessing_options=_add_preprocessing_options(s.add_argument_group(
@@ -255,6 +278,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default="out/demo")
     s.set_defaults(func=cmd_demo)
     return p
+
+
+def _exportable() -> list[str]:
+    return [n for n, f in FORMATS.items() if f.exporter]
+
+
+def _format_list(value: str) -> list[str]:
+    formats = [f.strip().lower() for f in value.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in _exportable()]
+    if not formats or unknown:
+        raise argparse.ArgumentTypeError(f"unknown format {', '.join(unknown) or value!r}; "
+                                         f"choose from {', '.join(_exportable())}")
+    return list(dict.fromkeys(formats))
 
 
 def _add_format_options(group) -> tuple[str, ...]:

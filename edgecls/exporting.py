@@ -59,6 +59,32 @@ def default_output(spec: ModelSpec, fmt: Format, precision: str, folder: Path = 
     return folder / f"{spec.name}{tag}{fmt.suffixes[0]}"
 
 
+def options_for(fmt: str, options: dict[str, Any], formats: list[str]) -> dict[str, Any]:
+    """With several formats in one command (--to onnx,openvino), each takes the options it
+    (or export's check) declares; an option none of them takes is an error, said once."""
+    if len(formats) == 1:
+        return options
+    names = {f: get_format(f).options.names() | CheckOptions.names() for f in formats}
+    unused = [k for k, v in options.items() if v not in (None, False, [], ())
+              and not any(k in n for n in names.values())]
+    if unused:
+        raise UnsupportedOptionError(f"none of {', '.join(formats)} takes "
+                                     f"{', '.join('--' + u.replace('_', '-') for u in unused)}")
+    return {k: v for k, v in options.items() if k in names[fmt]}
+
+
+def output_for(out: str | Path | None, formats: list[str]) -> Path | None:
+    """export()'s `out` for each of `formats`: the path given for one format; for several, a
+    folder (made here) that export() fills with default names."""
+    if out is None or len(formats) == 1:
+        return Path(out) if out else None
+    folder = Path(out)
+    if folder.suffix:
+        raise UnsupportedOptionError(f"-o {out}: with several formats, -o names a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
            precision: str = "fp32", weights: str = "pretrained", num_classes: int | None = None,
            labels: list[str] | None = None, calib: Any = None, calib_size: int | None = None,
@@ -73,39 +99,53 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
     from edgecls.preprocessing import PreprocessingOptions
     from edgecls.source_kinds import SourceRequest, kind_of, refuse_format, resolve
 
+    from edgecls.qat_training.student import QATStudent
+
     fmt = get_format(to)
     fmt.check_precision(precision)
+    student = model if isinstance(model, QATStudent) else None
+    if student is not None:
+        student.check_export(fmt.name, precision)
     given = dict(options or {})
     _refuse_unused(precision, calib, calib_size, check, strict, given, fmt)
     checking = CheckOptions.parse({k: given[k] for k in CheckOptions.names() if k in given},
                                   precision, fmt.name)
-    for name in CheckOptions.names() - fmt.options.names():   # the check's alone
+    # the check's alone (and a QAT student's: no backend recipe of its own uses them)
+    for name in CheckOptions.names() - (set() if student else fmt.options.names()):
         given.pop(name, None)
     backend_options = fmt.options.parse(given, precision, fmt.name)
-    if precision == "int8" and calib is None:
+    if student is not None:
+        refuse_ptq_options(backend_options, fmt)
+    elif precision == "int8" and calib is None:
         raise UnsupportedOptionError("--int8 needs calibration images: --calib DIR "
                                      "(or a built-in set: photos, digits)")
-    if out is not None:     # a path that cannot be written fails before any model work
+    if out is not None and not _is_folder(Path(out), fmt):  # fails before any model work
         check_output(Path(out), fmt)
     if precision == "int8":
         from edgecls.calibration.datasets import check_source
         for images in (calib, checking.data):
             check_source(images)
     exporter = fmt.load_exporter()
-    refuse_format(kind_of(model), model, fmt)
-    request = SourceRequest(weights=weights, num_classes=num_classes, labels=labels,
-                            kwargs=model_kwargs, trust_remote_code=trust_remote_code,
-                            preprocessing=PreprocessingOptions.of(preprocessing), spec=spec)
-    resolved = resolve(model, request)
-    base_spec = resolved.spec
-    calibration = None
-    if precision == "int8":
-        from edgecls.calibration.datasets import CalibrationSet
-        calibration = CalibrationSet.from_source(calib, base_spec,
-                                                 size=calib_size or DEFAULT_CALIB_SIZE)
+    if student is not None:   # the teacher is the reference; its training images calibrated
+        base_spec = spec or student.spec
+        calibration = student.calibration()
+        make_source = lambda work: ExportSource(student, base_spec, work)  # noqa: E731
+    else:
+        refuse_format(kind_of(model), model, fmt)
+        request = SourceRequest(weights=weights, num_classes=num_classes, labels=labels,
+                                kwargs=model_kwargs, trust_remote_code=trust_remote_code,
+                                preprocessing=PreprocessingOptions.of(preprocessing), spec=spec)
+        resolved = resolve(model, request)
+        base_spec, make_source = resolved.spec, resolved.source
+        calibration = None
+        if precision == "int8":
+            from edgecls.calibration.datasets import CalibrationSet
+            calibration = CalibrationSet.from_source(calib, base_spec,
+                                                     size=calib_size or DEFAULT_CALIB_SIZE)
 
-    if out is None:
-        out = default_output(base_spec, fmt, precision)
+    if out is None or _is_folder(Path(out), fmt):  # the default name, in out/ or the folder given
+        tag = "int8-qat" if student is not None else precision
+        out = default_output(base_spec, fmt, tag, Path(out) if out else Path("out"))
         check_output(out, fmt)
     out = Path(out)
     finals = [out] + [out.with_suffix(s) for s in fmt.companions]
@@ -113,14 +153,18 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
     try:
         with tempfile.TemporaryDirectory(prefix="edgecls-") as work, \
                 atomic_paths(*finals) as temps:
-            source = resolved.source(Path(work))
+            source = make_source(Path(work))
             source.validation, source.max_drop = checking.data, checking.max_drop
             exporter(source, spec_out, temps[0], precision=precision, calibration=calibration,
                      options=backend_options)
             if check and precision != "int8":
                 report_check(check_against_reference(temps[0], source), spec_out)
             if check and precision == "int8":
-                check_int8(temps[0], out.name, source, calibration, strict)
+                # a QAT artifact is shown next to the PTQ one of the same format and target
+                alongside = {} if student is None else {
+                    "PTQ, same target and images": ptq_twin(
+                        student, fmt, Path(work), given, calib_size or DEFAULT_CALIB_SIZE)}
+                check_int8(temps[0], out.name, source, calibration, strict, alongside)
     except OSError as e:
         if e.errno not in _WRITE_ERRNOS:
             raise
@@ -149,6 +193,12 @@ def _refuse_unused(precision: str, calib: Any, calib_size: int | None, check: bo
                                      "it; give one of them")
 
 
+def _is_folder(out: Path, fmt: Format) -> bool:
+    """-o names an existing folder (not one named like an artifact): the default file name is
+    written in it (so does --to a,b with -o DIR)."""
+    return out.is_dir() and out.suffix.lower() not in fmt.suffixes
+
+
 def check_output(out: Path, fmt: Format) -> None:
     """The artifact can be written at `out`: the format's suffix, not a folder, in a folder
     (or one that can be made) this process can write in. Nothing is created here (the
@@ -174,11 +224,14 @@ def check_output(out: Path, fmt: Format) -> None:
             from None
 
 
-def check_int8(path: Path, name: str, source: ExportSource, calibration, strict: bool) -> None:
+def check_int8(path: Path, name: str, source: ExportSource, calibration, strict: bool,
+               alongside: dict[str, Path] | None = None) -> None:
     """Parity of a fresh INT8 artifact against the source's reference (the torch module, or
     the FP32 ONNX file the source is) on the held-out images its recipe was judged on, opened
     as its recipe was measured (e.g. with exact kernels for a VNNI target made on an AVX2
-    CPU); loud on failure, fatal with strict."""
+    CPU); loud on failure, fatal with strict. The artifacts `alongside` (by the name to
+    show) share its table, for comparison; only the fresh one is judged."""
+    alongside = alongside or {}
     from edgecls.errors import ParityFailedError
     from edgecls.verification import parity
     spec = source.spec
@@ -194,16 +247,36 @@ def check_int8(path: Path, name: str, source: ExportSource, calibration, strict:
     fmt = format_for_path(path)
     recipe = fmt.read_spec(path).quantization or {}
     measured_with = recipe.get("search", {}).get("measured_with", {})
-    report = parity([path], data=held_out.images, reference=source.reference, reference_spec=spec,
-                    max_drop=source.max_drop, sqnr=False, progress=False,
-                    device=fmt.default_device(), options=measured_with)
-    report.results[0].name = name
+    report = parity([path, *alongside.values()], data=held_out.images,
+                    reference=source.reference, reference_spec=spec, max_drop=source.max_drop,
+                    sqnr=False, progress=False, device=fmt.default_device(),
+                    options=measured_with)
+    for result, shown in zip(report.results, [name, *alongside]):
+        result.name = shown
     report.print()
-    if not report:
-        message = f"INT8 parity failed: {'; '.join(report.failures)}"
+    if not report.results[0].passed:
+        message = f"INT8 parity failed: {'; '.join(report.results[0].failures)}"
         if strict:
             raise ParityFailedError(message + " (--strict: nothing was written)")
         log.error("%s - the artifact is written anyway; inspect it with `edgecls parity`", message)
+
+
+def refuse_ptq_options(options: ExportOptions, fmt: Format) -> None:
+    """A QAT student's quantization is trained: the options of a PTQ recipe do not apply."""
+    given = [d.flag for d in options.given() if d.int8_only]
+    if given:
+        raise UnsupportedOptionError(f"{', '.join(given)}: a QAT student's quantization is "
+                                     f"trained; {fmt.name}'s PTQ options do not apply to it")
+
+
+def ptq_twin(student, fmt: Format, work: Path, options: dict[str, Any], calib_size: int) -> Path:
+    """The PTQ artifact of the same format, target and images that a QAT artifact is compared
+    with: the teacher calibrated on the student's training images."""
+    from edgecls.qat_training.comparison import ptq_options
+    out = default_output(student.spec, fmt, "int8-ptq", work / "ptq")
+    return export(student.teacher, to=fmt.name, out=out, precision="int8", spec=student.spec,
+                  calib=student.calibration(), calib_size=calib_size, check=False,
+                  options={**ptq_options(student, fmt), **options})
 
 
 @dataclass

@@ -6,7 +6,9 @@ search and the final parity check).
 
 Model sources (zoo names, timm:/torchvision: names, .pt2 programs, factories, ONNX files)
 are resolved into one by edgecls.source_kinds; an FP32 ONNX file gives an OnnxFileSource
-(source_kinds/onnx_file.py), whose model is None and whose reference is that file.
+(source_kinds/onnx_file.py), whose model is None and whose reference is that file. For a
+quantization-aware trained student, the model is the QATStudent and its QDQ ONNX plays the
+FP32 ONNX's part.
 """
 from __future__ import annotations
 
@@ -29,8 +31,26 @@ class ExportSource:
     max_drop: float | None = None          # --max-drop: the INT8 tolerance, in points
     _onnx: Path | None = field(default=None, repr=False)
     _held_out: Any = field(default=None, repr=False)
+    _qat_onnx: Path | None = field(default=None, repr=False)
     #: what runs the reference (parity reports it)
     reference_backend: ClassVar[str] = "pytorch"
+
+    @property
+    def student(self):
+        """The QATStudent being exported (its scales are trained: nothing to calibrate), or
+        None for a plain FP32 model."""
+        from edgecls.qat_training.student import QATStudent
+        return self.model if isinstance(self.model, QATStudent) else None
+
+    def qat_onnx(self) -> Path:
+        """The student's QDQ ONNX (ONNX Runtime, OpenVINO and TensorRT start from it), made once."""
+        from edgecls.backends.onnx.export import export_qat
+        if self._qat_onnx is None:
+            path = self.workdir / f"{self.spec.name}.qat.onnx"
+            export_qat(self.student, self.spec.derive(format="onnx", precision="int8",
+                                                      tools=dict(self.spec.tools)), path)
+            self._qat_onnx = path
+        return self._qat_onnx
 
     def has_onnx(self) -> bool:
         return self._onnx is not None
@@ -49,13 +69,14 @@ class ExportSource:
     # -- the reference: what every artifact made from this source is compared with ---------
     @property
     def reference(self) -> Any:
-        """The torch module; what parity(reference=...) and the INT8 check take."""
-        return self.model
+        """The torch module (a QAT student's teacher); what parity(reference=...) and the
+        INT8 check take."""
+        return self.student.teacher if self.student is not None else self.model
 
     def reference_session(self, device: str | None = None, threads: int | None = None):
         """A Session running the reference (fed as its .spec says)."""
         from edgecls.backends.torch.runtime import TorchSession
-        return TorchSession.of_module(self.model, self.spec, device, threads)
+        return TorchSession.of_module(self.reference, self.spec, device, threads)
 
     def reference_logits(self, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
         """The reference's logits for N x H x W x 3 uint8 crops (resize_crop's output)."""

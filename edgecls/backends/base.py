@@ -96,6 +96,10 @@ class ExportOptions:
         options.check(precision)
         return options
 
+    def given(self) -> list[Declared]:
+        """The options that were set (not None, False or empty)."""
+        return [d for d in self.declared() if not _absent(getattr(self, d.name))]
+
     def check(self, precision: str) -> None:
         """The backend's rules on values (choices, ranges, combinations with the precision):
         UnsupportedOptionError before any model is built."""

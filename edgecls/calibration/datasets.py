@@ -2,8 +2,10 @@
 
 A source is a folder (ImageFolder layout = labelled, flat = unlabelled) or a built-in
 offline set: `photos` (photos bundled with scikit-image / scikit-learn / matplotlib, plus
-deterministic crops and flips of them; unlabelled) and `digits` (scikit-learn's 1797
-labelled 8x8 digits). Subsets are deterministic and class-stratified; calibration and
+deterministic crops and flips of them; unlabelled), `photos-all` (the same with the three
+other natural colour photos those packages ship, for quantization-aware training, which
+must validate on photos it never trained on) and `digits` (scikit-learn's 1797 labelled
+8x8 digits). Subsets are deterministic and class-stratified; calibration and
 validation subsets of one source are disjoint, and overlap between two sources is found
 by content hash.
 """
@@ -21,7 +23,7 @@ from edgecls.errors import DataError
 from edgecls.spec import ModelSpec
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-BUILTIN = ("photos", "digits")
+BUILTIN = ("photos", "photos-all", "digits")
 
 
 @dataclass(frozen=True)
@@ -174,8 +176,8 @@ def load_part(source: Any, spec: ModelSpec | None, part: str,
     (subsets are drawn from it by the caller)."""
     if isinstance(source, ImageSet):
         return source
-    if str(source) == "photos":
-        return photos_split(part)
+    if str(source) in _PHOTO_SETS:
+        return photos_split(part, str(source))
     return ImageSet.load(source, spec, max_pixels)
 
 
@@ -245,8 +247,10 @@ def _map_classes(folders: list[str], spec: ModelSpec | None) -> dict[str, int]:
 
 
 # -- built-in offline sets ----------------------------------------------------------------
-def _photo_loaders() -> dict[str, Callable[[], np.ndarray]]:
-    """Real photos that ship inside installed packages (no download)."""
+def _photo_loaders(extended: bool = False) -> dict[str, Callable[[], np.ndarray]]:
+    """Real photos that ship inside installed packages (no download). `photos` is fixed
+    (the INT8 recipes are judged on it); `extended` adds the other natural colour photos
+    (matplotlib's logos and colour wheel are drawings, not photos)."""
     loaders: dict[str, Callable[[], np.ndarray]] = {}
     try:
         import skimage.data as skd
@@ -266,8 +270,18 @@ def _photo_loaders() -> dict[str, Callable[[], np.ndarray]]:
         import matplotlib.cbook as cbook
         loaders["grace_hopper"] = lambda: load_rgb(cbook.get_sample_data("grace_hopper.jpg",
                                                                          asfileobj=False))
+        if extended:
+            loaders["minduka_present"] = lambda: load_rgb(cbook.get_sample_data(
+                "Minduka_Present_Blue_Pack.png", asfileobj=False))
     except ImportError:
         pass
+    if extended:
+        try:
+            import skimage.data as skd
+            for name in ("immunohistochemistry", "retina"):
+                loaders[name] = getattr(skd, name)
+        except ImportError:
+            pass
     if not loaders:
         raise DataError("the built-in `photos` need scikit-image, scikit-learn or matplotlib: "
                         "pip install 'edgecls[data]'")
@@ -299,20 +313,28 @@ def _view(load: Callable[[], np.ndarray], top: float, left: float, size: float, 
     return make
 
 
-def photos() -> ImageSet:
-    """Every bundled photo in 12 deterministic views (crops, flips): 100+ real images."""
+def photos(name: str = "photos") -> ImageSet:
+    """Every bundled photo in 12 deterministic views (crops, flips): 100+ real images.
+    Keys are "photos:<photo>:<view>", so that views of one photo can be kept together."""
     items = []
-    for name, load in _photo_loaders().items():
+    for photo, load in _photo_loaders(extended=_PHOTO_SETS[name]).items():
         for v, (top, left, size, flip) in enumerate(_VIEWS):
-            items.append(Item(f"photos:{name}:{v}", None, _view(load, top, left, size, flip)))
-    return ImageSet("photos", items)
+            items.append(Item(f"photos:{photo}:{v}", None, _view(load, top, left, size, flip)))
+    return ImageSet(name, items)
 
 
-def photos_split(part: str) -> ImageSet:
-    """Disjoint halves of `photos`: even views calibrate, odd views validate."""
+def photos_split(part: str, name: str = "photos") -> ImageSet:
+    """Disjoint halves of a photo set: even views calibrate, odd views validate. Both halves
+    show the same photos: fine for calibration, leakage for anything that trains."""
     keep = 0 if part == "calib" else 1
-    full = photos()
-    return ImageSet(f"photos-{part}", [i for i in full.items if int(i.key.rsplit(":", 1)[1]) % 2 == keep])
+    full = photos(name)
+    return ImageSet(f"{name}-{part}", [i for i in full.items if int(i.key.rsplit(":", 1)[1]) % 2 == keep])
+
+
+def photo_of(item: Item) -> str:
+    """The photo an image shows: its view's photo for the built-in photo sets ("photos:
+    chelsea:3" -> "photos:chelsea"), else the image itself (one file, one photo)."""
+    return item.key.rsplit(":", 1)[0] if item.key.startswith("photos:") else item.key
 
 
 def digits() -> ImageSet:
@@ -328,4 +350,7 @@ def digits() -> ImageSet:
                     [str(i) for i in range(10)])
 
 
-_BUILTIN_LOADERS: dict[str, Callable[[], ImageSet]] = {"photos": photos, "digits": digits}
+#: built-in photo sets -> whether they include the extended photos
+_PHOTO_SETS = {"photos": False, "photos-all": True}
+_BUILTIN_LOADERS: dict[str, Callable[[], ImageSet]] = {
+    "photos": photos, "photos-all": lambda: photos("photos-all"), "digits": digits}

@@ -32,6 +32,15 @@ def export_fp32(model, spec: ModelSpec, out: Path, opset: int = DEFAULT_OPSET) -
     write_spec(out, spec)
 
 
+def export_qat(student, spec: ModelSpec, out: Path, opset: int = DEFAULT_OPSET) -> None:
+    """A QAT student as QDQ ONNX: convert_pt2e folds the weights into int8 tensors, and the
+    dynamo exporter (with its optimizer) keeps them as int8 initializers feeding
+    DequantizeLinear, per channel (onnxscript >= 0.7.1), with the trained activation scales
+    on QuantizeLinear / DequantizeLinear pairs."""
+    student.record(spec, "onnx")
+    export_fp32(student.converted(fold_quantize=True), spec, out, opset)
+
+
 def export_fp16(fp32_path: Path, spec: ModelSpec, out: Path) -> None:
     """FP16 weights and compute, float32 inputs and outputs (Cast nodes at the edges)."""
     import onnx
@@ -52,9 +61,12 @@ def export_fp16(fp32_path: Path, spec: ModelSpec, out: Path) -> None:
 def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
            options: OnnxOptions) -> None:
     """The format table's exporter for "onnx". Every precision starts from the source's FP32
-    ONNX (exported from torch at --opset, or the ONNX file the source is)."""
+    ONNX (exported from torch at --opset, or the ONNX file the source is); a QAT student
+    from its own QDQ graph."""
     opset = options.opset
-    if precision == "fp32":
+    if source.student is not None:       # QAT: the trained scales, nothing to calibrate
+        export_qat(source.student, spec, out, opset or DEFAULT_OPSET)
+    elif precision == "fp32":
         import onnx
         shutil.copyfile(source.onnx(opset), out)
         spec.tools.update(onnx=onnx.__version__, opset=str(source.onnx_opset))

@@ -32,8 +32,14 @@ COMPRESS_TO_FP16 = {"fp32": False, "fp16": True, "int8": False}
 def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
            options: OpenVINOOptions) -> None:
     """The format table's exporter for "openvino": writes `out` and out.with_suffix(".bin")."""
-    model, spec.exported_from = convert(source, spec)
     finish = functools.partial(_finish, precision=precision, options=options)
+    if source.student is not None:   # QAT: the QDQ ONNX's trained scales become FakeQuantize
+        import openvino as ov
+        model, spec.exported_from = ov.convert_model(str(source.qat_onnx())), "onnx"
+        source.student.record(spec, "openvino")
+        finish(model, spec, out)
+        return
+    model, spec.exported_from = convert(source, spec)
     if precision != "int8":
         finish(model, spec, out)
         return
