@@ -191,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("export", help="export (and quantize) a model to an artifact")
     s.add_argument("model", help="a zoo name (see `edgecls models`)")
-    s.add_argument("--to", default="onnx", choices=[n for n, f in FORMATS.items() if f.exporter])
+    s.add_argument("--to", default="onnx", choices=[n for n, f in FORMATS.items() if f.exporter]
+                   + ["best"], help="a format, or best: the fastest artifact on this machine "
+                   "within tolerance, of every installed backend")
     s.add_argument("-o", "--output", help="artifact path (default out/<model>[.<precision>].<ext>)")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--fp16", action="store_true", help="FP16 weights/compute")

@@ -54,8 +54,15 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
            labels: list[str] | None = None, calib: Any = None, calib_size: int = 300,
            check: bool = True, options: dict[str, Any] | None = None,
            spec: ModelSpec | None = None, strict: bool = False) -> Path:
-    """Export a zoo model (by name) or a torch module (with `spec`) to one artifact."""
+    """Export a zoo model (by name) or a torch module (with `spec`) to one artifact;
+    `to="best"`: the fastest within tolerance of every backend installed (edgecls.best)."""
     from edgecls import zoo
+    from edgecls.best import BEST
+    if to == BEST:
+        from edgecls.best import export_best
+        return export_best(model, out, precision=precision, weights=weights,
+                           num_classes=num_classes, labels=labels, calib=calib,
+                           calib_size=calib_size, options=options, spec=spec)
 
     fmt = get_format(to)
     fmt.check_precision(precision)

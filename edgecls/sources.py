@@ -38,15 +38,19 @@ class ExportSource:
             self._onnx, self.onnx_opset = path, opset
         return self._onnx
 
-    def held_out(self, calibration) -> Any:
+    def held_out(self, calibration=None) -> Any:
         """search.HeldOut: --data, or what the calibration source has left (never a
         calibration image), with the FP32 model's logits; None when there is nothing to
-        judge on, or when random weights (--weights none) would make agreement meaningless."""
+        judge on, or when random weights (--weights none) would make agreement meaningless.
+        Without calibration (FP32/FP16 candidates of `--to best`): --data alone."""
         if self._held_out is None and self.spec.trained:
             from edgecls.backends.torch.runtime import TorchSession
+            from edgecls.calibration.datasets import load_part
             from edgecls.calibration.preprocess import to_model_input
             from edgecls.search import HeldOut
-            images = calibration.held_out(self.validation, self.spec)
+            images = (calibration.held_out(self.validation, self.spec) if calibration is not None
+                      else None if self.validation is None
+                      else load_part(self.validation, self.spec, "val").subset(500))
             if images is not None and len(images):
                 pixels = images.crops(self.spec)
                 with TorchSession.of_module(self.model, self.spec) as reference:

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgecls.calibration.datasets import BUILTIN
-from edgecls.errors import DataError, MissingDependencyError, UnsupportedOptionError
+from edgecls.errors import DataError, MissingDependencyError, UnsupportedOptionError, one_line
 from edgecls.sweep.cache import Cache
 from edgecls.sweep.plan import Cell, Model, cells, export_key, models_of, parity_key, timing_key
-from edgecls.sweep.work import Packed, Settings, build, error_line, time_artifact
+from edgecls.sweep.work import Packed, Settings, build, time_artifact
 
 log = logging.getLogger("edgecls")
 
@@ -86,7 +86,9 @@ def sweep(models: Sequence[Any] = (), to: Sequence[str] = ("onnx",),
             if started:
                 ray.shutdown()
     table = SweepTable.of(results, cache, {"threads": threads, "batch": batch,
-                                           "seconds": seconds, "where": where})
+                                           "seconds": seconds, "where": where,
+                                           "cells_run": len(todo),
+                                           "cells_cached": len(results) - len(todo)})
     table.write(Path(out))
     return table
 
@@ -144,7 +146,7 @@ def _store(ray, r: CellResult, stage: str, ref, files, cache: Cache) -> None:
     try:
         value = ray.get(ref)
     except Exception as e:       # the worker died (a crash, out of memory): the cell's error
-        value = {"error": error_line(getattr(e, "cause", None) or e)}
+        value = {"error": one_line(getattr(e, "cause", None) or e)}
     if value is None:            # the export was cached; only its parity ran
         return
     setattr(r, stage, value)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecls.errors import EdgeclsError, first_line
+from edgecls.errors import one_line
 from edgecls.sweep.plan import Cell, Model
 
 #: what parity runs on when no --data is given (ImageNet photos; agreement only)
@@ -53,10 +53,6 @@ class Packed:
         return root
 
 
-def error_line(e: BaseException) -> str:
-    return first_line(e) if isinstance(e, EdgeclsError) else f"{type(e).__name__}: {first_line(e)}"
-
-
 def build(cell: Cell, model: Model, settings: Settings, files: dict[str, bytes] | None,
           name: str | None, parity: bool) -> tuple[dict[str, bytes] | None, dict[str, Any] | None,
                                                    dict[str, Any] | None]:
@@ -67,7 +63,7 @@ def build(cell: Cell, model: Model, settings: Settings, files: dict[str, bytes] 
         try:
             torch_model, spec = _torch_model(model, settings.weights)
         except Exception as e:      # a model that cannot be built fails its cells only
-            return None, {"error": error_line(e)}, None
+            return None, {"error": one_line(e)}, None
         made = None
         if files is None:
             made = _export(cell, torch_model, spec, settings, work)
@@ -92,7 +88,7 @@ def time_artifact(files: dict[str, bytes] | None, name: str | None,
             return measure(Path(tmp) / name, threads=settings.threads, batch=settings.batch,
                            seconds=settings.seconds).to_dict()
         except Exception as e:
-            return {"error": error_line(e)}
+            return {"error": one_line(e)}
 
 
 # -- the steps ---------------------------------------------------------------------------------
@@ -116,7 +112,7 @@ def _export(cell: Cell, torch_model, spec, settings: Settings, work: Path) -> di
                calib=calib, calib_size=settings.calib_size,
                options={"calib_method": cell.recipe} if cell.recipe else {})
     except Exception as e:
-        return {"error": error_line(e)}
+        return {"error": one_line(e)}
     made = read_spec(out)
     search = (made.quantization or {}).get("search", {})
     return {"artifact": out.name, "export_s": round(time.perf_counter() - started, 1),
@@ -133,7 +129,7 @@ def _parity(path: Path, torch_model, spec, settings: Settings, work: Path) -> di
         report = parity([path], data=data, reference=torch_model, reference_spec=spec,
                         max_drop=settings.max_drop, sqnr=False, progress=False)
     except Exception as e:
-        return {"error": error_line(e)}
+        return {"error": one_line(e)}
     r, ref = report.results[0], report.reference
     return {"data": report.data["name"], "n": r.n, "labelled": report.data["labelled"],
             "top1": r.top1, "top1_ci": r.top1_ci, "top5": r.top5, "top5_ci": r.top5_ci,
