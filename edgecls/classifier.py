@@ -3,6 +3,7 @@
     clf = Classifier("model.onnx", device="cpu")
     clf.predict("cat.jpg")            # [Prediction(label, index, score), ...] best first
     clf.predict([img1, img2])         # one list per image
+    for preds in clf.predict_iter(paths, workers=2): ...   # decoding overlaps inference
 
 Reads the ModelSpec embedded in the artifact, preprocesses exactly as it says (the shared
 edgecls.calibration.preprocess), runs the backend session, softmax, top-k. Thread-safe:
@@ -10,13 +11,15 @@ sessions that are not (TFLite's Interpreter) are serialised by Session.run's loc
 """
 from __future__ import annotations
 
+import collections
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
 from edgecls.backends.base import Session
-from edgecls.calibration.preprocess import preprocess
+from edgecls.calibration.preprocess import model_input_dtype, preprocess, preprocess_into
 from edgecls.formats import open_session
 
 
@@ -56,6 +59,38 @@ class Classifier:
         probs = self.probabilities(images)
         results = [self._top(p, k) for p in probs]
         return results if _is_many(images) else results[0]
+
+    def predict_iter(self, images: Iterable[Any], workers: int = 2, topk: int | None = None,
+                     batch_size: int | None = None) -> Iterator[list[Prediction]]:
+        """Top-k predictions for each image, in order, as they are ready. `workers` threads
+        decode and preprocess (OpenCV and numpy release the GIL) straight into the next
+        batches while the runtime infers the current one; at most two batches are read
+        ahead, so memory stays flat on any number of images."""
+        k = self.topk if topk is None else topk
+        size = batch_size or self.batch_size
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            ahead: collections.deque = collections.deque()
+            source = iter(images)
+            while True:
+                while len(ahead) < 2 and self._submit_batch(pool, source, size, ahead):
+                    pass
+                if not ahead:
+                    return
+                batch, jobs = ahead.popleft()
+                for job in jobs:
+                    job.result()               # re-raises a worker's ImageReadError here
+                logits = self.session.run(batch)
+                probs = logits if self.spec.output == "probabilities" else softmax(logits)
+                yield from (self._top(p, k) for p in probs)
+
+    def _submit_batch(self, pool, source: Iterator[Any], size: int, ahead) -> bool:
+        chunk = [image for _, image in zip(range(size), source)]
+        if not chunk:
+            return False
+        batch = np.empty(self.spec.input_shape(len(chunk)), model_input_dtype(self.spec))
+        ahead.append((batch, [pool.submit(preprocess_into, image, self.spec, batch[i:i + 1])
+                              for i, image in enumerate(chunk)]))
+        return True
 
     def _top(self, probs: np.ndarray, k: int) -> list[Prediction]:
         idx = np.argsort(-probs, kind="stable")[:k]

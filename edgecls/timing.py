@@ -119,6 +119,14 @@ def disk_mb(path: Path, companions: Sequence[str] = ()) -> float:
 
 
 def _rss_mb() -> float:
+    """The RSS now, after resetting the process's high-water mark where Linux allows it
+    (clear_refs 5), so that the peak read later is this measurement's own and not one left
+    by whatever started the process."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
@@ -127,8 +135,12 @@ def _rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024   # bytes vs KiB
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024   # bytes vs KiB
 
 
 def in_subprocess(path: str | Path, *, threads: int | None = None, batch: int = 8,

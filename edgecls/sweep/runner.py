@@ -13,6 +13,7 @@ a repeated one skips what is done. A failing cell records its one-line error.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ log = logging.getLogger("edgecls")
 TIMING_RESOURCE = "edgecls_timing"
 #: the local Ray's shared-memory store: artifacts pass through it one or two at a time
 OBJECT_STORE_BYTES = 512 * 2 ** 20
+#: cells one build worker exports before it is replaced (converters keep memory)
+BUILDS_PER_WORKER = 8
 
 
 @dataclass
@@ -113,11 +116,12 @@ def _from_cache(cell: Cell, models: list[Model], cache: Cache, weights, calib, c
 def _run(ray, todo: list[CellResult], models: dict[str, Model], settings: Settings,
          cache: Cache, progress: bool) -> None:
     """Submit every unfinished stage; store each result as it arrives."""
-    # max_calls=1: a fresh worker process per task, so no runtime or converter state
-    # lingers from one cell into the next
-    build_task = ray.remote(num_cpus=1, num_returns=3, max_calls=1)(_build_task)
+    # a timing gets a fresh worker process (max_calls=1): no other runtime loaded beside it;
+    # a build worker is reused a few times (importing torch again for every cell is slow)
+    build_task = ray.remote(num_cpus=1, num_returns=3, max_calls=BUILDS_PER_WORKER)(_build_task)
     time_task = ray.remote(num_cpus=settings.threads, max_calls=1,
                            resources={TIMING_RESOURCE: 1})(_time_task)
+    models = {name: _portable(ray, m) for name, m in models.items()}
     pending: dict[Any, tuple[CellResult, str, Any]] = {}
     for r in todo:
         files = None if r.export is None else ray.put(cache.files(r.keys["export"]))
@@ -153,6 +157,14 @@ def _store(ray, r: CellResult, stage: str, ref, files, cache: Cache) -> None:
     if stage == "export" and "error" not in value:
         cache.put_files(r.keys["export"], ray.get(files))
     cache.put(stage, r.keys[stage], value)
+
+
+def _portable(ray, model: Model) -> Model:
+    """A torch module travels pickled and is unpickled by work.py after torchvision's shim:
+    unpickling a torchvision model in a fresh worker would import torchvision unshimmed."""
+    if model.module is None:
+        return model
+    return dataclasses.replace(model, module=ray.cloudpickle.dumps(model.module))
 
 
 def _build_task(cell, model, settings, files, name, parity):

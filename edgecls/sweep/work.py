@@ -93,6 +93,12 @@ def time_artifact(files: dict[str, bytes] | None, name: str | None,
 
 # -- the steps ---------------------------------------------------------------------------------
 def _torch_model(model: Model, weights: str):
+    if isinstance(model.module, bytes):          # pickled by the runner (see _portable)
+        import pickle
+
+        from edgecls.zoo.torchvision_shim import import_torchvision
+        import_torchvision()
+        return pickle.loads(model.module).eval(), model.spec
     if model.module is not None:
         return model.module.eval(), model.spec
     from edgecls import zoo
