@@ -29,13 +29,13 @@ BEST = "best"
 SECONDS = 2.0
 
 
-def candidates(precision: str) -> list[Format]:
-    """The formats that can make `precision`, run on this CPU, are installed, and can carry
-    the record of the choice in their spec."""
+def candidates(precision: str, names: list[str] | None = None) -> list[Format]:
+    """The formats (of `names`, or all) that can make `precision`, run on this CPU, are
+    installed, and can carry the record of the choice in their spec."""
     found = []
     for fmt in FORMATS.values():
         if not (fmt.exporter and precision in fmt.precisions and "cpu" in fmt.devices
-                and fmt.available()):
+                and fmt.available() and (names is None or fmt.name in names)):
             continue
         try:
             fmt.load_exporter()
@@ -66,7 +66,7 @@ def export_best(model: Any, out: str | Path | None = None, *, precision: str = "
 
     given = dict(options or {})
     data, max_drop = given.pop("data", None), given.pop("max_drop", None)
-    chosen = [f for f in candidates(precision) if formats is None or f.name in formats]
+    chosen = candidates(precision, formats)
     if not chosen:
         raise UnsupportedOptionError(f"--to best: no installed backend can make {precision} "
                                      "artifacts that run on this CPU (`edgecls formats`)")

@@ -29,6 +29,7 @@ def _plots(rows: list[Row]) -> list[tuple[str, str]]:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter
     except ImportError:
         log.warning("matplotlib is not installed: the sweep page has no plots "
                     "(pip install 'edgecls[report]')")
@@ -53,6 +54,7 @@ def _plots(rows: list[Row]) -> list[tuple[str, str]]:
                 if r.precision == precision:
                     ax.annotate(r.model, (r.timing["p50_ms"], 100 * r.accuracy), fontsize=6)
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())    # no crowded minor labels
             ax.set_xlabel("batch-1 p50 latency, ms (log)")
             ax.set_title(precision)
             ax.legend(fontsize=7)

@@ -1,9 +1,9 @@
 """`edgecls sweep`: models x formats x precisions (x calibration recipes) on Ray.
 
 Each cell is two Ray tasks: build (export + parity; one CPU, many at once) and time (the
-artifact alone; in a fresh worker process that exits after it, with `threads` CPUs and the
-node's one `edgecls_timing` resource, so timings never overlap each other or, on the
-CPUs they hold, an export). `ray.init()` starts a local Ray by default; `address` joins a
+artifact alone, in a fresh Python process, while the task holds `threads` CPUs and the
+node's one `edgecls_timing` resource, so timings never overlap each other or, on the CPUs
+they hold, an export). `ray.init()` starts a local Ray by default; `address` joins a
 cluster, whose nodes must each declare the timing resource:
 
     ray start --address HEAD:6379 --resources '{"edgecls_timing": 1}'
@@ -116,11 +116,9 @@ def _from_cache(cell: Cell, models: list[Model], cache: Cache, weights, calib, c
 def _run(ray, todo: list[CellResult], models: dict[str, Model], settings: Settings,
          cache: Cache, progress: bool) -> None:
     """Submit every unfinished stage; store each result as it arrives."""
-    # a timing gets a fresh worker process (max_calls=1): no other runtime loaded beside it;
     # a build worker is reused a few times (importing torch again for every cell is slow)
-    build_task = ray.remote(num_cpus=1, num_returns=3, max_calls=BUILDS_PER_WORKER)(_build_task)
-    time_task = ray.remote(num_cpus=settings.threads, max_calls=1,
-                           resources={TIMING_RESOURCE: 1})(_time_task)
+    build_task = ray.remote(num_cpus=1, num_returns=3, max_calls=BUILDS_PER_WORKER)(build)
+    time_task = ray.remote(num_cpus=settings.threads, resources={TIMING_RESOURCE: 1})(_time_task)
     models = {name: _portable(ray, m) for name, m in models.items()}
     pending: dict[Any, tuple[CellResult, str, Any]] = {}
     for r in todo:
@@ -165,10 +163,6 @@ def _portable(ray, model: Model) -> Model:
     if model.module is None:
         return model
     return dataclasses.replace(model, module=ray.cloudpickle.dumps(model.module))
-
-
-def _build_task(cell, model, settings, files, name, parity):
-    return build(cell, model, settings, files, name, parity)
 
 
 def _time_task(files, made, settings) -> dict[str, Any]:

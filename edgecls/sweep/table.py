@@ -103,6 +103,8 @@ class SweepTable:
     @classmethod
     def of(cls, results, cache, settings: dict[str, Any]) -> "SweepTable":
         rows = [_row(r, cache) for r in results]
+        families = list(dict.fromkeys(r.family for r in rows))
+        rows.sort(key=lambda r: families.index(r.family))     # family rows (a stable sort)
         machines = {machine_name(r.timing["machine"]): r.timing["machine"]
                     for r in rows if r.timing}
         base = {(r.model, r.machine): r for r in rows if (r.format, r.precision) == BASELINE}

@@ -2,7 +2,9 @@
 
     build(cell)   export (unless its artifact is given) and parity against the PyTorch model;
                   the artifact's files travel back as bytes, so nodes need no shared disk
-    time(files)   the artifact alone in this process (edgecls.timing)
+    time(files)   the artifact alone in a fresh Python process (edgecls.timing): Ray reuses
+                  worker processes across functions, and one that exported before holds
+                  the libraries (and OpenVINO's thread pool) of every backend it touched
 
 Neither raises for a failing cell: the error becomes the cell's one-line result, and the
 sweep goes on.
@@ -81,12 +83,12 @@ def time_artifact(files: dict[str, bytes] | None, name: str | None,
                   settings: Settings) -> dict[str, Any]:
     if not files:
         return {"error": "no artifact to time (its export failed)"}
-    from edgecls.timing import measure
+    from edgecls.timing import in_subprocess
     with tempfile.TemporaryDirectory(prefix="edgecls-time-") as tmp:
         _write(files, Path(tmp))
         try:
-            return measure(Path(tmp) / name, threads=settings.threads, batch=settings.batch,
-                           seconds=settings.seconds).to_dict()
+            return in_subprocess(Path(tmp) / name, threads=settings.threads,
+                                 batch=settings.batch, seconds=settings.seconds).to_dict()
         except Exception as e:
             return {"error": one_line(e)}
 
