@@ -229,3 +229,15 @@ def test_timing_samples_until_the_median_is_stable():
     times, stable = sample(lambda: time.sleep(0.002), seconds=0.05)
     assert len(times) >= MIN_RUNS and all(t >= 0.002 for t in times)
     assert stable == (median_halfwidth(times) <= 0.02)
+
+
+def test_packed_folders_travel_whole(digits_folders, tmp_path):
+    """--data/--calib folders sent to cluster nodes that cannot see them."""
+    from edgecls.calibration.datasets import ImageSet
+    from edgecls.sweep.plan import source_digest
+    from edgecls.sweep.work import Packed
+    _, val = digits_folders
+    copy = Packed.of(val).unpack(tmp_path)
+    assert source_digest(copy) == source_digest(val)
+    original, moved = ImageSet.load(val), ImageSet.load(copy)
+    assert moved.labelled and [i.label for i in moved.items] == [i.label for i in original.items]
