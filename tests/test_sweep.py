@@ -122,7 +122,7 @@ def test_failing_cells_are_recorded_not_fatal(swept):
     table, _ = swept
     onnx = [r for r in table.rows if r.model == "untraceable" and r.format == "onnx"]
     assert len(onnx) == 2 and all(r in table.failed and r.timing is None for r in onnx)
-    note = next(n for n in onnx[0].notes if n.startswith("export:"))
+    note = next(n for n in onnx[0].errors if n.startswith("export:"))
     assert "TorchExportError" in note and "\n" not in note and "\x1b" not in note
     # OpenVINO converts by tracing (one branch taken): its cells of the same model go on,
     # timed, with no ratio to the ORT FP32 that failed

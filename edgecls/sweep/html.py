@@ -88,7 +88,7 @@ def render_html(table) -> str:
         parts.append(f"<h2>{e(machine or 'not timed')}</h2>")
         if info:
             parts.append(f"<p><code>edgecls hw</code>: {e(hw_line(info))}</p>")
-        body = ["<tr>" + "".join(f"<td{' class=fail' if c.key == 'notes' and r in table.failed else ''}>"
+        body = ["<tr>" + "".join(f"<td{' class=fail' if c.key == 'notes' and r.errors else ''}>"
                                  f"{e(c.cell(r))}</td>" for c in COLUMNS) + "</tr>" for r in rows]
         parts.append(_table([c.header for c in COLUMNS], body))
         for title, uri in _plots(rows):

@@ -35,6 +35,7 @@ class Row:
     timing: dict[str, Any] | None
     speedup: float | None = None    # ORT FP32's p50 / this p50, same model, same machine
     notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)     # "<stage>: <one line>"
 
     @property
     def machine(self) -> str:
@@ -90,7 +91,8 @@ COLUMNS = (
            lambda r: r.t("peak_rss_mb")),
     Column("ok", "ok", lambda r: {True: "yes", False: "NO", None: "-"}[r.passed],
            lambda r: r.passed),
-    Column("notes", "notes", lambda r: "; ".join(r.notes), lambda r: "; ".join(r.notes)),
+    Column("notes", "notes", lambda r: "; ".join(r.notes + r.errors),
+           lambda r: "; ".join(r.notes + r.errors)),
 )
 
 
@@ -122,8 +124,7 @@ class SweepTable:
 
     @property
     def failed(self) -> list[Row]:
-        return [r for r in self.rows if any(n.startswith(("export", "parity", "timing"))
-                                            for n in r.notes)]
+        return [r for r in self.rows if r.errors]
 
     # -- renderers ---------------------------------------------------------------------------
     def title(self) -> str:
@@ -192,7 +193,7 @@ class SweepTable:
                                                                        "notes") else "right")
             for r in rows:
                 table.add_row(*[c.cell(r) for c in COLUMNS],
-                              style="red" if r in self.failed else None)
+                              style="red" if r.errors else None)
             console.print(table)
 
 
@@ -221,9 +222,9 @@ def _row(result, cache) -> Row:
     notes = []
     if not c.requested:
         notes.append("baseline")
-    for stage, value in (("export", made), ("parity", checked), ("timing", timing or {})):
-        if "error" in value:
-            notes.append(f"{stage}: {value['error']}")
+    errors = [f"{stage}: {value['error']}" for stage, value
+              in (("export", made), ("parity", checked), ("timing", timing or {}))
+              if "error" in value]
     if "skipped" in checked or made.get("trained") is False:
         notes.append("random weights")
     if made.get("recipe") and c.precision == "int8":
@@ -234,7 +235,7 @@ def _row(result, cache) -> Row:
     return Row(c.family, c.model, c.resolution, c.format, c.precision, c.recipe, c.requested,
                str(artifact) if artifact else None, accuracy, tuple(ci) if ci else None,
                labelled, checked.get("top5") if labelled else None, drop, checked.get("passed"),
-               timing if timing and "error" not in timing else None, notes=notes)
+               timing if timing and "error" not in timing else None, notes=notes, errors=errors)
 
 
 __all__ = ["SweepTable", "Row", "COLUMNS", "machine_name"]
