@@ -25,6 +25,9 @@ _LAZY = {
     "read_spec": "edgecls.formats",
     "list_models": "edgecls.zoo",
     "FORMATS": "edgecls.formats",
+    # quantization-aware training (edgecls/qat_training/: a module named qat would shadow it)
+    "qat": "edgecls.qat_training.training",
+    "QATStudent": "edgecls.qat_training.student",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -51,38 +51,48 @@ def candidates(precision: str, names: list[str] | None = None) -> list[Format]:
 
 def export_best(model: Any, out: str | Path | None = None, *, precision: str = "fp32",
                 weights: str = "pretrained", num_classes: int | None = None,
-                labels: list[str] | None = None, calib: Any = None, calib_size: int = 300,
+                labels: list[str] | None = None, calib: Any = None, calib_size: int | None = None,
                 options: dict[str, Any] | None = None, spec: Any = None,
+                preprocessing: dict[str, Any] | None = None,
+                model_kwargs: dict[str, Any] | None = None, trust_remote_code: bool = False,
                 formats: list[str] | None = None, threads: int | None = None,
                 seconds: float = SECONDS, **_: Any) -> Path:
-    """Export `model` with every candidate backend, and write the fastest that meets the
-    tolerance to `out` (default out/<model>[.<precision>]<suffix of the winner>)."""
-    from edgecls import zoo
+    """Export the model source `model` (anything export() takes) with every candidate
+    backend, and write the fastest that meets the tolerance to `out` (default
+    out/<model>[.<precision>]<suffix of the winner>)."""
     from edgecls.calibration.datasets import CalibrationSet
-    from edgecls.exporting import export
-    from edgecls.sources import ExportSource
+    from edgecls.exporting import DEFAULT_CALIB_SIZE, export
+    from edgecls.preprocessing import PreprocessingOptions
+    from edgecls.source_kinds import SourceRequest, kind_of, resolve
     from edgecls.timing import in_subprocess
     from edgecls.verification import tolerance_for
 
     given = dict(options or {})
     data, max_drop = given.pop("data", None), given.pop("max_drop", None)
-    chosen = candidates(precision, formats)
+    starts = kind_of(model).input       # an ONNX file cannot become a TFLite model
+    chosen = [f for f in candidates(precision, formats) if starts in f.starts_from]
     if not chosen:
         raise UnsupportedOptionError(f"--to best: no installed backend can make {precision} "
-                                     "artifacts that run on this CPU (`edgecls formats`)")
+                                     "artifacts from this model that run on this CPU "
+                                     "(`edgecls formats`)")
     if precision == "int8" and calib is None:
         raise UnsupportedOptionError("--int8 needs calibration images: --calib DIR "
                                      "(or a built-in set: photos, digits)")
-    if isinstance(model, str):
-        torch_model, base = zoo.build(model, weights, num_classes, labels)
-    else:
-        torch_model, base = model.eval(), spec
-    calibration = (CalibrationSet.from_source(calib, base, size=calib_size)
+    source_args = dict(weights=weights, num_classes=num_classes, labels=labels, spec=spec,
+                       preprocessing=preprocessing, model_kwargs=model_kwargs,
+                       trust_remote_code=trust_remote_code)
+    resolved = resolve(model, SourceRequest(
+        weights=weights, num_classes=num_classes, labels=labels, kwargs=model_kwargs,
+        trust_remote_code=trust_remote_code, spec=spec,
+        preprocessing=PreprocessingOptions.of(preprocessing)))
+    base = resolved.spec
+    calibration = (CalibrationSet.from_source(calib, base, size=calib_size or DEFAULT_CALIB_SIZE)
                    if precision == "int8" else None)
     with tempfile.TemporaryDirectory(prefix="edgecls-best-") as tmp:
         work = Path(tmp)
-        source = ExportSource(torch_model, base, work, max_drop=max_drop,
-                              validation=data if data is not None or calibration else "photos")
+        source = resolved.source(work)
+        source.max_drop = max_drop
+        source.validation = data if data is not None or calibration else "photos"
         held_out = source.held_out(calibration)
         tolerance = (tolerance_for(precision, held_out.labels is not None, max_drop)
                      if held_out is not None else None)
@@ -93,9 +103,9 @@ def export_best(model: Any, out: str | Path | None = None, *, precision: str = "
             if precision == "int8":
                 own.update({"data": data, "max_drop": max_drop})
             path = work / fmt.name / f"{base.name}{fmt.suffixes[0]}"
-            try:
-                export(torch_model, spec=base, to=fmt.name, out=path, precision=precision,
-                       calib=calibration, options=own)
+            try:   # each candidate resolves the source again: its spec records the source
+                export(model, to=fmt.name, out=path, precision=precision, calib=calibration,
+                       options=own, **source_args)
                 trials.append(_trial(fmt, path, held_out, tolerance, baseline.p50_ms,
                                      threads, seconds))
             except Exception as e:    # one backend failing leaves the others in the race

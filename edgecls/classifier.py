@@ -19,7 +19,9 @@ from typing import Any, Iterable, Iterator, NamedTuple
 import numpy as np
 
 from edgecls.backends.base import Session
-from edgecls.calibration.preprocess import model_input_dtype, preprocess, preprocess_into
+from edgecls.calibration.preprocess import (max_pixels_setting, model_input_dtype, preprocess,
+                                            preprocess_into)
+from edgecls.errors import UnsupportedOptionError
 from edgecls.formats import open_session
 
 
@@ -37,7 +39,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 class Classifier:
     def __init__(self, path: str | Path, device: str | None = None, threads: int | None = None,
-                 topk: int = 5, batch_size: int = 16, **options: Any):
+                 topk: int = 5, batch_size: int = 16, max_pixels: int | None = None,
+                 **options: Any):
+        """`max_pixels`: images with more pixels are refused before they are decoded
+        (default: $EDGECLS_MAX_PIXELS, else edgecls.calibration.preprocess.MAX_PIXELS)."""
+        _whole("batch_size", batch_size)
+        self.max_pixels = None if max_pixels is None else max_pixels_setting(max_pixels)
         self.session: Session = open_session(path, device=device, threads=threads, **options)
         self.spec = self.session.spec
         self.topk = topk
@@ -48,14 +55,14 @@ class Classifier:
         batch = list(images) if _is_many(images) else [images]
         out = []
         for i in range(0, len(batch), self.batch_size):
-            x = preprocess(batch[i:i + self.batch_size], self.spec)
+            x = preprocess(batch[i:i + self.batch_size], self.spec, self.max_pixels)
             logits = self.session.run(x)
             out.append(logits if self.spec.output == "probabilities" else softmax(logits))
         return np.concatenate(out) if out else np.empty((0, self.spec.num_classes), np.float32)
 
     def predict(self, images: Any, topk: int | None = None):
         """Top-k predictions: a list for one image, a list of lists for several."""
-        k = self.topk if topk is None else topk
+        k = _whole("topk", self.topk if topk is None else topk)
         probs = self.probabilities(images)
         results = [self._top(p, k) for p in probs]
         return results if _is_many(images) else results[0]
@@ -66,9 +73,9 @@ class Classifier:
         decode and preprocess (OpenCV and numpy release the GIL) straight into the next
         batches while the runtime infers the current one; at most two batches are read
         ahead, so memory stays flat on any number of images."""
-        k = self.topk if topk is None else topk
-        size = batch_size or self.batch_size
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        k = _whole("topk", self.topk if topk is None else topk)
+        size = _whole("batch_size", batch_size or self.batch_size)
+        with ThreadPoolExecutor(max_workers=_whole("workers", workers)) as pool:
             ahead: collections.deque = collections.deque()
             source = iter(images)
             while True:
@@ -88,7 +95,8 @@ class Classifier:
         if not chunk:
             return False
         batch = np.empty(self.spec.input_shape(len(chunk)), model_input_dtype(self.spec))
-        ahead.append((batch, [pool.submit(preprocess_into, image, self.spec, batch[i:i + 1])
+        ahead.append((batch, [pool.submit(preprocess_into, image, self.spec, batch[i:i + 1],
+                                          self.max_pixels)
                               for i, image in enumerate(chunk)]))
         return True
 
@@ -114,3 +122,10 @@ def _is_many(images: Any) -> bool:
     if isinstance(images, np.ndarray):
         return images.ndim == 4
     return isinstance(images, (list, tuple))
+
+
+def _whole(name: str, value: Any) -> int:
+    """`value` when it is a whole number >= 1, else the one-line error naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UnsupportedOptionError(f"{name} must be a whole number >= 1, not {value!r}")
+    return value

@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from edgecls.backends.base import Declared
-from edgecls.errors import EdgeclsError
+from edgecls.errors import EdgeclsError, UnsupportedOptionError
 from edgecls.formats import DEVICES, FORMATS
 
 
@@ -30,12 +31,18 @@ def _console():
 def cmd_models(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from edgecls.source_kinds import KINDS
     from edgecls.zoo import list_models
-    table = Table("name", "family", "source", "input", "pretrained", "note")
+    table = Table("name", "family", "source", "input", "pretrained", "note", title="the zoo")
     for e in list_models():
         table.add_row(e.name, e.family, e.source, f"{e.input_size}", "yes" if e.pretrained else "no",
                       e.note)
     _console().print(table)
+    sources = Table("model source", "example", "what it is",
+                    title="what `edgecls export MODEL` takes (tried in this order)")
+    for kind in KINDS:
+        sources.add_row(kind.name, kind.example, kind.description)
+    _console().print(sources)
     return 0
 
 
@@ -52,16 +59,30 @@ def cmd_formats(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from edgecls.exporting import export
-    precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
+    from edgecls.exporting import export, options_for, output_for
+    from edgecls.source_kinds import parse_kwargs
+    precision = "int8" if args.int8 or args.qat else "fp16" if args.fp16 else "fp32"
     options = {name: getattr(args, name) for name in args.format_options}
+    preprocessing = {name: getattr(args, name) for name in args.preprocessing_options}
     from edgecls.zoo import read_labels
     labels = read_labels(Path(args.labels)) if args.labels else None
-    out = export(args.model, to=args.to, out=args.output, precision=precision,
-                 weights=args.weights, num_classes=args.num_classes, labels=labels,
-                 calib=args.calib, calib_size=args.calib_size, check=not args.no_check,
-                 options=options, strict=args.strict)
-    _console().print(f"[green]wrote[/green] {out}")
+    common = dict(weights=args.weights, num_classes=args.num_classes, labels=labels,
+                  calib=args.calib, calib_size=args.calib_size, check=not args.no_check,
+                  strict=args.strict, preprocessing=preprocessing,
+                  model_kwargs=parse_kwargs(args.kwargs), trust_remote_code=args.trust_remote_code)
+    if args.qat:
+        if args.fp16:
+            raise UnsupportedOptionError("--qat makes INT8 artifacts; it does not go with --fp16")
+        from edgecls.qat_training import export_with_qat
+        outs = export_with_qat(args.model, args.to, args.output, train=args.train,
+                               epochs=args.epochs, lr=args.lr, resume=args.resume,
+                               options=options, **common)
+    else:
+        outs = [export(args.model, to=fmt, out=output_for(args.output, args.to),
+                       precision=precision, options=options_for(fmt, options, args.to), **common)
+                for fmt in args.to]
+    for out in outs:
+        _console().print(f"[green]wrote[/green] {out}")
     return 0
 
 
@@ -135,7 +156,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
     report = parity(args.artifacts, data=args.data, reference=args.reference,
                     max_drop=args.max_drop, limit=args.limit, out=args.output,
                     calib=args.calib, device=args.device, threads=args.threads,
-                    options=_session_options(args))
+                    options=_session_options(args),
+                    trust_remote_code=args.trust_remote_code)
     report.print()
     return 0 if report else 1
 
@@ -172,9 +194,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -- parser --------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors (`--to coreml`, a missing argument) take the same form
+    as every other user error: one `edgecls: error:` line, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"edgecls: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgecls", description="Export, quantize, run and verify "
-                                "image classifiers on edge runtimes.")
+    p = _Parser(prog="edgecls", description="Export, quantize, run and verify "
+                "image classifiers on edge runtimes.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -190,24 +220,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_formats)
 
     s = sub.add_parser("export", help="export (and quantize) a model to an artifact")
-    s.add_argument("model", help="a zoo name (see `edgecls models`)")
-    s.add_argument("--to", default="onnx", choices=[n for n, f in FORMATS.items() if f.exporter]
-                   + ["best"], help="a format, or best: the fastest artifact on this machine "
-                   "within tolerance, of every installed backend")
+    s.add_argument("model", help="a zoo name, timm:NAME, torchvision:NAME, a .pt2 program, "
+                   "module:function, or an FP32 .onnx file (see `edgecls models`)")
+    s.add_argument("--to", default=["onnx"], type=_format_list, metavar="FORMAT[,FORMAT...]",
+                   help=f"{', '.join(_exportable())}; several, comma-separated, export each; or "
+                   "best: the fastest artifact on this machine within tolerance, of every "
+                   "installed backend")
     s.add_argument("-o", "--output", help="artifact path (default out/<model>[.<precision>].<ext>)")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--fp16", action="store_true", help="FP16 weights/compute")
     g.add_argument("--int8", action="store_true", help="INT8 post-training quantization")
     s.add_argument("--weights", default="pretrained",
-                   help="pretrained (default) | PATH to a state_dict/checkpoint | none (random)")
+                   help="for zoo, timm:, torchvision: and module:function models: pretrained "
+                   "(default; a factory's own) | PATH to a state_dict/checkpoint | none (random)")
     s.add_argument("--num-classes", type=int, help="classes of a fine-tuned --weights PATH")
+    s.add_argument("--kwargs", help="module:function sources: its keyword arguments, as JSON")
+    _add_trust(s)
     s.add_argument("--labels", help="text file, one label per line")
     s.add_argument("--calib", help="calibration images: a folder, or photos / digits")
-    s.add_argument("--calib-size", type=int, default=300, help="calibration subset size")
+    s.add_argument("--calib-size", type=int, help="calibration subset size (default 300)")
     s.add_argument("--strict", action="store_true", help="exit 1 when INT8 parity fails")
-    s.add_argument("--no-check", action="store_true", help="skip the check against PyTorch")
+    q = s.add_argument_group("quantization-aware training (--qat)")
+    q.add_argument("--qat", action="store_true",
+                   help="INT8 by quantization-aware training (PT2E), one student per family of "
+                        "formats: label-free distillation on --calib, or supervised on --train")
+    q.add_argument("--train", help="labelled images (one subfolder per class, or digits): "
+                                   "supervised QAT")
+    q.add_argument("--epochs", type=int, default=3, help="QAT epochs (default 3; stops early "
+                                                         "when held-out agreement stalls)")
+    q.add_argument("--lr", type=float, default=1e-5, help="QAT learning rate (default 1e-5)")
+    q.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint next to the artifact")
+    s.add_argument("--no-check", action="store_true",
+                   help="skip the check against the reference (PyTorch, or the source ONNX)")
     s.set_defaults(func=cmd_export, format_options=_add_format_options(
-        s.add_argument_group("format options (see `edgecls formats`)")))
+        s.add_argument_group("format options (see `edgecls formats`)")),
+        preprocessing_options=_add_preprocessing_options(s.add_argument_group(
+            "preprocessing (default: the model's own, else ImageNet's)")))
 
     s = sub.add_parser("info", help="show the ModelSpec embedded in artifacts")
     s.add_argument("artifacts", nargs="+")
@@ -227,7 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("artifacts", nargs="+")
     s.add_argument("--data", default="photos", help="validation folder or photos / digits")
     s.add_argument("--calib", help="the calibration folder, to detect overlap with --data")
-    s.add_argument("--reference", help="a reference artifact instead of the PyTorch model")
+    s.add_argument("--reference", action="append",
+                   help="an FP32 artifact to compare with, or what the reference the artifacts' "
+                   "spec records is built from: its model source and/or its weights file (give "
+                   "--reference twice for both); default: rebuilt from the spec")
+    _add_trust(s)
     s.add_argument("--max-drop", type=float, help="INT8 accuracy drop allowed, in points")
     s.add_argument("--limit", type=int, help="use at most this many images")
     s.add_argument("-o", "--output", help="folder for report.{json,md,html}")
@@ -270,6 +323,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exportable() -> list[str]:
+    return [n for n, f in FORMATS.items() if f.exporter]
+
+
+def _format_list(value: str) -> list[str]:
+    from edgecls.best import BEST
+    formats = [f.strip().lower() for f in value.split(",") if f.strip()]
+    if formats == [BEST]:
+        return formats
+    unknown = [f for f in formats if f not in _exportable()]
+    if not formats or unknown:
+        raise argparse.ArgumentTypeError(f"unknown format {', '.join(unknown) or value!r}; "
+                                         f"choose from {', '.join(_exportable())}")
+    return list(dict.fromkeys(formats))
+
+
 def _add_format_options(group) -> tuple[str, ...]:
     """One flag per option that export() or a backend declares; an option that several
     declare (--calib-method, --data) is one flag whose help says what each does with it."""
@@ -283,10 +352,23 @@ def _add_format_options(group) -> tuple[str, ...]:
         by_text: dict[str, list[str]] = {}        # one help text, the formats that share it
         for owner, o in declarations:
             by_text.setdefault(o.help, []).append(owner)
-        helps = [text if len(by_text) == 1 or not all(owners) else f"{', '.join(owners)}: {text}"
+        helps = [f"{', '.join(owners)}: {text}" if all(owners) else text
                  for text, owners in by_text.items()]
         group.add_argument(first.flag, help="; ".join(helps), **_argparse_settings(first))
     return tuple(owners)
+
+
+def _add_preprocessing_options(group) -> tuple[str, ...]:
+    from edgecls.preprocessing import PreprocessingOptions
+    declared = PreprocessingOptions.declared()
+    for option in declared:
+        group.add_argument(option.flag, help=option.help, **_argparse_settings(option))
+    return tuple(o.name for o in declared)
+
+
+def _add_trust(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--trust-remote-code", action="store_true",
+                   help="allow loading TorchScript / pickled modules (runs code from the file)")
 
 
 def _argparse_settings(option: Declared) -> dict[str, Any]:
@@ -316,6 +398,10 @@ def _session_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.debug:
+        # OpenCV's decoders log to stderr ("PNG input buffer is incomplete"); a bad image is
+        # already one `edgecls: error:` line. Read by OpenCV when it is first imported.
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
     from rich.logging import RichHandler
     # edgecls speaks at INFO; the libraries it drives (torch.onnx, onnxscript, ORT's
     # quantizer, NNCF) only get through with warnings and errors

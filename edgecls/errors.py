@@ -43,9 +43,9 @@ class EdgeclsError(Exception):
 
 
 class UnknownModelError(EdgeclsError):
-    def __init__(self, name: str, known: list[str]):
+    def __init__(self, name: str, known: list[str], listing: str = "`edgecls models` lists them"):
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; `edgecls models` lists them"
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; {listing}"
         super().__init__(f"unknown model {name!r}{hint}")
 
 
@@ -71,8 +71,21 @@ class ArtifactError(EdgeclsError):
     """A model file that is missing, corrupt, or not what its suffix says."""
 
 
+#: what to do about an artifact that is corrupt, truncated or not what its suffix says
+REEXPORT = "export it again (`edgecls export`) or copy the whole file again"
+
+
 class WeightsError(EdgeclsError):
     pass
+
+
+class OutputError(EdgeclsError):
+    """An output path that cannot be written: a folder, read-only, no space left ..."""
+
+
+class SourceError(EdgeclsError):
+    """A model source that cannot be used: not importable, not a classifier, a file that is
+    unsafe to load, an ONNX graph edgecls cannot feed."""
 
 
 class DataError(EdgeclsError):

@@ -1,14 +1,18 @@
-"""`edgecls.export(...)`: zoo name or torch model in, verified artifact out.
+"""`edgecls.export(...)`: a model source (edgecls.source_kinds) in, verified artifact out.
 
     export("mobilenet_v3_large", to="onnx", out="out/mnv3.onnx")
     export("efficientnet_lite0", to="openvino", precision="int8", calib="photos")
+    export("timm:mobilenetv4_conv_small", weights="ckpt.pth", num_classes=37,
+           preprocessing={"input_size": 160}, to="openvino")
+    export("their_model.onnx", to="onnx", precision="int8", calib="data/calib")
 
-Every artifact is written to a temporary sibling, checked against PyTorch (or, for INT8,
-through parity on held-out data) and only then renamed into place: a failed export leaves
-nothing behind.
+Every artifact is written to a temporary sibling, checked against its reference (PyTorch,
+or the source ONNX file in ONNX Runtime; for INT8, through parity on held-out data) and
+only then renamed into place: a failed export leaves nothing behind.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -18,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgecls.backends.base import ExportOptions, Format, option
-from edgecls.errors import ExportMismatchError, UnsupportedOptionError
+from edgecls.errors import ExportMismatchError, OutputError, UnsupportedOptionError
 from edgecls.formats import format_for_path, get_format, open_session
 from edgecls.io import atomic_paths
 from edgecls.sources import ExportSource
@@ -43,73 +47,200 @@ class CheckOptions(ExportOptions):
                                     "labelled --data, of agreement with FP32 without",
                                     int8_only=True)
 
+#: calibration images drawn when --calib-size is not given
+DEFAULT_CALIB_SIZE = 300
+#: errno values that mean "the output cannot be written here", not a bug
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                 errno.EPERM}
+
 
 def default_output(spec: ModelSpec, fmt: Format, precision: str, folder: Path = Path("out")) -> Path:
     tag = "" if precision == "fp32" else f".{precision}"
     return folder / f"{spec.name}{tag}{fmt.suffixes[0]}"
 
 
+def options_for(fmt: str, options: dict[str, Any], formats: list[str]) -> dict[str, Any]:
+    """With several formats in one command (--to onnx,openvino), each takes the options it
+    (or export's check) declares; an option none of them takes is an error, said once."""
+    if len(formats) == 1:
+        return options
+    names = {f: get_format(f).options.names() | CheckOptions.names() for f in formats}
+    unused = [k for k, v in options.items() if v not in (None, False, [], ())
+              and not any(k in n for n in names.values())]
+    if unused:
+        raise UnsupportedOptionError(f"none of {', '.join(formats)} takes "
+                                     f"{', '.join('--' + u.replace('_', '-') for u in unused)}")
+    return {k: v for k, v in options.items() if k in names[fmt]}
+
+
+def output_for(out: str | Path | None, formats: list[str]) -> Path | None:
+    """export()'s `out` for each of `formats`: the path given for one format; for several, a
+    folder (made here) that export() fills with default names."""
+    if out is None or len(formats) == 1:
+        return Path(out) if out else None
+    folder = Path(out)
+    if folder.suffix:
+        raise UnsupportedOptionError(f"-o {out}: with several formats, -o names a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
            precision: str = "fp32", weights: str = "pretrained", num_classes: int | None = None,
-           labels: list[str] | None = None, calib: Any = None, calib_size: int = 300,
+           labels: list[str] | None = None, calib: Any = None, calib_size: int | None = None,
            check: bool = True, options: dict[str, Any] | None = None,
-           spec: ModelSpec | None = None, strict: bool = False) -> Path:
-    """Export a zoo model (by name) or a torch module (with `spec`) to one artifact;
-    `to="best"`: the fastest within tolerance of every backend installed (edgecls.best)."""
-    from edgecls import zoo
+           spec: ModelSpec | None = None, strict: bool = False,
+           preprocessing: dict[str, Any] | None = None, model_kwargs: dict[str, Any] | None = None,
+           trust_remote_code: bool = False) -> Path:
+    """Export a model source (a zoo name, "timm:NAME", "torchvision:NAME", a .pt2 program,
+    "module:function" with `model_kwargs`, an FP32 .onnx file) or a torch module (with
+    `spec`) to one artifact. `preprocessing` overrides the model's own (PreprocessingOptions:
+    input_size, resize, mean, std, interpolation, channel_order, channels). `to="best"`: the
+    fastest artifact within tolerance of every backend installed here (edgecls.best)."""
     from edgecls.best import BEST
+    from edgecls.preprocessing import PreprocessingOptions
+    from edgecls.qat_training.student import QATStudent
+    from edgecls.source_kinds import SourceRequest, kind_of, refuse_format, resolve
+
     if to == BEST:
         from edgecls.best import export_best
         return export_best(model, out, precision=precision, weights=weights,
                            num_classes=num_classes, labels=labels, calib=calib,
-                           calib_size=calib_size, options=options, spec=spec)
+                           calib_size=calib_size, options=options, spec=spec,
+                           preprocessing=preprocessing, model_kwargs=model_kwargs,
+                           trust_remote_code=trust_remote_code)
 
     fmt = get_format(to)
     fmt.check_precision(precision)
+    student = model if isinstance(model, QATStudent) else None
+    if student is not None:
+        student.check_export(fmt.name, precision)
     given = dict(options or {})
+    _refuse_unused(precision, calib, calib_size, check, strict, given, fmt)
     checking = CheckOptions.parse({k: given[k] for k in CheckOptions.names() if k in given},
                                   precision, fmt.name)
-    for name in CheckOptions.names() - fmt.options.names():   # the check's alone
+    # the check's alone (and a QAT student's: no backend recipe of its own uses them)
+    for name in CheckOptions.names() - (set() if student else fmt.options.names()):
         given.pop(name, None)
     backend_options = fmt.options.parse(given, precision, fmt.name)
-    if precision == "int8" and calib is None:
+    if student is not None:
+        refuse_ptq_options(backend_options, fmt)
+    elif precision == "int8" and calib is None:
         raise UnsupportedOptionError("--int8 needs calibration images: --calib DIR "
                                      "(or a built-in set: photos, digits)")
-    exporter = fmt.load_exporter()
-    if isinstance(model, str):
-        torch_model, base_spec = zoo.build(model, weights, num_classes, labels)
-    elif spec is None:
-        raise TypeError("export(torch_module, ...) needs spec=ModelSpec(...)")
-    else:
-        torch_model, base_spec = model.eval(), spec
-    calibration = None
+    if out is not None and not _is_folder(Path(out), fmt):  # fails before any model work
+        check_output(Path(out), fmt)
     if precision == "int8":
-        from edgecls.calibration.datasets import CalibrationSet
-        calibration = CalibrationSet.from_source(calib, base_spec, size=calib_size)
+        from edgecls.calibration.datasets import check_source
+        for images in (calib, checking.data):
+            check_source(images)
+    exporter = fmt.load_exporter()
+    if student is not None:   # the teacher is the reference; its training images calibrated
+        base_spec = spec or student.spec
+        calibration = student.calibration()
+        make_source = lambda work: ExportSource(student, base_spec, work)  # noqa: E731
+    else:
+        refuse_format(kind_of(model), model, fmt)
+        request = SourceRequest(weights=weights, num_classes=num_classes, labels=labels,
+                                kwargs=model_kwargs, trust_remote_code=trust_remote_code,
+                                preprocessing=PreprocessingOptions.of(preprocessing), spec=spec)
+        resolved = resolve(model, request)
+        base_spec, make_source = resolved.spec, resolved.source
+        calibration = None
+        if precision == "int8":
+            from edgecls.calibration.datasets import CalibrationSet
+            calibration = CalibrationSet.from_source(calib, base_spec,
+                                                     size=calib_size or DEFAULT_CALIB_SIZE)
 
-    out = Path(out) if out else default_output(base_spec, fmt, precision)
-    if out.suffix.lower() not in fmt.suffixes:
-        raise UnsupportedOptionError(f"{out}: a {fmt.name} artifact must end in "
-                                     f"{' or '.join(fmt.suffixes)}")
-    spec_out = base_spec.derive(format=fmt.name, precision=precision, tools=dict(base_spec.tools))
+    if out is None or _is_folder(Path(out), fmt):  # the default name, in out/ or the folder given
+        tag = "int8-qat" if student is not None else precision
+        out = default_output(base_spec, fmt, tag, Path(out) if out else Path("out"))
+        check_output(out, fmt)
+    out = Path(out)
     finals = [out] + [out.with_suffix(s) for s in fmt.companions]
-    with tempfile.TemporaryDirectory(prefix="edgecls-") as work, atomic_paths(*finals) as temps:
-        source = ExportSource(torch_model, base_spec, Path(work), validation=checking.data,
-                              max_drop=checking.max_drop)
-        exporter(source, spec_out, temps[0], precision=precision, calibration=calibration,
-                 options=backend_options)
-        if check and precision != "int8":
-            report_check(check_against_torch(temps[0], torch_model, base_spec), spec_out)
-        if check and precision == "int8":
-            check_int8(temps[0], out.name, source, calibration, strict)
+    spec_out = base_spec.derive(format=fmt.name, precision=precision, tools=dict(base_spec.tools))
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgecls-") as work, \
+                atomic_paths(*finals) as temps:
+            source = make_source(Path(work))
+            source.validation, source.max_drop = checking.data, checking.max_drop
+            exporter(source, spec_out, temps[0], precision=precision, calibration=calibration,
+                     options=backend_options)
+            if check and precision != "int8":
+                report_check(check_against_reference(temps[0], source), spec_out)
+            if check and precision == "int8":
+                # a QAT artifact is shown next to the PTQ one of the same format and target
+                alongside = {} if student is None else {
+                    "PTQ, same target and images": ptq_twin(
+                        student, fmt, Path(work), given, calib_size or DEFAULT_CALIB_SIZE)}
+                check_int8(temps[0], out.name, source, calibration, strict, alongside)
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS:
+            raise
+        raise OutputError(f"cannot write {out}: {e.strerror or e} (errno {e.errno}); free some "
+                          "space or choose another -o; nothing was written") from None
     log.info("wrote %s", out)
     return out
 
 
-def check_int8(path: Path, name: str, source: ExportSource, calibration, strict: bool) -> None:
-    """Parity of a fresh INT8 artifact on the held-out images its recipe was judged on,
-    opened as its recipe was measured (e.g. with exact kernels for a VNNI target made on an
-    AVX2 CPU); loud on failure, fatal with strict."""
+def _refuse_unused(precision: str, calib: Any, calib_size: int | None, check: bool,
+                   strict: bool, given: dict[str, Any], fmt: Format) -> None:
+    """Options that would change nothing are refused, never ignored: calibration settings
+    without --int8, and --strict without the INT8 check it makes fatal (--data / --max-drop
+    still steer the INT8 recipe search with --no-check)."""
+    if precision != "int8":
+        unused = [flag for flag, value in (("--calib", calib), ("--calib-size", calib_size),
+                                           ("--strict", strict)) if value not in (None, False)]
+        if unused:
+            raise UnsupportedOptionError(f"{', '.join(unused)} apply only to --int8 (this "
+                                         f"export is {precision})")
+    if calib_size is not None and (isinstance(calib_size, bool) or not isinstance(calib_size, int)
+                                   or calib_size < 1):
+        raise UnsupportedOptionError(f"--calib-size must be a whole number >= 1, not {calib_size!r}")
+    if not check and strict:
+        raise UnsupportedOptionError("--strict makes the INT8 check fatal, and --no-check skips "
+                                     "it; give one of them")
+
+
+def _is_folder(out: Path, fmt: Format) -> bool:
+    """-o names an existing folder (not one named like an artifact): the default file name is
+    written in it (so does --to a,b with -o DIR)."""
+    return out.is_dir() and out.suffix.lower() not in fmt.suffixes
+
+
+def check_output(out: Path, fmt: Format) -> None:
+    """The artifact can be written at `out`: the format's suffix, not a folder, in a folder
+    (or one that can be made) this process can write in. Nothing is created here (the
+    folders are made when the artifact is written)."""
+    if out.suffix.lower() not in fmt.suffixes:
+        raise UnsupportedOptionError(f"{out}: a {fmt.name} artifact must end in "
+                                     f"{' or '.join(fmt.suffixes)}")
+    finals = [out] + [out.with_suffix(s) for s in fmt.companions]
+    for final in finals:
+        if final.is_dir():
+            raise OutputError(f"{final} is a folder; give the artifact's file name, e.g. "
+                              f"{final / ('model' + final.suffix if final.suffix else 'model.onnx')}")
+    folder = finals[0].parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"cannot write {finals[0]}: {folder} is a file, not a folder")
+    try:   # the real test (os.access is wrong for root, ACLs and read-only mounts)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise OutputError(f"cannot write in {folder}: {e.strerror or e}; choose another -o") \
+            from None
+
+
+def check_int8(path: Path, name: str, source: ExportSource, calibration, strict: bool,
+               alongside: dict[str, Path] | None = None) -> None:
+    """Parity of a fresh INT8 artifact against the source's reference (the torch module, or
+    the FP32 ONNX file the source is) on the held-out images its recipe was judged on, opened
+    as its recipe was measured (e.g. with exact kernels for a VNNI target made on an AVX2
+    CPU); loud on failure, fatal with strict. The artifacts `alongside` (by the name to
+    show) share its table, for comparison; only the fresh one is judged."""
+    alongside = alongside or {}
     from edgecls.errors import ParityFailedError
     from edgecls.verification import parity
     spec = source.spec
@@ -125,16 +256,36 @@ def check_int8(path: Path, name: str, source: ExportSource, calibration, strict:
     fmt = format_for_path(path)
     recipe = fmt.read_spec(path).quantization or {}
     measured_with = recipe.get("search", {}).get("measured_with", {})
-    report = parity([path], data=held_out.images, reference=source.model, reference_spec=spec,
-                    max_drop=source.max_drop, sqnr=False, progress=False,
-                    device=fmt.default_device(), options=measured_with)
-    report.results[0].name = name
+    report = parity([path, *alongside.values()], data=held_out.images,
+                    reference=source.reference, reference_spec=spec, max_drop=source.max_drop,
+                    sqnr=False, progress=False, device=fmt.default_device(),
+                    options=measured_with)
+    for result, shown in zip(report.results, [name, *alongside]):
+        result.name = shown
     report.print()
-    if not report:
-        message = f"INT8 parity failed: {'; '.join(report.failures)}"
+    if not report.results[0].passed:
+        message = f"INT8 parity failed: {'; '.join(report.results[0].failures)}"
         if strict:
             raise ParityFailedError(message + " (--strict: nothing was written)")
         log.error("%s - the artifact is written anyway; inspect it with `edgecls parity`", message)
+
+
+def refuse_ptq_options(options: ExportOptions, fmt: Format) -> None:
+    """A QAT student's quantization is trained: the options of a PTQ recipe do not apply."""
+    given = [d.flag for d in options.given() if d.int8_only]
+    if given:
+        raise UnsupportedOptionError(f"{', '.join(given)}: a QAT student's quantization is "
+                                     f"trained; {fmt.name}'s PTQ options do not apply to it")
+
+
+def ptq_twin(student, fmt: Format, work: Path, options: dict[str, Any], calib_size: int) -> Path:
+    """The PTQ artifact of the same format, target and images that a QAT artifact is compared
+    with: the teacher calibrated on the student's training images."""
+    from edgecls.qat_training.comparison import ptq_options
+    out = default_output(student.spec, fmt, "int8-ptq", work / "ptq")
+    return export(student.teacher, to=fmt.name, out=out, precision="int8", spec=student.spec,
+                  calib=student.calibration(), calib_size=calib_size, check=False,
+                  options={**ptq_options(student, fmt), **options})
 
 
 @dataclass
@@ -159,14 +310,15 @@ def sample_inputs(spec: ModelSpec, n: int = 8) -> np.ndarray:
     return np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_CUBIC) for im in small])
 
 
-def check_against_torch(path: Path, model: Any, spec: ModelSpec, pixels: np.ndarray | None = None,
-                        tolerance: float | None = None) -> CheckResult:
-    """Run the artifact and the torch model on the same inputs; compare logits."""
-    from edgecls.backends.torch.runtime import TorchSession
+def check_against_reference(path: Path, source: ExportSource, pixels: np.ndarray | None = None,
+                            tolerance: float | None = None) -> CheckResult:
+    """Run the artifact and the source's reference (the torch model, or the FP32 ONNX file
+    the source is) on the same inputs; compare logits."""
     from edgecls.calibration.preprocess import to_model_input
 
+    spec = source.spec
     pixels = sample_inputs(spec) if pixels is None else pixels
-    with TorchSession.of_module(model, spec) as reference:
+    with source.reference_session() as reference:
         ref = reference.run(to_model_input(pixels, reference.spec))
     with open_session(path, device=format_for_path(path).default_device()) as session:
         got = session.run(to_model_input(pixels, session.spec))

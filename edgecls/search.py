@@ -55,9 +55,6 @@ class Recipe:
         return Recipe(self.base, remedy.apply(self.settings, layer),
                       self.changed + ((remedy.name, layer),))
 
-    def layers(self, remedy: str) -> list[str]:
-        return [layer for name, layer in self.changed if name == remedy]
-
 
 @dataclass(frozen=True)
 class Remedy:

@@ -3,10 +3,11 @@
     report = edgecls.parity(["m.onnx", "m.int8.onnx"], data="data/val")
     report.print(); report.write("reports/m"); bool(report)  # every tolerance met?
 
-The reference (the PyTorch FP32 model named in the artifacts' spec, or `reference=`) and
-every artifact run on the same decoded, resized and cropped pixels; each then gets them in
-its own input form (layout, dtype, normalisation) from the shared preprocessing. Both are
-Sessions: the PyTorch reference runs through the torch backend like any artifact.
+The reference (the FP32 model the artifacts' spec records - PyTorch, or the ONNX file they
+were made from, run in ONNX Runtime - or `reference=`) and every artifact run on the same
+decoded, resized and cropped pixels; each then gets them in its own input form (layout,
+dtype, normalisation) from the shared preprocessing. Both are Sessions: the PyTorch
+reference runs through the torch backend like any artifact.
 """
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ import numpy as np
 
 from edgecls import hardware, metrics
 from edgecls.backends.base import Session
-from edgecls.calibration.datasets import load_part
+from edgecls.calibration.datasets import check_source, load_part
 from edgecls.calibration.preprocess import to_model_input
-from edgecls.errors import ArtifactError, DataError, first_line
-from edgecls.formats import format_for_path, get_format, open_session
+from edgecls.errors import ArtifactError, DataError, UnknownFormatError, first_line
+from edgecls.formats import format_for_path, get_format, open_session, read_spec
 from edgecls.report.model import ArtifactResult, ParityReport
+from edgecls.source_kinds import kind_of
 from edgecls.sources import ExportSource
 from edgecls.spec import ModelSpec
 
@@ -84,8 +86,24 @@ class Reference:
     def run(self, pixels: np.ndarray) -> np.ndarray:
         return self.session.run(to_model_input(pixels, self.spec))
 
+    @classmethod
+    def of_source(cls, source: ExportSource, warnings: Sequence[str] = ()) -> Reference:
+        """The reference of an ExportSource: its torch module, or the FP32 ONNX file it is
+        (run in ONNX Runtime)."""
+        record = source.spec.reference or {}
+        description = {"kind": source.reference_backend,
+                       "origin": record.get("source", source.spec.name), "name": source.spec.name,
+                       "weights": record.get("weights", source.spec.weights), "precision": "fp32"}
+        if warnings:
+            description["warnings"] = list(warnings)
+        return cls(source.reference_session(), description, source.model, source)
+
+    @property
+    def has_fp32_onnx(self) -> bool:
+        return self.model is not None or self._source is not None
+
     def fp32_onnx(self, workdir: Path) -> Path:
-        """The PyTorch reference as FP32 ONNX, exported once per parity run (SQNR diagnostics)."""
+        """The reference as FP32 ONNX, exported once per parity run (SQNR diagnostics)."""
         if self._source is None:
             self._source = ExportSource(self.model, self.spec, workdir)
         return self._source.onnx()
@@ -106,23 +124,34 @@ def _artifact_reference(path: str | Path, device: str | None, threads: int | Non
 
 
 def _resolve_reference(reference: Any, spec: ModelSpec, device: str | None,
-                       threads: int | None) -> Reference:
-    if reference is not None and not isinstance(reference, (str, Path)):
+                       threads: int | None, workdir: Path,
+                       trust_remote_code: bool = False) -> Reference:
+    """A torch module, an FP32 artifact, or else the reference `spec` records, built again
+    (with `reference` naming its weights or its model source anew)."""
+    if reference is not None and not isinstance(reference, (str, Path, list, tuple)):
         return _torch_reference(reference, spec, "given torch module")
-    if reference is not None:
-        return _artifact_reference(reference, device, threads)
-    from edgecls import zoo
-    from edgecls.errors import UnknownModelError
+    given = [reference] if isinstance(reference, (str, Path)) else list(reference or [])
+    if len(given) == 1 and _is_artifact(given[0]):
+        return _artifact_reference(given[0], device, threads)
+    from edgecls.source_kinds.reference import rebuild
+    source, warnings = rebuild(spec, [str(g) for g in given], workdir, trust_remote_code)
+    return Reference.of_source(source, warnings)
+
+
+def _is_artifact(path: str | Path) -> bool:
+    """An edgecls artifact (it carries its spec), not a file a reference is built from. Only
+    .onnx and .pt2 files can be either."""
     try:
-        zoo.get_entry(spec.name)
-    except UnknownModelError:
-        raise DataError(f"{spec.name} is not a zoo model, so its PyTorch reference cannot be "
-                        "rebuilt: pass --reference with its FP32 artifact") from None
-    weights = spec.weights
-    weights = "pretrained" if weights.startswith("pretrained") else weights.removeprefix("file:")
-    labels = spec.labels if spec.num_classes != 1000 else None
-    model, ref_spec = zoo.build(spec.name, weights, spec.num_classes, labels)
-    return _torch_reference(model, ref_spec, f"edgecls zoo ({spec.name}, weights {weights})")
+        format_for_path(path)
+    except UnknownFormatError:
+        return False
+    if not kind_of(path).is_file:
+        return True
+    try:
+        read_spec(path)
+    except ArtifactError:
+        return False
+    return True
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -130,12 +159,22 @@ def parity(artifacts: Sequence[str | Path], data: Any = "photos", reference: Any
            max_drop: float | None = None, limit: int | None = None, out: str | Path | None = None,
            calib: Any = None, device: str | None = None, threads: int | None = None,
            reference_spec: ModelSpec | None = None, progress: bool = True,
-           sqnr: bool = True, options: dict[str, Any] | None = None) -> ParityReport:
+           sqnr: bool = True, max_pixels: int | None = None,
+           options: dict[str, Any] | None = None, trust_remote_code: bool = False) -> ParityReport:
     """Every artifact is opened once: the first one before the reference (its spec names
-    the reference unless `reference_spec` does), the others in turn. `options` are session
-    options, each given to the backends that take it (e.g. precise_int8)."""
+    the reference unless `reference_spec` does), the others in turn. Images of `data` and
+    `calib` over `max_pixels` are refused before they are decoded (see load_rgb). `options`
+    are session options, each given to the backends that take it (e.g. precise_int8).
+
+    `reference`: a torch module, an FP32 artifact, or what the reference recorded in the
+    spec is built from (a model source and/or a weights file, as a list for both); by
+    default it is rebuilt from the spec, which says what to pass when it cannot be."""
     if not artifacts:
         raise DataError("parity needs at least one artifact")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DataError(f"--limit must be a whole number >= 1, not {limit!r}")
+    for source in (data, calib):
+        check_source(source)
     for path in artifacts:   # a wrong path fails now, not after the reference has run
         format_for_path(path)
         if not Path(path).is_file():
@@ -144,10 +183,12 @@ def parity(artifacts: Sequence[str | Path], data: Any = "photos", reference: Any
         opener = functools.partial(_open_artifact, device=device, threads=threads,
                                    options=options or {})
         first = None if reference_spec else stack.enter_context(opener(artifacts[0]))
-        ref = _resolve_reference(reference, reference_spec or first.spec, device, threads)
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgecls-ref-")))
+        ref = _resolve_reference(reference, reference_spec or first.spec, device, threads, work,
+                                 trust_remote_code)
         stack.enter_context(ref.session)
         return _parity(artifacts, first, ref, data, max_drop, limit, out, calib, opener,
-                       progress, sqnr)
+                       progress, sqnr, max_pixels)
 
 
 def _open_artifact(path: str | Path, device: str | None, threads: int | None,
@@ -158,8 +199,8 @@ def _open_artifact(path: str | Path, device: str | None, threads: int | None,
 
 
 def _parity(artifacts, first, ref: Reference, data, max_drop, limit, out, calib, opener,
-            progress, sqnr) -> ParityReport:
-    images = load_part(data, ref.spec, "val")
+            progress, sqnr, max_pixels) -> ParityReport:
+    images = load_part(data, ref.spec, "val", max_pixels)
     if limit:
         images = images.subset(limit)
     if not len(images):
@@ -174,7 +215,7 @@ def _parity(artifacts, first, ref: Reference, data, max_drop, limit, out, calib,
     data_info: dict[str, Any] = {"name": images.name, "n": len(images), "labelled": labels is not None,
                                  "source": str(data), "machine": hardware.describe()}
     if calib is not None:
-        calib_set = load_part(calib, ref.spec, "calib")
+        calib_set = load_part(calib, ref.spec, "calib", max_pixels)
         data_info["calib_overlap"] = calib_set.overlap(images)
         if data_info["calib_overlap"]:
             log.warning("%d validation image(s) are also in the calibration data %s: accuracy "
@@ -280,8 +321,8 @@ def _worst_layers(diagnose, path: str | Path, ref, pixels: np.ndarray,
     """The tensors of an INT8 artifact with the lowest SQNR against the FP32 model, named by
     the torch module they came from, and the method that measured them (the format table's
     int8_diagnostics)."""
-    if ref.model is None:
-        return [], "needs the PyTorch reference"
+    if not ref.has_fp32_onnx:
+        return [], "needs the FP32 model the artifact came from"
     try:
         return diagnose(Path(path), ref.fp32_onnx(work), ref.spec, pixels[:SQNR_IMAGES],
                         WORST_LAYERS)

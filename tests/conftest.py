@@ -3,6 +3,9 @@ real EfficientNet-Lite0 ImageNet weights with the photos that ship in installed 
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +15,48 @@ DIGITS_EPOCHS = 12
 
 
 def run_concurrently(fn, n: int) -> list:
-    """fn(0..n-1) on n threads started together; results in order, and the first
+    """fn(0..n-1) on n threads that all start together (a barrier: no thread runs fn before
+    every thread is ready, so they really overlap); results in order, and the first
     exception any thread raised is re-raised here."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
+    ready = threading.Barrier(n)
+
+    def start(i: int):
+        ready.wait(timeout=60)
+        return fn(i)
+
     with ThreadPoolExecutor(max_workers=n) as pool:
-        return list(pool.map(fn, range(n)))
+        return list(pool.map(start, range(n)))
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300):
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "edgecls", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+def offline_env(tmp_path: Path) -> dict[str, str]:
+    """No weights cache and no network, whatever machine the tests run on."""
+    dead = "http://127.0.0.1:9"
+    return {"TORCH_HOME": str(tmp_path / "torch-home"), "HF_HOME": str(tmp_path / "hf-home"),
+            "HF_HUB_OFFLINE": "1", "http_proxy": dead, "https_proxy": dead, "HTTP_PROXY": dead,
+            "HTTPS_PROXY": dead, "no_proxy": "", "NO_PROXY": ""}
+
+
+def assert_user_error(proc, *fragments: str, only_line: bool = True) -> str:
+    """Exit 2, an `edgecls: error:` line naming the problem, and no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    errors_ = [l for l in lines if l.startswith("edgecls: error:")]
+    assert len(errors_) == 1, proc.stderr
+    if only_line:
+        assert lines == errors_, proc.stderr
+    assert lines[-1] == errors_[0], proc.stderr
+    for fragment in fragments:
+        assert fragment in errors_[0], (fragment, errors_[0])
+    return errors_[0]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -52,8 +92,6 @@ def digits_model(digits_data):
     import torch
     from torch import nn
 
-    from edgecls.calibration.preprocess import resize_crop, to_model_input
-
     torch.manual_seed(0)
 
     class DigitsCNN(nn.Module):
@@ -74,17 +112,26 @@ def digits_model(digits_data):
 
     spec = digits_spec()
     _, _, _, train_items = digits_data
-    x = torch.from_numpy(to_model_input(np.stack([resize_crop(i.rgb(), spec) for i in train_items]), spec))
-    y = torch.tensor([i.label for i in train_items])
-    model = DigitsCNN()
+    return train(DigitsCNN(), train_items, spec, DIGITS_EPOCHS), spec
+
+
+def train(model, items, spec, epochs: int):
+    """`model` trained on labelled items, preprocessed as `spec` says (Adam, batches of 64);
+    returned in eval mode."""
+    import torch
+    from torch import nn
+
+    from edgecls.calibration.preprocess import resize_crop, to_model_input
+    x = torch.from_numpy(to_model_input(np.stack([resize_crop(i.rgb(), spec) for i in items]), spec))
+    y = torch.tensor([i.label for i in items])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(DIGITS_EPOCHS):
+    for _ in range(epochs):
         model.train()
         for idx in torch.randperm(len(x)).split(64):
             opt.zero_grad()
             nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
-    return model.eval(), spec
+    return model.eval()
 
 
 @pytest.fixture(scope="session")
@@ -106,6 +153,30 @@ def digits_onnx(digits_model, tmp_path_factory) -> Path:
     from edgecls.exporting import export
     model, spec = digits_model
     return export(model, to="onnx", out=tmp_path_factory.mktemp("digits") / "digits.onnx", spec=spec)
+
+
+@pytest.fixture(scope="session")
+def digits_ir(digits_model, tmp_path_factory) -> Path:
+    """The digits CNN as an FP32 OpenVINO IR (.xml + .bin)."""
+    from edgecls.exporting import export
+    model, spec = digits_model
+    return export(model, to="openvino", out=tmp_path_factory.mktemp("digits-ir") / "digits.xml",
+                  spec=spec)
+
+
+@pytest.fixture(scope="session")
+def digits_tflite_fp32(digits_model, tmp_path_factory) -> Path:
+    from edgecls.exporting import export
+    model, spec = digits_model
+    return export(model, to="tflite", out=tmp_path_factory.mktemp("digits-tfl") / "digits.tflite",
+                  spec=spec)
+
+
+@pytest.fixture(scope="session")
+def digits_pt2(digits_model, tmp_path_factory) -> Path:
+    from edgecls.exporting import export
+    model, spec = digits_model
+    return export(model, to="torch", out=tmp_path_factory.mktemp("pt2") / "digits.pt2", spec=spec)
 
 
 @pytest.fixture(scope="session")

@@ -70,7 +70,10 @@ def test_cli_flags_come_from_the_backends():
                               "--workspace-gb", "1.5", "--dla-core", "0"])
     assert (args.int8_io, args.exclude, args.target, args.opset, args.workspace_gb,
             args.dla_core) == ("int8", ["none"], "tensorrt", 17, 1.5, 0)
-    assert "torch" in next(a for a in export._actions if "--to" in a.option_strings).choices
+    to = next(a for a in export._actions if "--to" in a.option_strings)
+    assert "torch" in to.help and to.type("onnx, torch,onnx") == ["onnx", "torch"]
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown format 'foo'"):
+        to.type("onnx,foo")
 
 
 def test_an_empty_batch_is_answered_without_the_backend(digits_onnx):

@@ -3,13 +3,12 @@ types, batching, top-k and thread-safety - on real artifacts (the digits CNN tra
 session and the real EfficientNet-Lite0)."""
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import cv2
 import numpy as np
 import pytest
+from conftest import run_concurrently
 
-from edgecls.calibration.preprocess import load_rgb, preprocess, resize_crop, to_model_input
+from edgecls.calibration.preprocess import load_rgb, resize_crop, to_model_input
 from edgecls.classifier import Classifier, Prediction
 from edgecls.errors import ImageReadError
 
@@ -200,14 +199,37 @@ def test_batches_match_single_images(effl0_onnx, photo_files):
         assert clf.probabilities([]).shape == (0, 1000)
 
 
-def test_probabilities_equal_shared_preprocessing(effl0_onnx, photo_files):
-    """Classifier = preprocess + session + softmax; nothing else in between."""
-    from edgecls.classifier import softmax
-    files = [photo_files["chelsea"], photo_files["rocket"]]
-    with Classifier(effl0_onnx) as clf:
-        direct = softmax(clf.session.run(preprocess(files, clf.spec)))
-        np.testing.assert_allclose(clf.probabilities(files), direct, atol=1e-6)
+def test_probabilities_match_torch_fed_by_torchvision(digits_onnx, digits_model, digits_data,
+                                                      tmp_path):
+    """Classifier on image files against the PyTorch model fed by a second, independent
+    pipeline: PIL decoding and torchvision's transforms, torch's softmax. A fault in any step
+    of edgecls' own (decode, resize, crop, channel order, normalisation, softmax) shows."""
+    import torch
+    from PIL import Image
+
+    from edgecls.zoo.torchvision_shim import import_torchvision
+    transforms = import_torchvision().transforms
+    model, spec = digits_model
+    _, _, val, _ = digits_data
+    files = []
+    for item in val.items[:80]:
+        files.append(tmp_path / f"{item.key.replace(':', '_')}.png")
+        Image.fromarray(item.rgb()).save(files[-1])
+    pipeline = transforms.Compose([
+        transforms.Resize(spec.resize, interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.CenterCrop(spec.input_size), transforms.ToTensor(),
+        transforms.Normalize(spec.mean, spec.std)])
+    with torch.no_grad():
+        batch = torch.stack([pipeline(Image.open(f).convert("RGB")) for f in files])
+        expected = torch.softmax(model(batch), dim=1).numpy()
+    with Classifier(digits_onnx) as clf:
+        got = clf.probabilities(files)
         assert "onnxruntime" in repr(clf)
+    assert got.shape == expected.shape == (80, 10)
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 79 / 80
+    # the pipelines differ by at most a rounding step of a pixel: probabilities barely move
+    assert np.abs(got - expected).max() < 0.05, np.abs(got - expected).max()
+    assert np.abs(got - expected).mean() < 2e-3
 
 
 def test_thread_safety(effl0_onnx, photo_files):
@@ -215,8 +237,11 @@ def test_thread_safety(effl0_onnx, photo_files):
     jobs = files * 3
     with Classifier(effl0_onnx, threads=1) as clf:
         sequential = [clf.predict(f, topk=3) for f in jobs]
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            concurrent = list(pool.map(lambda f: clf.predict(f, topk=3), jobs))
+        # 4 threads, started together, each a share of the jobs
+        shares = run_concurrently(lambda t: [clf.predict(f, topk=3) for f in jobs[t::4]], 4)
+        concurrent = [None] * len(jobs)
+        for t, share in enumerate(shares):
+            concurrent[t::4] = share
     assert len(concurrent) == len(sequential)
     for s, c in zip(sequential, concurrent):
         assert [p.index for p in s] == [p.index for p in c]

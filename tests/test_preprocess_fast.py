@@ -5,14 +5,16 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
-from edgecls.calibration.preprocess import (crop_batch, draft_flags, jpeg_size, preprocess,
+from edgecls.calibration.preprocess import (crop_batch, draft_flags, image_size, preprocess,
                                             to_model_input)
 from edgecls.errors import ImageReadError
 from edgecls.spec import ModelSpec
 
 SPECS = [dict(), dict(layout="NHWC"), dict(channel_order="BGR"),
-         dict(normalization_in_graph=True, layout="NHWC"), dict(interpolation="bicubic")]
+         dict(normalization_in_graph=True, layout="NHWC"), dict(interpolation="bicubic"),
+         dict(resize=None), dict(channels=1, mean=(0.5,), std=(0.25,))]
 
 
 def _spec(**changes) -> ModelSpec:
@@ -24,7 +26,10 @@ def _spec(**changes) -> ModelSpec:
 def _reference(images, spec):
     """The two-stage path, as it was: decode to RGB, resize and crop, then normalise."""
     x = crop_batch(images, spec)
-    x = x if spec.channel_order == "RGB" else x[..., ::-1]
+    if spec.channels == 1:   # PIL's convert("L"): ITU-R 601-2 luma, rounded
+        x = np.stack([np.asarray(Image.fromarray(im).convert("L")) for im in x])[..., None]
+    else:
+        x = x if spec.channel_order == "RGB" else x[..., ::-1]
     if not spec.normalization_in_graph:
         mean = np.asarray(spec.mean, np.float32) * 255.0
         std = np.asarray(spec.std, np.float32) * 255.0
@@ -77,7 +82,6 @@ def test_reduced_decoding_keeps_predictions(big_jpegs, effl0_onnx):
 
 
 def test_reduced_decoding_applies_exif_orientation(big_jpegs, tmp_path):
-    from PIL import Image
     rotated = tmp_path / "rotated.jpg"
     with Image.open(big_jpegs[0]) as im:
         exif = im.getexif()
@@ -90,15 +94,16 @@ def test_reduced_decoding_applies_exif_orientation(big_jpegs, tmp_path):
     assert diff.mean() < 1.0
 
 
-def test_jpeg_size_reads_the_header_only(photo_files, tmp_path):
+def test_draft_decoding_reads_the_size_from_the_header(photo_files, tmp_path):
     path = next(iter(photo_files.values()))
     data = np.fromfile(path, np.uint8)
-    assert jpeg_size(data) == cv2.imread(str(path)).shape[:2]
-    assert jpeg_size(data[:100]) is None or jpeg_size(data[:100]) == jpeg_size(data)
-    png = tmp_path / "x.png"
-    cv2.imwrite(str(png), np.zeros((20, 30, 3), np.uint8))
-    assert jpeg_size(np.fromfile(png, np.uint8)) is None
-    assert jpeg_size(np.zeros(0, np.uint8)) is None
+    assert image_size(data)[::-1] == cv2.imread(str(path)).shape[:2]
+    assert image_size(np.zeros(0, np.uint8)) == (-1, -1)
+    big_png = tmp_path / "x.png"       # only JPEGs have reduced decoding
+    cv2.imwrite(str(big_png), np.zeros((2000, 3000, 3), np.uint8))
+    assert draft_flags(np.fromfile(big_png, np.uint8), _spec()) == cv2.IMREAD_COLOR
+    small = _spec(input_size=(32, 32), resize=None)    # no resize: the input size counts
+    assert draft_flags(data, small) != cv2.IMREAD_COLOR
 
 
 def test_to_model_input_writes_into_a_given_batch():

@@ -284,10 +284,12 @@ def test_int8_onnx_is_what_tensorrt_takes(int8_for_tensorrt):
         if node.op_type == "DequantizeLinear" and node.input[0] in inits:
             assert inits[node.input[0]].data_type == TensorProto.INT8, \
                 f"{node.name}: an int32 (bias) DequantizeLinear"
-    quantized_convs = 0
+    quantized_convs = biased = 0
     for conv in (n for n in model.graph.node if n.op_type == "Conv"):
-        if len(conv.input) > 2:
+        if len(conv.input) > 2:     # a bias: a float initializer, not an int32 DequantizeLinear
+            assert conv.input[2] in inits, f"{conv.name}: its bias is computed, not float"
             assert inits[conv.input[2]].data_type == TensorProto.FLOAT, f"{conv.name}: bias"
+            biased += 1
         weight = producers.get(conv.input[1])
         if weight is None or weight.op_type != "DequantizeLinear":
             continue                  # a conv kept in float (the first one)
@@ -296,6 +298,7 @@ def test_int8_onnx_is_what_tensorrt_takes(int8_for_tensorrt):
         scales = numpy_helper.to_array(inits[weight.input[1]])
         assert axis == 0 and scales.shape == (inits[weight.input[0]].dims[0],), conv.name
     assert quantized_convs >= 2
+    assert biased >= 4     # the digits CNN's convs all have biases (BatchNorm folded in): checked
     q = spec.quantization
     assert q["target"] == "tensorrt" and q["activations"] == "s8 symmetric"
     assert q["format"] == "QDQ" and q["calibration_size"] > 0

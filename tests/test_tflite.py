@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from conftest import run_concurrently
 
-pytest.importorskip("ai_edge_litert")
-pytest.importorskip("litert_torch")
-pytest.importorskip("ai_edge_quantizer")
+# dev dependencies, imported for real: a broken install fails here, loudly, instead of
+# skipping the module
+import ai_edge_litert  # noqa: F401
+import ai_edge_quantizer  # noqa: F401
+import litert_torch  # noqa: F401
 
 from edgecls.classifier import Classifier  # noqa: E402
 from edgecls.errors import (ArtifactError, DeviceUnavailableError,  # noqa: E402

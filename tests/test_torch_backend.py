@@ -13,13 +13,6 @@ import pytest
 from edgecls.errors import ArtifactError, DeviceUnavailableError, UnsupportedOptionError
 
 
-@pytest.fixture(scope="module")
-def digits_pt2(digits_model, tmp_path_factory):
-    from edgecls.exporting import export
-    model, spec = digits_model
-    return export(model, to="torch", out=tmp_path_factory.mktemp("pt2") / "digits.pt2", spec=spec)
-
-
 def test_pt2_runs_like_the_module(digits_pt2, digits_model, digits_val):
     from edgecls.backends.torch.runtime import TorchSession
     from edgecls.calibration.preprocess import to_model_input

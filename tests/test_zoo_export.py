@@ -151,7 +151,8 @@ def test_zoo_model_exports_and_matches_torch(name, photo_set, tmp_path):
 
     from edgecls.calibration.preprocess import preprocess, to_model_input
     from edgecls.classifier import Classifier
-    from edgecls.exporting import check_against_torch, export
+    from edgecls.exporting import check_against_reference, export
+    from edgecls.sources import ExportSource
 
     torch.manual_seed(0)
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -172,7 +173,7 @@ def test_zoo_model_exports_and_matches_torch(name, photo_set, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
 
     # the check, on real photo crops this time
-    result = check_against_torch(out, model, spec, pixels=crops[:8])
+    result = check_against_reference(out, ExportSource(model, spec, tmp_path), pixels=crops[:8])
     assert result.ok, result
     assert result.n == 8 and result.agreement == 1.0
 

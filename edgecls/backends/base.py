@@ -53,7 +53,12 @@ class Declared:
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return flag_of(self.name)
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of an option name (calib_method -> --calib-method)."""
+    return "--" + name.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ class ExportOptions:
         declared = {d.name: d for d in cls.declared()}
         unknown = sorted(set(given) - set(declared))
         if unknown:
-            flags = ", ".join(Declared(u, object, "", False, {}).flag for u in unknown)
+            flags = ", ".join(flag_of(u) for u in unknown)
             raise UnsupportedOptionError(f"--to {fmt} does not take {flags}")
         misplaced = sorted(k for k in given if declared[k].int8_only and precision != "int8")
         if misplaced:
@@ -90,6 +95,10 @@ class ExportOptions:
         options = cls(**{k: _convert(declared[k], v) for k, v in given.items()})
         options.check(precision)
         return options
+
+    def given(self) -> list[Declared]:
+        """The options that were set (not None, False or empty)."""
+        return [d for d in self.declared() if not _absent(getattr(self, d.name))]
 
     def check(self, precision: str) -> None:
         """The backend's rules on values (choices, ranges, combinations with the precision):
@@ -153,6 +162,9 @@ class Format:
     precisions: tuple[str, ...] = PRECISIONS
     devices: tuple[str, ...] = DEVICES
     companions: tuple[str, ...] = ()   # files that belong to the artifact (OpenVINO .bin)
+    # what its exporter can start from: "torch" (ExportSource.model) and/or "onnx" (only
+    # ExportSource.onnx(): a source that is an FP32 ONNX file has no torch model)
+    starts_from: tuple[str, ...] = ("torch",)
     # "module:function" naming the INT8 layers that lose most signal against the FP32 model:
     # (int8_path, fp32_onnx_path, spec, pixels, count) -> rows
     int8_diagnostics: str | None = None

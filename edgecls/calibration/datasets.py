@@ -2,8 +2,10 @@
 
 A source is a folder (ImageFolder layout = labelled, flat = unlabelled) or a built-in
 offline set: `photos` (photos bundled with scikit-image / scikit-learn / matplotlib, plus
-deterministic crops and flips of them; unlabelled) and `digits` (scikit-learn's 1797
-labelled 8x8 digits). Subsets are deterministic and class-stratified; calibration and
+deterministic crops and flips of them; unlabelled), `photos-all` (the same with the three
+other natural colour photos those packages ship, for quantization-aware training, which
+must validate on photos it never trained on) and `digits` (scikit-learn's 1797 labelled
+8x8 digits). Subsets are deterministic and class-stratified; calibration and
 validation subsets of one source are disjoint, and overlap between two sources is found
 by content hash.
 """
@@ -21,7 +23,7 @@ from edgecls.errors import DataError
 from edgecls.spec import ModelSpec
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-BUILTIN = ("photos", "digits")
+BUILTIN = ("photos", "photos-all", "digits")
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,12 @@ class ImageSet:
 
     # -- construction --------------------------------------------------------------------
     @classmethod
-    def load(cls, source: str | Path, spec: ModelSpec | None = None) -> "ImageSet":
+    def load(cls, source: str | Path, spec: ModelSpec | None = None,
+             max_pixels: int | None = None) -> "ImageSet":
+        """A built-in set, or a folder whose images are refused over `max_pixels`."""
         if str(source) in BUILTIN:
             return _BUILTIN_LOADERS[str(source)]()
-        return _folder(Path(source), spec)
+        return _folder(Path(source), spec, max_pixels)
 
     # -- subsets -------------------------------------------------------------------------
     def subset(self, size: int | None, seed: int = 0, exclude: "ImageSet | None" = None) -> "ImageSet":
@@ -125,15 +129,17 @@ class CalibrationSet:
     images: ImageSet
     spec: ModelSpec
     source: Any = None          # where the images came from (a folder or a built-in name)
+    max_pixels: int | None = None   # the pixel limit for its images and held-out images
 
     @classmethod
-    def from_source(cls, source: Any, spec: ModelSpec, size: int = 300) -> "CalibrationSet":
+    def from_source(cls, source: Any, spec: ModelSpec, size: int = 300,
+                    max_pixels: int | None = None) -> "CalibrationSet":
         if isinstance(source, CalibrationSet):
             return source
-        full = load_part(source, spec, "calib")
+        full = load_part(source, spec, "calib", max_pixels)
         if not len(full):
             raise DataError(f"calibration source {source}: no images found")
-        return cls(full.subset(size), spec, source)
+        return cls(full.subset(size), spec, source, max_pixels)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -151,7 +157,7 @@ class CalibrationSet:
         source = data if data is not None else self.source
         if source is None:
             return None
-        return load_part(source, spec, "val").subset(size, exclude=self.images)
+        return load_part(source, spec, "val", self.max_pixels).subset(size, exclude=self.images)
 
     def recipe(self) -> dict[str, Any]:
         # Short content ids of every calibration image: parity uses them to find validation
@@ -161,7 +167,8 @@ class CalibrationSet:
                 "calibration_ids": sorted(i.digest()[:12] for i in self.images.items)}
 
 
-def load_part(source: Any, spec: ModelSpec | None, part: str) -> ImageSet:
+def load_part(source: Any, spec: ModelSpec | None, part: str,
+              max_pixels: int | None = None) -> ImageSet:
     """An image source used for calibration (part "calib") or validation ("val").
 
     The one place the built-in `photos` is split: calibration takes its even views and
@@ -169,26 +176,46 @@ def load_part(source: Any, spec: ModelSpec | None, part: str) -> ImageSet:
     (subsets are drawn from it by the caller)."""
     if isinstance(source, ImageSet):
         return source
-    if str(source) == "photos":
-        return photos_split(part)
-    return ImageSet.load(source, spec)
+    if str(source) in _PHOTO_SETS:
+        return photos_split(part, str(source))
+    return ImageSet.load(source, spec, max_pixels)
 
 
 # -- folders -------------------------------------------------------------------------------
-def _folder(root: Path, spec: ModelSpec | None) -> ImageSet:
+def check_source(source: Any) -> None:
+    """A folder or built-in name that does not exist fails now, before any model work."""
+    if isinstance(source, (str, Path)) and str(source) not in BUILTIN:
+        _must_be_folder(Path(source))
+
+
+def _must_be_folder(root: Path) -> None:
     if not root.is_dir():
         raise DataError(f"{root}: not a folder of images (or one of the built-in sets: "
                         f"{', '.join(BUILTIN)})")
+
+
+def _folder(root: Path, spec: ModelSpec | None, max_pixels: int | None = None) -> ImageSet:
+    _must_be_folder(root)
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not subdirs:  # flat folder: unlabelled
         files = _images_in(root)
         if not files:
             raise DataError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        return ImageSet(root.name, [_file_item(f, None) for f in files])
+        return ImageSet(root.name, [_file_item(f, None, max_pixels) for f in files])
+    loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if loose:   # half a class layout: the loose images would silently not count
+        raise DataError(f"{root}: {len(loose)} image(s) (e.g. {loose[0].name}) sit next to the "
+                        "class folders; move them into a class folder or out of it")
     mapping = _map_classes([d.name for d in subdirs], spec)
-    items = [_file_item(f, mapping[d.name]) for d in subdirs for f in _images_in(d)]
-    if not items:
+    per_class = {d.name: _images_in(d) for d in subdirs}
+    empty = [name for name, files in per_class.items() if not files]
+    if len(empty) == len(subdirs):
         raise DataError(f"{root}: its class folders hold no images")
+    if empty:   # as torchvision's ImageFolder: a class without images is a mistake
+        raise DataError(f"{root}: class folder(s) {', '.join(empty[:3])} hold no images; "
+                        "add images or remove the folder")
+    items = [_file_item(f, mapping[name], max_pixels)
+             for name, files in per_class.items() for f in files]
     return ImageSet(root.name, items, [d.name for d in subdirs])
 
 
@@ -196,8 +223,8 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def _file_item(path: Path, label: int | None) -> Item:
-    return Item(str(path.resolve()), label, lambda p=path: load_rgb(p))
+def _file_item(path: Path, label: int | None, max_pixels: int | None = None) -> Item:
+    return Item(str(path.resolve()), label, lambda p=path: load_rgb(p, max_pixels))
 
 
 def _normal(name: str) -> str:
@@ -220,8 +247,10 @@ def _map_classes(folders: list[str], spec: ModelSpec | None) -> dict[str, int]:
 
 
 # -- built-in offline sets ----------------------------------------------------------------
-def _photo_loaders() -> dict[str, Callable[[], np.ndarray]]:
-    """Real photos that ship inside installed packages (no download)."""
+def _photo_loaders(extended: bool = False) -> dict[str, Callable[[], np.ndarray]]:
+    """Real photos that ship inside installed packages (no download). `photos` is fixed
+    (the INT8 recipes are judged on it); `extended` adds the other natural colour photos
+    (matplotlib's logos and colour wheel are drawings, not photos)."""
     loaders: dict[str, Callable[[], np.ndarray]] = {}
     try:
         import skimage.data as skd
@@ -241,8 +270,18 @@ def _photo_loaders() -> dict[str, Callable[[], np.ndarray]]:
         import matplotlib.cbook as cbook
         loaders["grace_hopper"] = lambda: load_rgb(cbook.get_sample_data("grace_hopper.jpg",
                                                                          asfileobj=False))
+        if extended:
+            loaders["minduka_present"] = lambda: load_rgb(cbook.get_sample_data(
+                "Minduka_Present_Blue_Pack.png", asfileobj=False))
     except ImportError:
         pass
+    if extended:
+        try:
+            import skimage.data as skd
+            for name in ("immunohistochemistry", "retina"):
+                loaders[name] = getattr(skd, name)
+        except ImportError:
+            pass
     if not loaders:
         raise DataError("the built-in `photos` need scikit-image, scikit-learn or matplotlib: "
                         "pip install 'edgecls[data]'")
@@ -274,20 +313,28 @@ def _view(load: Callable[[], np.ndarray], top: float, left: float, size: float, 
     return make
 
 
-def photos() -> ImageSet:
-    """Every bundled photo in 12 deterministic views (crops, flips): 100+ real images."""
+def photos(name: str = "photos") -> ImageSet:
+    """Every bundled photo in 12 deterministic views (crops, flips): 100+ real images.
+    Keys are "photos:<photo>:<view>", so that views of one photo can be kept together."""
     items = []
-    for name, load in _photo_loaders().items():
+    for photo, load in _photo_loaders(extended=_PHOTO_SETS[name]).items():
         for v, (top, left, size, flip) in enumerate(_VIEWS):
-            items.append(Item(f"photos:{name}:{v}", None, _view(load, top, left, size, flip)))
-    return ImageSet("photos", items)
+            items.append(Item(f"photos:{photo}:{v}", None, _view(load, top, left, size, flip)))
+    return ImageSet(name, items)
 
 
-def photos_split(part: str) -> ImageSet:
-    """Disjoint halves of `photos`: even views calibrate, odd views validate."""
+def photos_split(part: str, name: str = "photos") -> ImageSet:
+    """Disjoint halves of a photo set: even views calibrate, odd views validate. Both halves
+    show the same photos: fine for calibration, leakage for anything that trains."""
     keep = 0 if part == "calib" else 1
-    full = photos()
-    return ImageSet(f"photos-{part}", [i for i in full.items if int(i.key.rsplit(":", 1)[1]) % 2 == keep])
+    full = photos(name)
+    return ImageSet(f"{name}-{part}", [i for i in full.items if int(i.key.rsplit(":", 1)[1]) % 2 == keep])
+
+
+def photo_of(item: Item) -> str:
+    """The photo an image shows: its view's photo for the built-in photo sets ("photos:
+    chelsea:3" -> "photos:chelsea"), else the image itself (one file, one photo)."""
+    return item.key.rsplit(":", 1)[0] if item.key.startswith("photos:") else item.key
 
 
 def digits() -> ImageSet:
@@ -303,4 +350,7 @@ def digits() -> ImageSet:
                     [str(i) for i in range(10)])
 
 
-_BUILTIN_LOADERS: dict[str, Callable[[], ImageSet]] = {"photos": photos, "digits": digits}
+#: built-in photo sets -> whether they include the extended photos
+_PHOTO_SETS = {"photos": False, "photos-all": True}
+_BUILTIN_LOADERS: dict[str, Callable[[], ImageSet]] = {
+    "photos": photos, "photos-all": lambda: photos("photos-all"), "digits": digits}

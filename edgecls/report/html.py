@@ -8,7 +8,7 @@ import logging
 
 import numpy as np
 
-from edgecls.report.model import WORST_LAYER_COLUMNS, ParityReport, columns, rows
+from edgecls.report.model import WORST_LAYER_COLUMNS, ParityReport, columns, machine, rows
 
 log = logging.getLogger("edgecls")
 
@@ -78,7 +78,8 @@ def render_html(report: ParityReport) -> str:
     parts = [f"<!doctype html><meta charset='utf-8'><title>parity: {e(ref['name'])}</title>",
              f"<style>{_STYLE}</style><h1>Parity report: {e(ref['name'])}</h1>",
              f"<p>Data <b>{e(d['name'])}</b>, {d['n']} images ({'labelled' if d['labelled'] else 'unlabelled'}); "
-             f"reference {e(ref['kind'])} ({e(str(ref['origin']))}). Result: "
+             f"reference {e(ref['kind'])} ({e(str(ref['origin']))}); machine {e(machine(report))}. "
+             "Result: "
              f"<span class='{'pass' if report else 'fail'}'>{'PASS' if report else 'FAIL'}</span></p>"]
     shown = columns(report)
     lines = []

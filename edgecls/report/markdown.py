@@ -1,19 +1,20 @@
 """Markdown rendering of a parity report."""
 from __future__ import annotations
 
-from edgecls.report.model import WORST_LAYER_COLUMNS, ParityReport, columns, rows
+from edgecls.report.model import WORST_LAYER_COLUMNS, ParityReport, columns, machine, rows
 
 
 def _table(head: list[str], body: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + \
-        ["| " + " | ".join(cells) + " |" for cells in body]
+    def row(cells: list[str]) -> str:   # a "|" inside a cell (max|Δ|) would split it
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+    return [row(head), "|" + "---|" * len(head)] + [row(cells) for cells in body]
 
 
 def render_markdown(report: ParityReport) -> str:
     d, ref = report.data, report.reference
     lines = [f"# Parity report: {ref['name']}", "",
              f"Data: **{d['name']}**, {d['n']} images ({'labelled' if d['labelled'] else 'unlabelled'}). "
-             f"Reference: {ref['kind']} ({ref['origin']}).", "",
+             f"Reference: {ref['kind']} ({ref['origin']}). Machine: {machine(report)}.", "",
              f"**Result: {'PASS' if report else 'FAIL'}**", ""]
     shown = columns(report)
     body = []

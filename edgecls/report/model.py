@@ -138,8 +138,17 @@ def rows(report: ParityReport) -> list[Row]:
     return out
 
 
+def machine(report: ParityReport) -> str:
+    """The CPU the numbers come from (INT8 results differ between CPU kinds)."""
+    m = report.data.get("machine")
+    if not m:
+        return "unknown machine"
+    note = " (no VNNI: u8*s8 saturates)" if m.get("u8s8_saturates") else ""
+    return f"{m['cpu']}, {m['cores']} cores, {m['int8_isa']}{note}"
+
+
 def title(report: ParityReport) -> str:
     d, ref = report.data, report.reference
     return (f"parity on {d['name']} ({d['n']} images, "
             f"{'labelled' if d['labelled'] else 'unlabelled'}) vs {ref['kind']} reference "
-            f"{ref['name']}")
+            f"{ref['name']} - {machine(report)}")

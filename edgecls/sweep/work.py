@@ -160,4 +160,4 @@ def _write(files: dict[str, bytes], folder: Path) -> None:
         (folder / file_name).write_bytes(data)
 
 
-__all__ = ["Settings", "Packed", "build", "time_artifact", "error_line"]
+__all__ = ["Settings", "Packed", "build", "time_artifact"]

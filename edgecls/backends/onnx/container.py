@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgecls.errors import ArtifactError, first_line
+from edgecls.errors import REEXPORT, ArtifactError, first_line
 from edgecls.spec import SPEC_KEY, ModelSpec
 
 _TWO_GB = 2 * 1024 ** 3
@@ -40,7 +40,8 @@ def inference_session(path: Path, options, providers: list[str]):
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/... classes
-        raise ArtifactError(f"{path}: ONNX Runtime cannot load it ({first_line(e)})") from None
+        raise ArtifactError(f"{path}: ONNX Runtime cannot load it ({first_line(e)}); "
+                            f"{REEXPORT}") from None
 
 
 def spec_of(session, path: Path) -> ModelSpec:

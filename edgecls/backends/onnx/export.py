@@ -20,7 +20,7 @@ def export_fp32(model, spec: ModelSpec, out: Path, opset: int = DEFAULT_OPSET) -
     import torch
 
     h, w = spec.input_size
-    sample = torch.randn(2, 3, h, w)
+    sample = torch.randn(2, spec.channels, h, w)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -30,6 +30,15 @@ def export_fp32(model, spec: ModelSpec, out: Path, opset: int = DEFAULT_OPSET) -
     import onnx
     spec.tools.update(onnx=onnx.__version__, opset=str(opset))
     write_spec(out, spec)
+
+
+def export_qat(student, spec: ModelSpec, out: Path, opset: int = DEFAULT_OPSET) -> None:
+    """A QAT student as QDQ ONNX: convert_pt2e folds the weights into int8 tensors, and the
+    dynamo exporter (with its optimizer) keeps them as int8 initializers feeding
+    DequantizeLinear, per channel (onnxscript >= 0.7.1), with the trained activation scales
+    on QuantizeLinear / DequantizeLinear pairs."""
+    student.record(spec, "onnx")
+    export_fp32(student.converted(fold_quantize=True), spec, out, opset)
 
 
 def export_fp16(fp32_path: Path, spec: ModelSpec, out: Path) -> None:
@@ -51,14 +60,17 @@ def export_fp16(fp32_path: Path, spec: ModelSpec, out: Path) -> None:
 
 def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
            options: OnnxOptions) -> None:
-    """The format table's exporter for "onnx"."""
-    opset = options.opset or DEFAULT_OPSET
-    if precision == "fp32":
-        if source.onnx_opset == opset and source.has_onnx():
-            shutil.copyfile(source.onnx(), out)
-            write_spec(out, spec)
-        else:
-            export_fp32(source.model, spec, out, opset=opset)
+    """The format table's exporter for "onnx". Every precision starts from the source's FP32
+    ONNX (exported from torch at --opset, or the ONNX file the source is); a QAT student
+    from its own QDQ graph."""
+    opset = options.opset
+    if source.student is not None:       # QAT: the trained scales, nothing to calibrate
+        export_qat(source.student, spec, out, opset or DEFAULT_OPSET)
+    elif precision == "fp32":
+        import onnx
+        shutil.copyfile(source.onnx(opset), out)
+        spec.tools.update(onnx=onnx.__version__, opset=str(source.onnx_opset))
+        write_spec(out, spec)
     elif precision == "fp16":
         export_fp16(source.onnx(opset), spec, out)
     else:

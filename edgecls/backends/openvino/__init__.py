@@ -41,5 +41,5 @@ FORMAT = Format(
     container="edgecls.backends.openvino.container", container_requires=("openvino",),
     exporter="edgecls.backends.openvino.export:export",
     export_requires=TORCH_EXPORT + ("openvino", "nncf"), options=OpenVINOOptions,
-    companions=(".bin",),
+    companions=(".bin",), starts_from=("torch", "onnx"),
     description="OpenVINO IR (Intel CPU, GPU, NPU)")

@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 
 from edgecls.backends.openvino import OpenVINOOptions
-from edgecls.backends.openvino.container import write_spec
+from edgecls.backends.openvino.container import save, write_spec
 from edgecls.errors import first_line
 from edgecls.spec import ModelSpec
 
@@ -32,8 +32,14 @@ COMPRESS_TO_FP16 = {"fp32": False, "fp16": True, "int8": False}
 def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
            options: OpenVINOOptions) -> None:
     """The format table's exporter for "openvino": writes `out` and out.with_suffix(".bin")."""
-    model, spec.exported_from = convert(source, spec)
     finish = functools.partial(_finish, precision=precision, options=options)
+    if source.student is not None:   # QAT: the QDQ ONNX's trained scales become FakeQuantize
+        import openvino as ov
+        model, spec.exported_from = ov.convert_model(str(source.qat_onnx())), "onnx"
+        source.student.record(spec, "openvino")
+        finish(model, spec, out)
+        return
+    model, spec.exported_from = convert(source, spec)
     if precision != "int8":
         finish(model, spec, out)
         return
@@ -55,7 +61,7 @@ def _finish(model, spec: ModelSpec, out: Path, *, precision: str, options: OpenV
         model = bake_preprocessing(model, spec)
     spec.tools.update(openvino=ov.get_version().split("-")[0])
     write_spec(model, spec)
-    ov.save_model(model, str(out), compress_to_fp16=COMPRESS_TO_FP16[precision])
+    save(model, out, compress_to_fp16=COMPRESS_TO_FP16[precision])
 
 
 def convert(source, spec: ModelSpec):
@@ -76,15 +82,16 @@ def _from_torch(model, spec: ModelSpec):
     import torch
 
     h, w = spec.input_size
-    ov_model = ov.convert_model(model, example_input=torch.randn(1, 3, h, w),
-                                input=[(-1, 3, h, w)])
+    c = spec.channels
+    ov_model = ov.convert_model(model, example_input=torch.randn(1, c, h, w),
+                                input=[(-1, c, h, w)])
     return ov_model
 
 
 def set_batch(model, batch: int, spec: ModelSpec):
     """Fix the batch dimension; the runtime splits/pads other batch sizes (spec.notes)."""
     h, w = spec.input_size
-    model.reshape({model.input(0).get_any_name(): [batch, 3, h, w]})
+    model.reshape({model.input(0).get_any_name(): [batch, spec.channels, h, w]})
     spec.notes = {**spec.notes, "static_batch": batch}  # a new dict: derive() shares notes
     return model
 

@@ -40,5 +40,6 @@ FORMAT = Format(
     container="edgecls.backends.tensorrt.container",   # pure Python: `info` needs no GPU
     exporter="edgecls.backends.tensorrt.export:export",
     export_requires=TORCH_EXPORT + ("tensorrt",), options=TensorRTOptions,
+    starts_from=("torch", "onnx"),
     devices=("gpu", "npu", "auto"),   # npu = DLA cores
     description="TensorRT engine (NVIDIA GPU, DLA)")

@@ -20,7 +20,7 @@ import json
 import struct
 from pathlib import Path
 
-from edgecls.errors import ArtifactError, first_line
+from edgecls.errors import REEXPORT, ArtifactError, first_line
 from edgecls.io import atomic_paths
 from edgecls.spec import ModelSpec
 
@@ -83,7 +83,7 @@ def _read(path: Path, with_engine: bool) -> tuple[ModelSpec, bytes | None]:
             if head[:len(MAGIC)] != MAGIC:
                 if len(head) < len(MAGIC) and MAGIC.startswith(head):
                     raise ArtifactError(f"{path}: truncated ({size} bytes, not even an edgecls "
-                                        "TensorRT header)")
+                                        f"TensorRT header); {REEXPORT}")
                 raise ArtifactError(
                     f"{path}: a TensorRT engine without an edgecls header (built elsewhere?), "
                     "so its preprocessing and labels are unknown; export it with `edgecls "
@@ -91,7 +91,7 @@ def _read(path: Path, with_engine: bool) -> tuple[ModelSpec, bytes | None]:
                     "edgecls.backends.tensorrt.container.wrap_engine(path, spec, out)")
             if len(head) < HEADER_SIZE:
                 raise ArtifactError(f"{path}: truncated inside the edgecls TensorRT header "
-                                    f"({size} of {HEADER_SIZE} bytes)")
+                                    f"({size} of {HEADER_SIZE} bytes); {REEXPORT}")
             version, n = _FIXED.unpack(head[len(MAGIC):])
             if version > HEADER_VERSION:
                 raise ArtifactError(f"{path}: written by a newer edgecls (TensorRT header version "
@@ -100,7 +100,7 @@ def _read(path: Path, with_engine: bool) -> tuple[ModelSpec, bytes | None]:
                 raise ArtifactError(f"{path}: invalid edgecls TensorRT header (version {version})")
             if HEADER_SIZE + n > size:
                 raise ArtifactError(f"{path}: truncated: the header announces a {n}-byte spec but "
-                                    f"only {size - HEADER_SIZE} bytes follow it")
+                                    f"only {size - HEADER_SIZE} bytes follow it; {REEXPORT}")
             spec = _parse_spec(f.read(n), path)
             _check_engine_size(spec, size - HEADER_SIZE - n, path)
             engine = f.read() if with_engine else None
@@ -125,11 +125,12 @@ def _parse_spec(raw: bytes, path: Path) -> ModelSpec:
 def _check_engine_size(spec: ModelSpec, size: int, path: Path) -> None:
     expected = spec.notes.get("engine_size")
     if size == 0:
-        raise ArtifactError(f"{path}: truncated: the spec is there but the engine is missing")
+        raise ArtifactError(f"{path}: truncated: the spec is there but the engine is missing; "
+                            f"{REEXPORT}")
     if isinstance(expected, int) and size != expected:
         what = "truncated" if size < expected else "corrupt (trailing bytes)"
         raise ArtifactError(f"{path}: {what}: the engine should be {expected} bytes, "
-                            f"the file holds {size}")
+                            f"the file holds {size}; {REEXPORT}")
 
 
 def read_spec(path: str | Path) -> ModelSpec:

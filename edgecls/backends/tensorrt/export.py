@@ -158,6 +158,9 @@ def _batch_profile(builder, network, config, spec: ModelSpec,
 
 
 def _onnx_to_parse(plan: BuildPlan, source, spec: ModelSpec, calibration, work: Path) -> Path:
+    if source.student is not None:     # QAT: the student's symmetric s8 QDQ ONNX
+        source.student.record(spec, "tensorrt")
+        return source.qat_onnx()
     fp32 = source.onnx()
     if plan.onnx == "fp32":
         return fp32

@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from edgecls.errors import ArtifactError
+from edgecls.errors import REEXPORT, ArtifactError
 from edgecls.spec import SPEC_KEY, ModelSpec
 
 FILE_IDENTIFIER = b"TFL3"
@@ -27,7 +27,7 @@ class _Flat:
         self.buf, self.source = buf, source
 
     def _bad(self, why: str) -> ArtifactError:
-        return ArtifactError(f"{self.source}: not a valid TFLite flatbuffer ({why})")
+        return ArtifactError(f"{self.source}: not a valid TFLite flatbuffer ({why}); {REEXPORT}")
 
     def u32(self, pos: int) -> int:
         if pos < 0 or pos + 4 > len(self.buf):
@@ -85,8 +85,8 @@ def read_metadata(buf: bytes, source: str, key: str = SPEC_KEY) -> bytes | None:
     """
     fb = _Flat(buf, source)
     if len(buf) < 8 or buf[4:8] != FILE_IDENTIFIER:
-        raise ArtifactError(f"{source}: not a TFLite flatbuffer (no TFL3 identifier); "
-                            "is it truncated or another kind of file?")
+        raise ArtifactError(f"{source}: not a TFLite flatbuffer (no TFL3 identifier: truncated, "
+                            f"or another kind of file); {REEXPORT}")
     model = fb.deref(0)
     meta_start, meta_n = fb.vector(model, 6)
     buffers_start, buffers_n = fb.vector(model, 4)

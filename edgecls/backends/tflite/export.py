@@ -24,7 +24,7 @@ from pathlib import Path
 
 from edgecls.backends.tflite import TFLiteOptions, io_type
 from edgecls.backends.tflite.container import embed_spec
-from edgecls.errors import DataError
+from edgecls.errors import DataError, UnsupportedOptionError
 from edgecls.spec import ModelSpec
 
 log = logging.getLogger("edgecls")
@@ -38,14 +38,17 @@ def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
     spec.exported_from = "torch"
     spec.input_dtype = int8_io or "float32"
     spec.tools.update(_versions())
-    model = convert_fp32(source.model, spec)
+    if source.student is not None:       # QAT: litert-torch lowers the trained scales
+        model = convert_qat(source.student, spec)
+    else:
+        model = convert_fp32(source.model, spec)
     if precision == "fp16":
         from edgecls.backends.tflite.quantize import quantize_fp16
         with quiet():
             model = quantize_fp16(model)
         spec.quantization = {"method": "weight-only", "weights": "float16",
                              "tool": "ai-edge-quantizer"}
-    elif precision == "int8":
+    elif precision == "int8" and source.student is None:
         from edgecls import search, targets
         from edgecls.backends.tflite.tuning import TFLiteTuner
         if not len(calibration):
@@ -112,5 +115,33 @@ def convert_fp32(model, spec: ModelSpec) -> bytes:
     with quiet():
         import litert_torch
         with torch.no_grad():
-            edge = litert_torch.convert(_nhwc(model), (torch.zeros(1, h, w, 3),))
+            edge = litert_torch.convert(_nhwc(model), (torch.zeros(1, h, w, spec.channels),))
         return bytes(edge.model_content())
+
+
+def convert_qat(student, spec: ModelSpec) -> bytes:
+    """The full-integer TFLite flatbuffer of a QAT student: litert-torch lowers its converted
+    PT2E graph (quantize / dequantize pairs with the trained scales, weights not folded, as
+    litert-torch's PT2E path expects) with the quantizer it was prepared with. Input and
+    output come out int8 with the trained scales (the session quantizes and dequantizes)."""
+    import torch
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    from edgecls.backends.tflite.quantize import float_ops, io_dtypes
+
+    h, w = spec.input_size
+    with quiet():
+        import litert_torch
+        with torch.no_grad():
+            edge = litert_torch.convert(_nhwc(student.converted(fold_quantize=False)),
+                                        (torch.zeros(1, h, w, 3),),
+                                        quant_config=QuantConfig(pt2e_quantizer=student.quantizer))
+        model = bytes(edge.model_content())
+    leftover = float_ops(model)
+    if leftover:
+        raise UnsupportedOptionError(f"{spec.name}: the QAT model lowered to TFLite keeps float "
+                                     f"ops ({', '.join(leftover[:5])}); litert-torch's quantizer "
+                                     "does not cover this architecture yet")
+    student.record(spec, "tflite")
+    spec.input_dtype = io_dtypes(model)[0]
+    return model

@@ -164,6 +164,14 @@ def op_table(model: bytes) -> list[tuple[str, list[str], list[str]]]:
     return [(op.name, op.inputs, op.outputs) for op in ops(model)]
 
 
+def io_dtypes(model: bytes) -> tuple[str, str]:
+    """The numpy dtype names of a single-input, single-output model's input and output."""
+    from ai_edge_litert.interpreter import Interpreter
+    it = Interpreter(model_content=model)
+    return (np.dtype(it.get_input_details()[0]["dtype"]).name,
+            np.dtype(it.get_output_details()[0]["dtype"]).name)
+
+
 def float_ops(model: bytes, allow_boundary: bool = True) -> list[str]:
     """Ops that compute on float tensors. With float I/O, the single QUANTIZE at the input
     and DEQUANTIZE at the output are conversions, not float compute; they are allowed when

@@ -27,7 +27,8 @@ import numpy as np
 from edgecls.backends.base import Session
 from edgecls.backends.tflite import FORMAT
 from edgecls.backends.tflite.container import read_file, spec_of
-from edgecls.errors import ArtifactError, DeviceUnavailableError, UnsupportedOptionError, first_line
+from edgecls.errors import (REEXPORT, ArtifactError, DeviceUnavailableError,
+                            UnsupportedOptionError, first_line)
 
 DEFAULT_INTERPRETERS = 1
 
@@ -121,7 +122,7 @@ class TFLiteSession(Session):
             it.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise ArtifactError(f"{self.path}: the TFLite runtime cannot load it "
-                                f"({first_line(e)})") from None
+                                f"({first_line(e)}); {REEXPORT}") from None
         with self._made_lock:
             self._made += 1
         return it

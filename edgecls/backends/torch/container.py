@@ -6,7 +6,7 @@ import zipfile
 from pathlib import Path
 from typing import IO
 
-from edgecls.errors import ArtifactError, first_line
+from edgecls.errors import REEXPORT, ArtifactError, first_line
 from edgecls.spec import SPEC_KEY, ModelSpec
 
 # torch.export.save puts extra files under "<archive root>/extra/"; the root folder is named
@@ -14,14 +14,20 @@ from edgecls.spec import SPEC_KEY, ModelSpec
 _MEMBER_SUFFIX = f"/extra/{SPEC_KEY}"
 
 
-def spec_in(archive_file: IO[bytes], path: Path) -> ModelSpec:
-    """The spec in an open .pt2 file (left open, for torch.export.load to read next)."""
+def spec_text(archive_file: IO[bytes], path: Path) -> str:
+    """The spec's JSON in an open .pt2 file, "" when it has none (the file is left open)."""
     try:
         with zipfile.ZipFile(archive_file) as archive:
             member = next((n for n in archive.namelist() if n.endswith(_MEMBER_SUFFIX)), None)
-            text = archive.read(member).decode("utf-8", "replace") if member else ""
+            return archive.read(member).decode("utf-8", "replace") if member else ""
     except zipfile.BadZipFile as e:
-        raise ArtifactError(f"{path}: not a .pt2 archive ({first_line(e)})") from None
+        raise ArtifactError(f"{path}: not a .pt2 archive ({first_line(e)}); {REEXPORT}") \
+            from None
+
+
+def spec_in(archive_file: IO[bytes], path: Path) -> ModelSpec:
+    """The spec in an open .pt2 file (left open, for torch.export.load to read next)."""
+    text = spec_text(archive_file, path)
     if not text:
         raise ArtifactError(f"{path}: a .pt2 program without an edgecls spec; export it with "
                             "`edgecls export --to torch`")

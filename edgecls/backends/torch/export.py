@@ -14,7 +14,7 @@ def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
 
     h, w = spec.input_size
     batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.export.export(source.model, (torch.randn(2, 3, h, w),),
+    program = torch.export.export(source.model, (torch.randn(2, spec.channels, h, w),),
                                   dynamic_shapes=({0: batch},))
     spec.exported_from = "torch"
     spec.tools["torch"] = torch.__version__

@@ -7,8 +7,8 @@ Input is what the module takes: NCHW float32, normalised as the spec says. Devic
 "gpu" (CUDA, when this torch has it), "auto" (CUDA if present, else CPU). `threads` sets
 torch's intra-op threads, which are process-wide in PyTorch.
 
-A .pt2 is loaded with torch.export.load, which unpickles parts of the archive: like any
-pickle, open only .pt2 files you trust (torch says the same).
+A .pt2 is loaded without running code from the file (backends/torch/program.py: tensors
+only; an archive holding pickled Python objects is refused).
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ import numpy as np
 from edgecls.backends.base import Session
 from edgecls.backends.torch import FORMAT
 from edgecls.backends.torch.container import spec_in
-from edgecls.errors import ArtifactError, DeviceUnavailableError, first_line
+from edgecls.backends.torch.program import load_program
+from edgecls.errors import DeviceUnavailableError
 from edgecls.spec import ModelSpec
 
 
@@ -40,15 +41,10 @@ class TorchSession(Session):
         return session
 
     def _open(self) -> None:
-        import torch
         with open(self.path, "rb") as f:     # read once: the spec, then the program
             self.spec = spec_in(f, self.path)
             f.seek(0)
-            try:
-                program = torch.export.load(f)
-            except Exception as e:  # torch's deserializer raises many kinds
-                raise ArtifactError(f"{self.path}: torch cannot load it ({first_line(e)})") \
-                    from None
+            program = load_program(f, self.path)
         self._start(program.module())
 
     def _start(self, module: Any) -> None:

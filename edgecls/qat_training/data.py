@@ -1,0 +1,135 @@
+"""The images a student trains on and is judged on: never the same photo on both sides.
+
+The built-in `photos` halves (even views calibrate, odd views validate) are views of the
+SAME photos: harmless for PTQ, which only measures ranges, leakage for anything that trains.
+So QAT splits by photo: every view of a photo lands on one side. From `photos` (or
+`photos-all`) it uses `photos-all`, the 8 photos plus the other 3 natural colour photos that
+scikit-image and matplotlib ship, so that both sides keep several photos. A folder of
+images is split by file (one file, one photo), unless validation images are given (--data).
+
+Training images are streamed: decoded, augmented and preprocessed a batch at a time, so
+memory does not grow with the training set. Validation images (at most VALIDATION_SIZE)
+are preprocessed once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from edgecls.calibration.datasets import ImageSet, load_part, photo_of
+from edgecls.calibration.preprocess import resize_crop, to_model_input
+from edgecls.errors import DataError
+from edgecls.spec import ModelSpec
+
+#: share of the photos held out for validation when no --data is given
+VALIDATION_SHARE = 1 / 3
+VALIDATION_SIZE = 500
+PHOTO_SETS = ("photos", "photos-all")
+#: distillation augmentation: square crops of this share of the shorter side, and flips
+CROP_SCALE = (0.6, 1.0)
+
+
+@dataclass
+class Split:
+    train: ImageSet          # what the student learns from (labelled in supervised mode)
+    validation: ImageSet     # never trained on: early stopping, then the export's parity
+    calibration: ImageSet    # the initial ranges, measured before training
+    how: str                 # how the two sides were made
+
+    def describe(self) -> dict[str, Any]:
+        """What the spec and the report record about the split."""
+        return {"how": self.how, "train": _describe(self.train),
+                "validation": _describe(self.validation),
+                "calibration": {"source": self.calibration.name, "size": len(self.calibration),
+                                "hash": self.calibration.digest()}}
+
+
+def _describe(images: ImageSet) -> dict[str, Any]:
+    photos = sorted({photo_of(i) for i in images.items})
+    facts: dict[str, Any] = {"source": images.name, "size": len(images), "hash": images.digest(),
+                             "photos": len(photos)}
+    if all(p.startswith("photos:") for p in photos):      # the built-in photos: by name
+        facts["photo_names"] = [p.removeprefix("photos:") for p in photos]
+    return facts
+
+
+def split(calib: Any, train: Any, data: Any, spec: ModelSpec, size: int, seed: int) -> Split:
+    """Training and validation images for QAT, disjoint by photo.
+
+    Supervised (`train` given): a labelled image set; validation is `data` or a share of
+    its photos. Distillation: the calibration images; validation is `data`, or a share of
+    their photos."""
+    if train is not None:
+        pool = _whole(train, spec)
+        if not pool.labelled:
+            raise DataError(f"--train {train}: supervised QAT needs labelled images (one "
+                            "subfolder per class); for unlabelled images use --calib alone")
+    elif calib is None:
+        raise DataError("QAT needs images to learn from: --calib DIR (or photos), or a labelled "
+                        "--train DIR")
+    else:
+        pool = _whole("photos-all" if str(calib) in PHOTO_SETS else calib, spec)
+    if data is not None:
+        validation = _whole(data, spec)
+        how = f"validation from {validation.name}"
+    else:
+        validation = by_photo(pool, VALIDATION_SHARE, seed)
+        how = f"by photo: {len(by_photos(validation))} of {len(by_photos(pool))} photos held out"
+    held = {photo_of(i) for i in validation.items}
+    kept = [i for i in pool.items if photo_of(i) not in held]
+    if not kept:
+        raise DataError(f"{pool.name}: no training images left once the validation photos are "
+                        "taken out")
+    training = ImageSet(pool.name, kept, pool.class_names).subset(size, seed=seed)
+    calibration = training if train is None or calib is None else \
+        load_part(calib, spec, "calib").subset(size, seed=seed, exclude=validation)
+    return Split(training, validation.subset(VALIDATION_SIZE, seed=seed), calibration, how)
+
+
+def _whole(source: Any, spec: ModelSpec) -> ImageSet:
+    return source if isinstance(source, ImageSet) else ImageSet.load(source, spec)
+
+
+def by_photos(images: ImageSet) -> set[str]:
+    return {photo_of(i) for i in images.items}
+
+
+def by_photo(images: ImageSet, share: float, seed: int) -> ImageSet:
+    """The images of a seeded `share` of the photos (at least one; never all)."""
+    photos = sorted(by_photos(images))
+    if len(photos) < 2:
+        raise DataError(f"{images.name}: QAT validates on photos it never trained on, so it "
+                        "needs images of at least 2 photos (or validation images: --data DIR)")
+    order = np.random.default_rng(seed).permutation(len(photos))
+    count = min(len(photos) - 1, max(1, round(len(photos) * share)))
+    held = {photos[i] for i in order[:count]}
+    return ImageSet(f"{images.name}-validation",
+                    [i for i in images.items if photo_of(i) in held], images.class_names)
+
+
+# -- pixels ----------------------------------------------------------------------------------
+def augment(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random square crop (CROP_SCALE of the shorter side) of a photo, flipped half the time."""
+    h, w = rgb.shape[:2]
+    side = max(1, int(min(h, w) * rng.uniform(*CROP_SCALE)))
+    top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+    crop = rgb[top:top + side, left:left + side]
+    return np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop)
+
+
+def batches(images: ImageSet, spec: ModelSpec, batch_size: int, rng: np.random.Generator,
+            augmented: bool) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """(model inputs, labels or None) in a seeded random order, a batch decoded at a time."""
+    order = rng.permutation(len(images))
+    for start in range(0, len(order), batch_size):
+        items = [images.items[i] for i in order[start:start + batch_size]]
+        pixels = np.stack([resize_crop(augment(i.rgb(), rng) if augmented else i.rgb(), spec)
+                           for i in items])
+        labels = np.array([i.label for i in items]) if images.labelled else None
+        yield to_model_input(pixels, spec), labels
+
+
+def inputs(images: ImageSet, spec: ModelSpec) -> np.ndarray:
+    return to_model_input(images.crops(spec), spec)

@@ -1,0 +1,55 @@
+"""`edgecls export --qat`: train once per family of the formats asked for, export each."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from edgecls.qat_training.families import resolve
+from edgecls.qat_training.training import default_checkpoint, qat
+
+
+def export_with_qat(model: Any, to: str | Sequence[str], out: str | Path | None = None, *,
+                    spec=None, weights: str = "pretrained", num_classes: int | None = None,
+                    labels: list[str] | None = None, calib: Any = None, train: Any = None,
+                    target: str | None = None, epochs: int = 3, lr: float = 1e-5,
+                    seed: int = 0, resume: bool = False, calib_size: int = 300,
+                    check: bool = True, options: dict[str, Any] | None = None,
+                    strict: bool = False, preprocessing: dict[str, Any] | None = None,
+                    model_kwargs: dict[str, Any] | None = None,
+                    trust_remote_code: bool = False) -> list[Path]:
+    """QAT INT8 artifacts of a model source (edgecls.source_kinds: a zoo name, timm:/
+    torchvision: names, a .pt2 program, a factory; or a torch module with `spec`) for every
+    format in `to`; formats of one family share one student. `out`: the artifact's path for
+    one format, a folder for several (default out/). Checkpoints go next to the artifacts."""
+    from edgecls.errors import UnsupportedOptionError
+    from edgecls.exporting import export, options_for, output_for
+    from edgecls.preprocessing import PreprocessingOptions
+    from edgecls.source_kinds import SourceRequest
+    from edgecls.source_kinds import resolve as resolve_source
+
+    to = to.split(",") if isinstance(to, str) else list(to)
+    options = dict(options or {})
+    target = options.pop("target", None) or target
+    destination = output_for(out, to)
+    resolved = resolve_source(model, SourceRequest(
+        weights=weights, num_classes=num_classes, labels=labels, kwargs=model_kwargs,
+        trust_remote_code=trust_remote_code,
+        preprocessing=PreprocessingOptions.of(preprocessing), spec=spec))
+    if resolved.model is None:
+        raise UnsupportedOptionError(f"--qat trains a torch model, and {model} is an ONNX file; "
+                                     "start from the torch model (or use PTQ: --int8)")
+    model, spec = resolved.model, resolved.spec
+    folder = destination if destination is None or len(to) > 1 else destination.parent
+    students: dict[str, Any] = {}
+    written = []
+    for fmt in to:
+        family, _ = resolve(fmt, target)
+        if family.name not in students:
+            students[family.name] = qat(
+                model, spec, calib=calib, train=train, data=options.get("data"), to=fmt,
+                target=target, epochs=epochs, lr=lr, seed=seed, resume=resume, size=calib_size,
+                checkpoint=default_checkpoint(spec, family, folder or Path("out")))
+        written.append(export(students[family.name], to=fmt, out=destination, precision="int8",
+                              spec=spec, calib_size=calib_size, check=check,
+                              options=options_for(fmt, options, to), strict=strict))
+    return written

@@ -1,0 +1,140 @@
+"""Where an artifact's FP32 reference comes from (spec.reference), and building it again.
+
+    {"kind": "zoo", "source": "mobilenet_v3_small",
+     "weights": "/abs/ft.pth", "weights_sha256": "9f2c..."}
+    {"kind": "onnx", "source": "/abs/their_model.onnx", "sha256": "41ab..."}
+    {"kind": "factory", "source": "mypkg.models:build", "kwargs": {"width": 0.5},
+     "weights": "/abs/ckpt.pth", "weights_sha256": "..."}
+
+parity rebuilds the reference from this record when loading it runs no code that the
+record names: zoo, timm:, torchvision: names, .pt2 programs and ONNX files. A module:function
+or a pickled module runs code, so the user names it again (`--reference mypkg.models:build`,
+plus --trust-remote-code for a pickle): an artifact's spec alone must never make edgecls
+call a function or unpickle a file. A file whose content no longer matches its recorded
+hash is used with a warning (the artifact may not come from it any more); a file that is
+gone is an error saying what to pass.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from edgecls.errors import DataError, EdgeclsError, first_line
+from edgecls.io import sha256
+from edgecls.source_kinds import BY_NAME, MODULE, Resolved, SourceRequest, kind_of, resolve
+from edgecls.spec import ModelSpec
+
+log = logging.getLogger("edgecls")
+HASH_CHARS = 16
+#: what a weights file given as --reference looks like to the table (.pt/.pth, or no kind)
+WEIGHTS_LIKE = ("module-file", "zoo")
+
+
+def record(resolved: Resolved, text: str, request: SourceRequest) -> dict[str, Any]:
+    """spec.reference for a source just resolved."""
+    kind = resolved.kind
+    rec: dict[str, Any] = {"kind": kind.name}
+    if resolved.file is not None:
+        rec.update(source=str(resolved.file), sha256=sha256(resolved.file, HASH_CHARS))
+    elif kind is not MODULE:
+        rec["source"] = text
+    if kind.takes_weights:
+        weights = request.weights
+        if weights not in ("pretrained", "none"):
+            path = Path(weights).resolve()
+            weights = str(path)
+            rec["weights_sha256"] = sha256(path, HASH_CHARS)
+        rec["weights"] = weights
+    if request.kwargs:
+        rec["kwargs"] = request.kwargs
+    return rec
+
+
+def rebuild(spec: ModelSpec, given: Sequence[str] = (), workdir: Path | None = None,
+            trust_remote_code: bool = False):
+    """The ExportSource of `spec`'s FP32 reference, built again. `given` is what the user
+    passed as --reference: a model source naming the reference anew (or confirming it),
+    and/or a weights file for it. Returns (source, warnings)."""
+    rec = dict(spec.reference or _legacy_record(spec))
+    kind = BY_NAME[rec["kind"]]
+    weights_like = [g for g in given if kind_of(g).name in WEIGHTS_LIKE and Path(g).is_file()]
+    sources = [g for g in given if g not in weights_like]
+    if not sources and weights_like and not kind.takes_weights:   # e.g. a pickled module
+        sources = weights_like[:1]
+        weights_like = weights_like[1:]
+    if len(sources) > 1 or len(weights_like) > 1:
+        raise DataError(f"--reference takes one model source and one weights file, not "
+                        f"{', '.join(given)}")
+    named = bool(sources)              # did the user name the source (not only its weights)?
+    if sources:
+        given_kind = kind_of(sources[0])
+        if given_kind is kind:         # the same source, moved or confirmed: the rest holds
+            rec["source"] = sources[0]
+        else:
+            kind, rec = given_kind, {"kind": given_kind.name, "source": sources[0]}
+    if weights_like:
+        if not kind.takes_weights:
+            raise DataError(f"{rec['source']} carries its own weights: --reference "
+                            f"{weights_like[0]} does not apply to it")
+        rec.update(weights=str(Path(weights_like[0]).resolve()), weights_sha256=None)
+    if kind is MODULE:
+        raise DataError(f"{spec.name} was exported from a torch module in memory: pass "
+                        "reference=<the module> (Python), or --reference with its FP32 artifact, "
+                        "its .pt2/ONNX file or its weights")
+    if not kind.rebuildable and not named:
+        trust = " --trust-remote-code" if kind.name == "module-file" else ""
+        other = " (and --reference WEIGHTS for other weights)" if kind.takes_weights else ""
+        raise DataError(f"{spec.name}'s reference is {rec['source']} ({kind.description}); "
+                        "edgecls does not run that on an artifact's word: pass --reference "
+                        f"{rec['source']}{trust} to confirm it{other}")
+    warnings = _check_files(spec, rec, kind)
+    request = SourceRequest(weights=rec.get("weights", "pretrained"),
+                            num_classes=spec.num_classes, kwargs=rec.get("kwargs"),
+                            trust_remote_code=trust_remote_code, like=spec)
+    try:
+        resolved = resolve(rec["source"], request)
+    except EdgeclsError as e:
+        if given:
+            raise
+        raise DataError(f"cannot rebuild the reference of {spec.name} ({first_line(e, 200)}); "
+                        "pass --reference with an FP32 artifact, or the weights or model "
+                        "file it came from") from None
+    return resolved.source(workdir or Path.cwd()), warnings
+
+
+def _check_files(spec: ModelSpec, rec: dict[str, Any], kind) -> list[str]:
+    """Recorded files must be there; one whose hash changed is a warning."""
+    warnings = []
+    files = []
+    if kind.is_file:
+        files.append(("source", rec["source"], rec.get("sha256"),
+                      "--reference with its new path"))
+    if rec.get("weights") not in (None, "pretrained", "none"):
+        files.append(("weights", rec["weights"], rec.get("weights_sha256"),
+                      "--reference with the weights file"))
+    for what, path, digest, remedy in files:
+        if not Path(path).is_file():
+            raise DataError(f"the {what} file of {spec.name}'s reference, {path}, is gone "
+                            f"(moved or deleted): pass {remedy}")
+        if digest and sha256(Path(path), HASH_CHARS) != digest:
+            warnings.append(f"{path} has changed since {spec.name} was exported (sha256 "
+                            f"{digest}... then, {sha256(Path(path), HASH_CHARS)}... now): the "
+                            "artifact may not come from this reference")
+    for warning in warnings:
+        log.warning("%s", warning)
+    return warnings
+
+
+def _legacy_record(spec: ModelSpec) -> dict[str, Any]:
+    """Specs written before spec.reference: a zoo name with its weights, or nothing."""
+    from edgecls import zoo
+    from edgecls.errors import UnknownModelError
+    try:
+        zoo.get_entry(spec.name)
+    except UnknownModelError:
+        raise DataError(f"{spec.name} is not a zoo model and its spec does not say where its "
+                        "reference comes from: pass --reference with its FP32 artifact") from None
+    weights = spec.weights
+    weights = "pretrained" if weights.startswith("pretrained") else weights.removeprefix("file:")
+    return {"kind": "zoo", "source": spec.name, "weights": weights}

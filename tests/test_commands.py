@@ -1,0 +1,159 @@
+"""The commands people compare results with, run as they are run: `edgecls bench`, `edgecls
+parity` (with --reference, --limit, -o) and what its report files say; `--calib-size`
+really limiting the calibration set; TFLite `--int8-io` from the command line.
+
+Real artifacts of the digits CNN trained in this session; one of them deliberately broken
+(its spec's normalisation is wrong) so the report has a failure to show.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from edgecls import hardware
+
+
+@pytest.fixture(scope="module")
+def miswired(digits_onnx, tmp_path_factory) -> Path:
+    """The digits ONNX with a spec that normalises wrongly (mean 0, std 1 on 0..255
+    pixels): a real artifact whose predictions are wrong, as a bad export's would be."""
+    import shutil
+
+    from edgecls.backends.onnx.container import write_spec
+    from edgecls.formats import read_spec
+    path = tmp_path_factory.mktemp("miswired") / "miswired.onnx"
+    shutil.copyfile(digits_onnx, path)
+    write_spec(path, read_spec(digits_onnx).derive(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))
+    return path
+
+
+# -- parity -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def parity_run(digits_onnx, digits_ir, miswired, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("parity")
+    proc = run_cli("parity", digits_ir, miswired, "--reference", digits_onnx, "--data", "digits",
+                   "--limit", "60", "-o", folder / "report", cwd=folder)
+    return proc, folder / "report"
+
+
+def test_parity_cli_exit_status_and_table(parity_run):
+    proc, _ = parity_run
+    assert proc.returncode == 1, proc.stderr          # one artifact misses its tolerance
+    assert "Traceback" not in proc.stderr
+    assert "digits.xml" in proc.stdout and "miswired.onnx" in proc.stdout
+    assert "NO" in proc.stdout and "yes" in proc.stdout
+
+
+def test_parity_report_json(parity_run, digits_onnx):
+    _, folder = parity_run
+    report = json.loads((folder / "report.json").read_text())
+    assert report["passed"] is False
+    assert report["data"]["n"] == 60 and report["data"]["labelled"] is True   # --limit 60
+    assert report["reference"]["kind"] == "artifact"                          # --reference
+    assert report["reference"]["origin"] == str(digits_onnx)
+    assert report["reference"]["top1"] > 0.9
+    good, bad = report["results"]
+    assert good["name"] == "digits.xml" and good["passed"] and good["n"] == 60
+    assert good["agreement"] == 1.0 and good["top1_drop"] == 0.0 and not good["failures"]
+    assert good["backend"] == "openvino" and good["precision_used"] == "fp32"
+    assert bad["name"] == "miswired.onnx" and not bad["passed"]
+    assert bad["agreement"] < 0.5 and bad["top1"] < good["top1"] - 0.3
+    assert any("agreement" in f or "drop" in f for f in bad["failures"]), bad["failures"]
+    assert len(bad["disagreements"]) == round((1 - bad["agreement"]) * 60)
+    assert 0 <= bad["mcnemar_p"] < 1e-3 and good["mcnemar_p"] == 1.0
+
+
+def test_parity_report_markdown(parity_run):
+    _, folder = parity_run
+    md = (folder / "report.md").read_text()
+    assert "**Result: FAIL**" in md and "60 images (labelled)" in md
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    header, reference, good, bad = rows[0], rows[1], rows[2], rows[3]
+    cells = [re.split(r"(?<!\\)\|", row)[1:-1] for row in rows]   # "\|" stays inside a cell
+    assert len({len(c) for c in cells}) == 1                   # every row as wide as the header
+    assert "top-1 %" in header and "agree %" in header and r"max\|Δ\|" in header
+    assert reference.startswith("| reference | artifact")
+    assert good.startswith("| `digits.xml` |") and good.rstrip().endswith("| yes |")
+    assert bad.startswith("| `miswired.onnx` |") and bad.rstrip().endswith("| **NO** |")
+    assert "## Failures" in md and "- miswired.onnx: " in md
+
+
+def test_parity_report_html(parity_run):
+    _, folder = parity_run
+    html = (folder / "report.html").read_text()
+    plots = re.findall(r"<h2>([^<]+)</h2><img src='data:image/png;base64,([A-Za-z0-9+/=]{500,})'",
+                       html)
+    assert [title for title, _ in plots] == ["Accuracy per artifact", "Logit error distribution"]
+    import base64
+    for _, data in plots:                                 # real PNG images
+        assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
+    row = re.search(r"<tr><td>miswired\.onnx</td>.*?</tr>", html).group(0)
+    assert "<td class='fail'>NO</td>" in row               # the failing artifact is marked
+    row = re.search(r"<tr><td>digits\.xml</td>.*?</tr>", html).group(0)
+    assert "<td class='pass'>yes</td>" in row
+    assert "<span class='fail'>FAIL</span>" in html
+    assert html.count("class='thumb'") >= 10             # the images it got wrong, shown
+
+
+# -- bench ------------------------------------------------------------------------------------------
+def test_bench_cli_and_api(digits_onnx, digits_ir, tmp_path):
+    proc = run_cli("bench", digits_onnx, digits_ir, "--batch", "1", "4", "--seconds", "0.3",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    table = [line for line in proc.stdout.splitlines() if "digits." in line]
+    assert len(table) == 4                                  # 2 artifacts x 2 batch sizes
+    assert sum("onnxruntime" in line for line in table) == 2
+    assert sum("openvino" in line for line in table) == 2
+
+    from edgecls.bench import bench
+    result = bench([digits_onnx, digits_ir], batch_sizes=[1, 4], seconds=0.3)
+    record = result.to_dict()
+    assert record["machine"]["int8_isa"] == hardware.cpu().int8_isa   # numbers name their CPU
+    rows = record["rows"]
+    assert [(r["artifact"], r["batch"]) for r in rows] == [
+        ("digits.onnx", 1), ("digits.xml", 1), ("digits.onnx", 4), ("digits.xml", 4)]
+    for row, raw in zip(rows, result.rows):
+        assert 0 < row["p50_ms"] <= row["p90_ms"]
+        assert len(raw.samples) >= 3
+        # images per second is what the measured times say
+        assert row["throughput"] == pytest.approx(row["batch"] * 1000 / np.mean(raw.samples))
+
+
+# -- --calib-size ------------------------------------------------------------------------------------
+def test_calib_size_limits_the_calibration_set(digits_model, tmp_path):
+    from edgecls.exporting import export
+    from edgecls.formats import read_spec
+    model, spec = digits_model
+    sizes = {}
+    for size in (24, 64):
+        path = export(model, to="onnx", out=tmp_path / f"d{size}.onnx", spec=spec,
+                      precision="int8", calib="digits", calib_size=size, check=False)
+        q = read_spec(path).quantization
+        sizes[size] = q
+        assert q["calibration_size"] == size and len(q["calibration_ids"]) == size
+    # a subset of 24 is not the first 24 of the 64: both are stratified draws, all 10 classes
+    assert sizes[24]["calibration_hash"] != sizes[64]["calibration_hash"]
+
+
+# -- TFLite --int8-io through the command line -----------------------------------------------------------
+def test_tflite_int8_io_from_the_cli(tmp_path, photo_files):
+    from edgecls.classifier import Classifier
+    from edgecls.formats import read_spec
+    out = tmp_path / "sq.int8.tflite"
+    proc = run_cli("export", "squeezenet1_1", "--weights", "none", "--to", "tflite", "--int8",
+                   "--calib", "photos", "--calib-size", "8", "--int8-io", "-o", out,
+                   cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    spec = read_spec(out)
+    assert spec.input_dtype == "int8" and spec.precision == "int8"
+    assert spec.quantization["calibration_size"] == 8
+    with Classifier(out) as clf:
+        assert clf.session.describe()["input"].startswith("int8")
+        assert clf.session.describe()["output"] == "int8"
+        preds = clf.predict(photo_files["chelsea"], topk=3)
+    assert len(preds) == 3 and preds[0].score >= preds[2].score
