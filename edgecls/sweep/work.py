@@ -113,11 +113,12 @@ def _export(cell: Cell, torch_model, spec, settings: Settings, work: Path) -> di
     fmt = get_format(cell.format)
     tag = "" if cell.precision == "fp32" else f".{cell.precision}"
     out = work / f"{spec.name}{tag}{fmt.suffixes[0]}"
-    calib = _local(settings.calib, work) if cell.precision == "int8" else None
+    int8 = cell.precision == "int8"       # calibration settings are refused elsewhere
+    calib = _local(settings.calib, work) if int8 else None
     started = time.perf_counter()
     try:
         export(torch_model, spec=spec, to=cell.format, out=out, precision=cell.precision,
-               calib=calib, calib_size=settings.calib_size,
+               calib=calib, calib_size=settings.calib_size if int8 else None,
                options={"calib_method": cell.recipe} if cell.recipe else {})
     except Exception as e:
         return {"error": one_line(e)}
