@@ -3,6 +3,7 @@
     clf = Classifier("model.onnx", device="cpu")
     clf.predict("cat.jpg")            # [Prediction(label, index, score), ...] best first
     clf.predict([img1, img2])         # one list per image
+    for preds in clf.predict_iter(paths, workers=2): ...   # decoding overlaps inference
 
 Reads the ModelSpec embedded in the artifact, preprocesses exactly as it says (the shared
 edgecls.calibration.preprocess), runs the backend session, softmax, top-k. Thread-safe:
@@ -10,13 +11,16 @@ sessions that are not (TFLite's Interpreter) are serialised by Session.run's loc
 """
 from __future__ import annotations
 
+import collections
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
 from edgecls.backends.base import Session
-from edgecls.calibration.preprocess import max_pixels_setting, preprocess
+from edgecls.calibration.preprocess import (max_pixels_setting, model_input_dtype, preprocess,
+                                            preprocess_into)
 from edgecls.errors import UnsupportedOptionError
 from edgecls.formats import open_session
 
@@ -39,8 +43,7 @@ class Classifier:
                  **options: Any):
         """`max_pixels`: images with more pixels are refused before they are decoded
         (default: $EDGECLS_MAX_PIXELS, else edgecls.calibration.preprocess.MAX_PIXELS)."""
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise UnsupportedOptionError(f"batch_size must be a whole number >= 1, not {batch_size!r}")
+        _whole("batch_size", batch_size)
         self.max_pixels = None if max_pixels is None else max_pixels_setting(max_pixels)
         self.session: Session = open_session(path, device=device, threads=threads, **options)
         self.spec = self.session.spec
@@ -59,12 +62,43 @@ class Classifier:
 
     def predict(self, images: Any, topk: int | None = None):
         """Top-k predictions: a list for one image, a list of lists for several."""
-        k = self.topk if topk is None else topk
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise UnsupportedOptionError(f"topk must be a whole number >= 1, not {k!r}")
+        k = _whole("topk", self.topk if topk is None else topk)
         probs = self.probabilities(images)
         results = [self._top(p, k) for p in probs]
         return results if _is_many(images) else results[0]
+
+    def predict_iter(self, images: Iterable[Any], workers: int = 2, topk: int | None = None,
+                     batch_size: int | None = None) -> Iterator[list[Prediction]]:
+        """Top-k predictions for each image, in order, as they are ready. `workers` threads
+        decode and preprocess (OpenCV and numpy release the GIL) straight into the next
+        batches while the runtime infers the current one; at most two batches are read
+        ahead, so memory stays flat on any number of images."""
+        k = _whole("topk", self.topk if topk is None else topk)
+        size = _whole("batch_size", batch_size or self.batch_size)
+        with ThreadPoolExecutor(max_workers=_whole("workers", workers)) as pool:
+            ahead: collections.deque = collections.deque()
+            source = iter(images)
+            while True:
+                while len(ahead) < 2 and self._submit_batch(pool, source, size, ahead):
+                    pass
+                if not ahead:
+                    return
+                batch, jobs = ahead.popleft()
+                for job in jobs:
+                    job.result()               # re-raises a worker's ImageReadError here
+                logits = self.session.run(batch)
+                probs = logits if self.spec.output == "probabilities" else softmax(logits)
+                yield from (self._top(p, k) for p in probs)
+
+    def _submit_batch(self, pool, source: Iterator[Any], size: int, ahead) -> bool:
+        chunk = [image for _, image in zip(range(size), source)]
+        if not chunk:
+            return False
+        batch = np.empty(self.spec.input_shape(len(chunk)), model_input_dtype(self.spec))
+        ahead.append((batch, [pool.submit(preprocess_into, image, self.spec, batch[i:i + 1],
+                                          self.max_pixels)
+                              for i, image in enumerate(chunk)]))
+        return True
 
     def _top(self, probs: np.ndarray, k: int) -> list[Prediction]:
         idx = np.argsort(-probs, kind="stable")[:k]
@@ -88,3 +122,10 @@ def _is_many(images: Any) -> bool:
     if isinstance(images, np.ndarray):
         return images.ndim == 4
     return isinstance(images, (list, tuple))
+
+
+def _whole(name: str, value: Any) -> int:
+    """`value` when it is a whole number >= 1, else the one-line error naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UnsupportedOptionError(f"{name} must be a whole number >= 1, not {value!r}")
+    return value

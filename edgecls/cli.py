@@ -170,6 +170,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from edgecls.sweep import sweep
+    table = sweep(args.models, to=_listed(args.to), precisions=_listed(args.precision),
+                  families=_listed(args.families), weights=args.weights, calib=args.calib,
+                  calib_size=args.calib_size, recipes=_listed(args.calib_method) or ("",),
+                  data=args.data, max_drop=args.max_drop, out=args.output, address=args.address,
+                  cpus=args.cpus, threads=args.threads, batch=args.batch, seconds=args.seconds,
+                  retry_failed=args.retry_failed)
+    table.print(_console())
+    _console().print(f"[green]wrote[/green] {args.output}/sweep.{{md,csv,json,html}}")
+    return 0
+
+
+def _listed(values: list[str] | None) -> tuple[str, ...]:
+    """Comma- or space-separated flag values: --to onnx,openvino or --to onnx openvino."""
+    return tuple(v for value in values or () for v in value.split(",") if v)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgecls.demo import demo
     return demo(out=Path(args.output))
@@ -205,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="a zoo name, timm:NAME, torchvision:NAME, a .pt2 program, "
                    "module:function, or an FP32 .onnx file (see `edgecls models`)")
     s.add_argument("--to", default=["onnx"], type=_format_list, metavar="FORMAT[,FORMAT...]",
-                   help=f"{', '.join(_exportable())}; several, comma-separated, export each")
+                   help=f"{', '.join(_exportable())}; several, comma-separated, export each; or "
+                   "best: the fastest artifact on this machine within tolerance, of every "
+                   "installed backend")
     s.add_argument("-o", "--output", help="artifact path (default out/<model>[.<precision>].<ext>)")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--fp16", action="store_true", help="FP16 weights/compute")
@@ -274,6 +294,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_args(s)
     s.set_defaults(func=cmd_bench)
 
+    s = sub.add_parser("sweep", help="the benchmark table: models x formats x precisions, "
+                       "exported, checked and timed on Ray")
+    s.add_argument("models", nargs="*", help="zoo names (see `edgecls models`)")
+    s.add_argument("--families", nargs="+", help="every zoo model of these families, or all")
+    s.add_argument("--to", nargs="+", default=["onnx"], help="formats: onnx,openvino,tflite")
+    s.add_argument("--precision", nargs="+", default=["fp32"], help="fp32,fp16,int8")
+    s.add_argument("--weights", default="pretrained", help="pretrained | none | PATH")
+    s.add_argument("--calib", help="calibration images for int8 cells: a folder, photos, digits")
+    s.add_argument("--calib-size", type=int, default=300)
+    s.add_argument("--calib-method", nargs="+",
+                   help="INT8 calibration recipes to compare (each one a cell), e.g. minmax,entropy")
+    s.add_argument("--data", help="validation images: labelled folder -> top-1/top-5 with CIs; "
+                   "else agreement with FP32 (default: photos)")
+    s.add_argument("--max-drop", type=float, help="INT8 tolerance, in points")
+    s.add_argument("-o", "--output", default="reports/sweep", help="folder: table + cache")
+    s.add_argument("--address", help="a Ray cluster (ray://HEAD:10001); default: a local Ray")
+    s.add_argument("--cpus", type=int, help="CPUs of the local Ray (default: all)")
+    s.add_argument("--threads", type=int, help="threads per timing (default: all cores)")
+    s.add_argument("--batch", type=int, default=8, help="N of the FPS at batch N column")
+    s.add_argument("--seconds", type=float, default=3.0, help="timing per cell and batch size")
+    s.add_argument("--retry-failed", action="store_true", help="run cells that failed before")
+    s.set_defaults(func=cmd_sweep)
+
     s = sub.add_parser("demo", help="the main job on the built-in default (make demo)")
     s.add_argument("-o", "--output", default="out/demo")
     s.set_defaults(func=cmd_demo)
@@ -285,7 +328,10 @@ def _exportable() -> list[str]:
 
 
 def _format_list(value: str) -> list[str]:
+    from edgecls.best import BEST
     formats = [f.strip().lower() for f in value.split(",") if f.strip()]
+    if formats == [BEST]:
+        return formats
     unknown = [f for f in formats if f not in _exportable()]
     if not formats or unknown:
         raise argparse.ArgumentTypeError(f"unknown format {', '.join(unknown) or value!r}; "

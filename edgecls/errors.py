@@ -7,10 +7,12 @@ in edgecls or a backend and keeps its traceback.
 from __future__ import annotations
 
 import difflib
+import re
 
 # What C++ backends put before the message itself, e.g. OpenVINO's
 # "Exception from src/inference/src/core.cpp:99:" and "Check '...' failed at ...".
 _LOCATION_PREFIXES = ("Exception from", "Check '")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def first_line(error: BaseException | str, limit: int = 300, *, join: bool = False) -> str:
@@ -25,6 +27,13 @@ def first_line(error: BaseException | str, limit: int = 300, *, join: bool = Fal
     if not text and isinstance(error, BaseException):
         text = type(error).__name__
     return text[:limit]
+
+
+def one_line(error: BaseException) -> str:
+    """An error as one line for a table cell or a log line: a user error's message, anything
+    else's type and message."""
+    text = _ANSI.sub("", first_line(error))     # torch.export colours its messages
+    return text if isinstance(error, EdgeclsError) else f"{type(error).__name__}: {text}"
 
 
 class EdgeclsError(Exception):

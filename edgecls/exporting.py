@@ -95,11 +95,20 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
     """Export a model source (a zoo name, "timm:NAME", "torchvision:NAME", a .pt2 program,
     "module:function" with `model_kwargs`, an FP32 .onnx file) or a torch module (with
     `spec`) to one artifact. `preprocessing` overrides the model's own (PreprocessingOptions:
-    input_size, resize, mean, std, interpolation, channel_order, channels)."""
+    input_size, resize, mean, std, interpolation, channel_order, channels). `to="best"`: the
+    fastest artifact within tolerance of every backend installed here (edgecls.best)."""
+    from edgecls.best import BEST
     from edgecls.preprocessing import PreprocessingOptions
+    from edgecls.qat_training.student import QATStudent
     from edgecls.source_kinds import SourceRequest, kind_of, refuse_format, resolve
 
-    from edgecls.qat_training.student import QATStudent
+    if to == BEST:
+        from edgecls.best import export_best
+        return export_best(model, out, precision=precision, weights=weights,
+                           num_classes=num_classes, labels=labels, calib=calib,
+                           calib_size=calib_size, options=options, spec=spec,
+                           preprocessing=preprocessing, model_kwargs=model_kwargs,
+                           trust_remote_code=trust_remote_code)
 
     fmt = get_format(to)
     fmt.check_precision(precision)

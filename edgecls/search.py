@@ -192,10 +192,17 @@ def _remedy(tuner: Tuner, start: Trial, attempt: Callable[[Recipe], Trial]) -> T
 
 
 def _score(tuner: Tuner, recipe: Recipe, path: Path, held_out: HeldOut, tolerance) -> Trial:
+    return Trial(recipe, path, *score(path, held_out, tolerance, tuner.session_options))
+
+
+def score(path: Path, held_out: HeldOut, tolerance,
+          options: dict[str, Any] | None = None) -> tuple[float, float, bool, float | None]:
+    """(agreement, KL, passed, top-1 drop in points or None) of any artifact on the
+    held-out images, opened with session `options`."""
     from edgecls.calibration.preprocess import to_model_input
     from edgecls.formats import open_session
 
-    with open_session(path, device="cpu", **tuner.session_options) as session:
+    with open_session(path, device="cpu", **(options or {})) as session:
         logits = np.concatenate([session.run(to_model_input(held_out.pixels[i:i + 16], session.spec))
                                  for i in range(0, len(held_out), 16)])
     agree = float((logits.argmax(1) == held_out.reference.argmax(1)).mean())
@@ -206,7 +213,7 @@ def _score(tuner: Tuner, recipe: Recipe, path: Path, held_out: HeldOut, toleranc
                            - metrics.topk_hits(logits, held_out.labels, 1).mean())
     passed = ((tolerance.max_drop is None or (drop is not None and drop <= tolerance.max_drop))
               and (tolerance.min_agreement is None or agree >= tolerance.min_agreement))
-    return Trial(recipe, path, agree, kl, passed, drop)
+    return agree, kl, passed, drop
 
 
 def _choose(trials: Sequence[Trial], tuner: Tuner, fp32_artifact: Path | None) -> Outcome:
@@ -235,14 +242,15 @@ def _time(trials: Sequence[Trial], tuner: Tuner, fp32_artifact: Path | None) -> 
     return round(fp32_ms, 3) if fp32_ms else None
 
 
-def print_trials(outcome: Outcome, console: Any = None) -> None:
-    """The candidates table an INT8 export prints."""
+def print_trials(outcome: Outcome, console: Any = None,
+                 title: str = "INT8 recipes tried on this machine") -> None:
+    """The candidates table an INT8 export (and `--to best`) prints."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console(stderr=True, width=max(Console(stderr=True).width, 120))
     table = Table("recipe", "agreement", "KL", "drop pt", "ms", "vs FP32", "outcome",
-                  title="INT8 recipes tried on this machine")
+                  title=title)
     for t in outcome.trials:
         mark = "[bold green]chosen[/]" if t is outcome.chosen else ("met" if t.passed else "[red]missed[/]")
         table.add_row(t.recipe.label, f"{100 * t.agreement:.1f}%", f"{t.kl:.4f}",
@@ -254,4 +262,4 @@ def print_trials(outcome: Outcome, console: Any = None) -> None:
 
 
 __all__ = ["Recipe", "Remedy", "Tuner", "HeldOut", "Trial", "Outcome", "export_int8", "run",
-           "print_trials"]
+           "score", "print_trials"]

@@ -88,13 +88,17 @@ class ExportSource:
                                    for i in range(0, len(pixels), batch)])
 
     # -- INT8: the images recipes are judged on -------------------------------------------------
-    def held_out(self, calibration) -> Any:
+    def held_out(self, calibration=None) -> Any:
         """search.HeldOut: --data, or what the calibration source has left (never a
         calibration image), with the reference's logits; None when there is nothing to judge
-        on, or when random weights (--weights none) would make agreement meaningless."""
+        on, or when random weights (--weights none) would make agreement meaningless.
+        Without calibration (FP32/FP16 candidates of `--to best`): --data alone."""
         if self._held_out is None and self.spec.trained:
+            from edgecls.calibration.datasets import load_part
             from edgecls.search import HeldOut
-            images = calibration.held_out(self.validation, self.spec)
+            images = (calibration.held_out(self.validation, self.spec) if calibration is not None
+                      else None if self.validation is None
+                      else load_part(self.validation, self.spec, "val").subset(500))
             if images is not None and len(images):
                 pixels = images.crops(self.spec)
                 self._held_out = HeldOut(images.name, pixels, self.reference_logits(pixels),

@@ -185,6 +185,15 @@ class Format:
         self._require(self.container_requires, f"reading {self.name} artifacts")
         return importlib.import_module(self.container).read_spec(path)
 
+    def copy_with_spec(self, src: Path, dst: Path, spec: ModelSpec) -> None:
+        """Write the artifact `src` to `dst` (and its companions) carrying `spec` instead of
+        its own, e.g. with why `--to best` chose it."""
+        self._require(self.container_requires, f"writing {self.name} artifacts")
+        copy = getattr(importlib.import_module(self.container), "copy_with_spec", None)
+        if copy is None:
+            raise UnsupportedOptionError(f"{self.name} artifacts cannot be given a new spec")
+        copy(src, dst, spec)
+
     def load_int8_diagnostics(self) -> Any:
         return _import(self.int8_diagnostics) if self.int8_diagnostics else None
 

@@ -27,6 +27,13 @@ def write_spec(path: Path, spec: ModelSpec) -> None:
     onnx.save_model(proto, str(path))
 
 
+def copy_with_spec(src: Path, dst: Path, spec: ModelSpec) -> None:
+    """The artifact `src` written to `dst`, carrying `spec` instead of its own."""
+    import shutil
+    shutil.copyfile(src, dst)
+    write_spec(dst, spec)
+
+
 def inference_session(path: Path, options, providers: list[str]):
     """ort.InferenceSession; every load failure is an ArtifactError."""
     import onnxruntime as ort

@@ -18,7 +18,6 @@ does not saturate gets the emulation's verdict without a search, and its spec sa
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -92,11 +91,10 @@ class OnnxTuner:
         self.quantizer.quantize(recipe.settings, out, spec)
 
     def keep(self, candidate: Path, out: Path, search: dict[str, Any]) -> None:
-        from edgecls.backends.onnx.container import read_spec, write_spec
+        from edgecls.backends.onnx.container import copy_with_spec, read_spec
         spec = read_spec(candidate)
         spec.quantization = {**spec.quantization, "search": search}
-        shutil.copyfile(candidate, out)
-        write_spec(out, spec)
+        copy_with_spec(candidate, out, spec)
 
     # -- rankings ---------------------------------------------------------------------------
     def saturating(self, floor: float, settings: dict[str, list[str]] | None = None) -> list[str]:

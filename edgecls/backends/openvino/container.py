@@ -36,6 +36,14 @@ def _check_weights(model, path: Path, weights: Path) -> None:
                             "or damaged); copy the .xml and the .bin of one export together")
 
 
+def copy_with_spec(src: Path, dst: Path, spec: ModelSpec) -> None:
+    """The IR `src` (.xml + .bin) written to `dst` (and its .bin), carrying `spec`."""
+    import openvino as ov
+    model = read_model(ov.Core(), Path(src))
+    write_spec(model, spec)
+    save(model, Path(dst), compress_to_fp16=False)   # weights keep their types
+
+
 def read_model(core, path: Path):
     """ov.Model from an .xml whose .bin sits next to it; every failure is an ArtifactError."""
     weights = path.with_suffix(".bin")

@@ -67,14 +67,10 @@ class OpenVINOTuner:
         self.finish(quantized, spec, out)
 
     def keep(self, candidate: Path, out: Path, search: dict[str, Any]) -> None:
-        import openvino as ov
-
-        from edgecls.backends.openvino.container import read_model, save, spec_of, write_spec
-        model = read_model(ov.Core(), candidate)
-        spec = spec_of(model, candidate)
+        from edgecls.backends.openvino.container import copy_with_spec, read_spec
+        spec = read_spec(candidate)
         spec.quantization = {**spec.quantization, "search": search}
-        write_spec(model, spec)
-        save(model, out, compress_to_fp16=False)
+        copy_with_spec(candidate, out, spec)
 
 
 __all__ = ["OpenVINOTuner"]

@@ -148,5 +148,11 @@ def read_engine(path: str | Path) -> tuple[ModelSpec, bytes]:
     return spec, engine
 
 
-__all__ = ["MAGIC", "HEADER_VERSION", "HEADER_SIZE", "pack", "write_engine", "wrap_engine",
+def copy_with_spec(src: str | Path, dst: str | Path, spec: ModelSpec) -> None:
+    """The engine of `src` written to `dst` behind `spec` (its digest kept)."""
+    _, engine = read_engine(src)
+    write_engine(dst, spec, engine)
+
+
+__all__ = ["copy_with_spec", "MAGIC", "HEADER_VERSION", "HEADER_SIZE", "pack", "write_engine", "wrap_engine",
            "read_spec", "read_engine", "engine_digest"]

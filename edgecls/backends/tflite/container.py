@@ -149,5 +149,10 @@ def embed_spec(model: bytes, spec: ModelSpec, key: str = SPEC_KEY) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
 
 
+def copy_with_spec(src: Path, dst: Path, spec: ModelSpec) -> None:
+    """The model `src` written to `dst`, carrying `spec` instead of its own."""
+    Path(dst).write_bytes(embed_spec(read_file(Path(src)), spec))
+
+
 def _name(value: Any) -> str:
     return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)

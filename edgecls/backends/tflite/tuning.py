@@ -20,7 +20,7 @@ import numpy as np
 
 from edgecls import hardware, targets
 from edgecls.backends.tflite import quantize as q
-from edgecls.backends.tflite.container import embed_spec, read_spec
+from edgecls.backends.tflite.container import copy_with_spec, embed_spec, read_spec
 from edgecls.errors import UnsupportedOptionError
 from edgecls.search import Recipe, Remedy
 from edgecls.spec import ModelSpec
@@ -77,7 +77,7 @@ class TFLiteTuner:
     def keep(self, candidate: Path, out: Path, search: dict[str, Any]) -> None:
         spec = read_spec(candidate)
         spec.quantization = {**spec.quantization, "search": search}
-        Path(out).write_bytes(embed_spec(Path(candidate).read_bytes(), spec))
+        copy_with_spec(candidate, out, spec)
 
     def sensitive(self) -> list[str]:
         """Weighted ops, the one whose float version lowers KL most first."""

@@ -1,0 +1,179 @@
+"""`edgecls export MODEL --to best`: the fastest artifact for THIS machine within tolerance.
+
+The INT8 recipe search (edgecls.search) one level up: the candidates are whole artifacts,
+one per installed backend that runs on this CPU (each INT8 one already the recipe its
+backend's search chose here). Every candidate is judged on the same held-out images with
+the same tolerance (verification.tolerance_for), and timed alone in a fresh process
+(edgecls.timing) next to ONNX Runtime FP32 of the same model. Of those within tolerance the
+fastest is written; its spec records every candidate and why it won (notes["best"]).
+
+    edgecls export efficientnet_lite0 --to best --int8 --calib photos --max-drop 1
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgecls import hardware
+from edgecls.errors import ParityFailedError, UnsupportedOptionError, one_line
+from edgecls.formats import FORMATS, Format
+from edgecls.io import atomic_paths
+from edgecls.search import Outcome, Recipe, Trial, print_trials, score
+
+log = logging.getLogger("edgecls")
+
+BEST = "best"
+#: timing per candidate, in seconds (each in its own process)
+SECONDS = 2.0
+
+
+def candidates(precision: str, names: list[str] | None = None) -> list[Format]:
+    """The formats (of `names`, or all) that can make `precision`, run on this CPU, are
+    installed, and can carry the record of the choice in their spec."""
+    found = []
+    for fmt in FORMATS.values():
+        if not (fmt.exporter and precision in fmt.precisions and "cpu" in fmt.devices
+                and fmt.available() and (names is None or fmt.name in names)):
+            continue
+        try:
+            fmt.load_exporter()
+        except UnsupportedOptionError:
+            continue
+        except Exception as e:     # an exporter that does not import here is not a candidate
+            log.info("--to best: %s left out (%s)", fmt.name, one_line(e))
+            continue
+        if _can_copy(fmt):
+            found.append(fmt)
+    return found
+
+
+def export_best(model: Any, out: str | Path | None = None, *, precision: str = "fp32",
+                weights: str = "pretrained", num_classes: int | None = None,
+                labels: list[str] | None = None, calib: Any = None, calib_size: int | None = None,
+                options: dict[str, Any] | None = None, spec: Any = None,
+                preprocessing: dict[str, Any] | None = None,
+                model_kwargs: dict[str, Any] | None = None, trust_remote_code: bool = False,
+                formats: list[str] | None = None, threads: int | None = None,
+                seconds: float = SECONDS, **_: Any) -> Path:
+    """Export the model source `model` (anything export() takes) with every candidate
+    backend, and write the fastest that meets the tolerance to `out` (default
+    out/<model>[.<precision>]<suffix of the winner>)."""
+    from edgecls.calibration.datasets import CalibrationSet
+    from edgecls.exporting import DEFAULT_CALIB_SIZE, export
+    from edgecls.preprocessing import PreprocessingOptions
+    from edgecls.source_kinds import SourceRequest, kind_of, resolve
+    from edgecls.timing import in_subprocess
+    from edgecls.verification import tolerance_for
+
+    given = dict(options or {})
+    data, max_drop = given.pop("data", None), given.pop("max_drop", None)
+    starts = kind_of(model).input       # an ONNX file cannot become a TFLite model
+    chosen = [f for f in candidates(precision, formats) if starts in f.starts_from]
+    if not chosen:
+        raise UnsupportedOptionError(f"--to best: no installed backend can make {precision} "
+                                     "artifacts from this model that run on this CPU "
+                                     "(`edgecls formats`)")
+    if precision == "int8" and calib is None:
+        raise UnsupportedOptionError("--int8 needs calibration images: --calib DIR "
+                                     "(or a built-in set: photos, digits)")
+    source_args = dict(weights=weights, num_classes=num_classes, labels=labels, spec=spec,
+                       preprocessing=preprocessing, model_kwargs=model_kwargs,
+                       trust_remote_code=trust_remote_code)
+    resolved = resolve(model, SourceRequest(
+        weights=weights, num_classes=num_classes, labels=labels, kwargs=model_kwargs,
+        trust_remote_code=trust_remote_code, spec=spec,
+        preprocessing=PreprocessingOptions.of(preprocessing)))
+    base = resolved.spec
+    calibration = (CalibrationSet.from_source(calib, base, size=calib_size or DEFAULT_CALIB_SIZE)
+                   if precision == "int8" else None)
+    with tempfile.TemporaryDirectory(prefix="edgecls-best-") as tmp:
+        work = Path(tmp)
+        source = resolved.source(work)
+        source.max_drop = max_drop
+        source.validation = data if data is not None or calibration else "photos"
+        held_out = source.held_out(calibration)
+        tolerance = (tolerance_for(precision, held_out.labels is not None, max_drop)
+                     if held_out is not None else None)
+        baseline = in_subprocess(source.onnx(), threads=threads, seconds=seconds)
+        trials, failed = [], []
+        for fmt in chosen:
+            own = {k: v for k, v in given.items() if k in fmt.options.names()}
+            if precision == "int8":
+                own.update({"data": data, "max_drop": max_drop})
+            path = work / fmt.name / f"{base.name}{fmt.suffixes[0]}"
+            try:   # each candidate resolves the source again: its spec records the source
+                export(model, to=fmt.name, out=path, precision=precision, calib=calibration,
+                       options=own, **source_args)
+                trials.append(_trial(fmt, path, held_out, tolerance, baseline.p50_ms,
+                                     threads, seconds))
+            except Exception as e:    # one backend failing leaves the others in the race
+                failed.append(f"{fmt.name}: {one_line(e)}")
+                log.warning("--to best: %s %s failed: %s", fmt.name, precision, failed[-1])
+        if not trials:
+            raise UnsupportedOptionError(f"--to best: every candidate failed ({'; '.join(failed)})")
+        outcome = _choose(trials, tolerance, baseline.p50_ms)
+        print_trials(outcome, title=f"--to best: {precision} artifacts tried on "
+                                    f"{hardware.cpu().summary()}")
+        if not outcome.chosen.passed:
+            raise ParityFailedError(f"--to best: no candidate met {tolerance.describe()}; "
+                                    "nothing was written")
+        return _write(outcome, held_out, tolerance, failed, base, precision, out)
+
+
+def _trial(fmt: Format, path: Path, held_out, tolerance, fp32_ms: float, threads, seconds) -> Trial:
+    from edgecls.timing import in_subprocess
+    made = fmt.read_spec(path)
+    search = (made.quantization or {}).get("search", {})
+    options = search.get("measured_with", {})
+    label = f"{fmt.name} {made.precision}" + (f": {search['chosen']}" if search.get("chosen") else "")
+    if held_out is None:          # random weights: nothing to judge, speed alone decides
+        agree, kl, passed, drop = float("nan"), float("nan"), True, None
+    else:
+        agree, kl, passed, drop = score(path, held_out, tolerance, options)
+    timing = in_subprocess(path, threads=threads, seconds=seconds, options=options)
+    return Trial(Recipe(label, {"format": fmt.name, "session_options": options}), path, agree,
+                 kl, passed, drop, round(timing.p50_ms, 3), round(fp32_ms / timing.p50_ms, 2))
+
+
+def _choose(trials: list[Trial], tolerance, fp32_ms: float) -> Outcome:
+    passing = [t for t in trials if t.passed]
+    if not passing:
+        return Outcome(min(trials, key=lambda t: t.kl), trials, "no candidate met the tolerance",
+                       round(fp32_ms, 3))
+    chosen = min(passing, key=lambda t: t.latency_ms)
+    within = f"within {tolerance.describe()}" if tolerance else "(random weights: not judged)"
+    reason = (f"the fastest of {len(passing)} candidates {within} on this machine"
+              if len(passing) > 1 else f"the only candidate {within}")
+    return Outcome(chosen, trials, reason, round(fp32_ms, 3))
+
+
+def _write(outcome: Outcome, held_out, tolerance, failed: list[str], base, precision: str,
+           out: str | Path | None) -> Path:
+    from edgecls.exporting import default_output
+    from edgecls.formats import get_format
+    fmt = get_format(outcome.chosen.recipe.settings["format"])
+    out = Path(out) if out else default_output(base, fmt, precision)
+    if out.suffix.lower() not in fmt.suffixes:      # the winner decides the suffix
+        out = out.with_suffix(fmt.suffixes[0])
+    spec = fmt.read_spec(outcome.chosen.path)
+    record = (outcome.record(held_out, tolerance.describe()) if held_out is not None else
+              {"chosen": outcome.chosen.recipe.label, "reason": outcome.reason,
+               "fp32_latency_ms": outcome.fp32_latency_ms,
+               "candidates": [t.row() for t in outcome.trials]})
+    spec.notes = {**spec.notes, "best": {**record, "machine": hardware.cpu().summary(),
+                                         "failed": failed, "fp32_baseline": "onnxruntime fp32"}}
+    finals = [out] + [out.with_suffix(s) for s in fmt.companions]
+    with atomic_paths(*finals) as temps:
+        fmt.copy_with_spec(outcome.chosen.path, temps[0], spec)
+    log.info("--to best: wrote %s (%s)", out, outcome.reason)
+    return out
+
+
+def _can_copy(fmt: Format) -> bool:
+    import importlib
+    return hasattr(importlib.import_module(fmt.container), "copy_with_spec")
+
+
+__all__ = ["BEST", "candidates", "export_best"]

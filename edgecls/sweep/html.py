@@ -1,0 +1,99 @@
+"""The sweep as one self-contained HTML page: the tables, then per machine an accuracy vs
+latency scatter with each backend's Pareto front, one panel per precision, and FPS per model
+(the only plot with meaning when the weights are random)."""
+from __future__ import annotations
+
+import html
+import logging
+
+from edgecls.report.html import _STYLE, _png, _table
+from edgecls.sweep.table import COLUMNS, LEGEND, Row, hw_line
+
+log = logging.getLogger("edgecls")
+MARKERS = "osD^vP*X"
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both latency (lower) and accuracy (higher), by
+    latency."""
+    front, best = [], float("-inf")
+    for latency, accuracy in sorted(points, key=lambda p: (p[0], -p[1])):
+        if accuracy > best:
+            front.append((latency, accuracy))
+            best = accuracy
+    return front
+
+
+def _plots(rows: list[Row]) -> list[tuple[str, str]]:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter
+    except ImportError:
+        log.warning("matplotlib is not installed: the sweep page has no plots "
+                    "(pip install 'edgecls[report]')")
+        return []
+    timed = [r for r in rows if r.timing]
+    formats = sorted({r.format for r in timed})
+    precisions = sorted({r.precision for r in timed})
+    out = []
+    scored = [r for r in timed if r.accuracy is not None]
+    if scored:
+        fig, axes = plt.subplots(1, len(precisions), figsize=(5 * len(precisions), 4),
+                                 squeeze=False, sharey=True)
+        for ax, precision in zip(axes[0], precisions):
+            for i, fmt in enumerate(formats):
+                pts = [(r.timing["p50_ms"], 100 * r.accuracy) for r in scored
+                       if r.format == fmt and r.precision == precision]
+                if not pts:
+                    continue
+                line = ax.scatter(*zip(*pts), marker=MARKERS[i % len(MARKERS)], label=fmt)
+                ax.plot(*zip(*pareto(pts)), color=line.get_facecolor()[0], alpha=0.6)
+            for r in scored:
+                if r.precision == precision:
+                    ax.annotate(r.model, (r.timing["p50_ms"], 100 * r.accuracy), fontsize=6)
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())    # no crowded minor labels
+            ax.set_xlabel("batch-1 p50 latency, ms (log)")
+            ax.set_title(precision)
+            ax.legend(fontsize=7)
+        axes[0][0].set_ylabel("top-1 % (labelled) or agreement with FP32 %")
+        out.append(("Accuracy vs latency, Pareto front per backend", _png(fig)))
+    models = list(dict.fromkeys(r.model for r in timed))
+    series = list(dict.fromkeys((r.format, r.precision) for r in timed))
+    if models:
+        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(models) * max(1, len(series)) / 3), 4))
+        width = 0.8 / len(series)
+        for j, (fmt, precision) in enumerate(series):
+            fps = {r.model: r.timing["fps_1"] for r in timed
+                   if r.format == fmt and r.precision == precision}
+            ax.bar([i + j * width for i, m in enumerate(models) if m in fps],
+                   [fps[m] for m in models if m in fps], width, label=f"{fmt} {precision}")
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(models))], models, rotation=30,
+                      ha="right", fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("FPS at batch 1 (log)")
+        ax.legend(fontsize=7, ncol=2)
+        out.append(("FPS at batch 1 per model", _png(fig)))
+    return out
+
+
+def render_html(table) -> str:
+    e = html.escape
+    parts = [f"<!doctype html><meta charset='utf-8'><title>{e(table.title())}</title>",
+             f"<style>{_STYLE}</style><h1>{e(table.title())}</h1><p>{e(LEGEND)}</p>"]
+    for machine, rows in table.groups():
+        info = table.machines.get(machine)
+        parts.append(f"<h2>{e(machine or 'not timed')}</h2>")
+        if info:
+            parts.append(f"<p><code>edgecls hw</code>: {e(hw_line(info))}</p>")
+        body = ["<tr>" + "".join(f"<td{' class=fail' if c.key == 'notes' and r.errors else ''}>"
+                                 f"{e(c.cell(r))}</td>" for c in COLUMNS) + "</tr>" for r in rows]
+        parts.append(_table([c.header for c in COLUMNS], body))
+        for title, uri in _plots(rows):
+            parts.append(f"<h3>{e(title)}</h3><img src='{uri}'>")
+    return "\n".join(parts)
+
+
+__all__ = ["render_html", "pareto"]

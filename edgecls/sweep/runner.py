@@ -1,0 +1,238 @@
+"""`edgecls sweep`: models x formats x precisions (x calibration recipes) on Ray.
+
+Each cell is two Ray tasks: build (export + parity; one CPU, many at once) and time (the
+artifact alone, in a fresh Python process, while the task holds `threads` CPUs and the
+node's one `edgecls_timing` resource, so timings never overlap each other or, on the CPUs
+they hold, an export). `ray.init()` starts a local Ray by default; `address` joins a
+cluster, whose nodes must each declare the timing resource:
+
+    ray start --address HEAD:6379 --resources '{"edgecls_timing": 1}'
+
+Finished stages are cached by content hash in `<out>/cache`: an interrupted sweep resumes,
+a repeated one skips what is done. A failing cell records its one-line error.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from edgecls.calibration.datasets import BUILTIN
+from edgecls.errors import DataError, MissingDependencyError, UnsupportedOptionError, one_line
+from edgecls.sweep.cache import Cache
+from edgecls.sweep.plan import Cell, Model, cells, export_key, models_of, parity_key, timing_key
+from edgecls.sweep.work import Packed, Settings, build, time_artifact
+
+log = logging.getLogger("edgecls")
+
+TIMING_RESOURCE = "edgecls_timing"
+#: the local Ray's shared-memory store: artifacts pass through it one or two at a time
+OBJECT_STORE_BYTES = 512 * 2 ** 20
+#: cells one build worker exports before it is replaced (converters keep memory)
+BUILDS_PER_WORKER = 8
+
+
+@dataclass
+class CellResult:
+    cell: Cell
+    export: dict[str, Any] | None = None
+    parity: dict[str, Any] | None = None
+    timing: dict[str, Any] | None = None
+    cached: list[str] = field(default_factory=list)      # the stages read from the cache
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def artifact(self, cache: Cache) -> Path | None:
+        if not self.export or "artifact" not in self.export:
+            return None
+        return cache.artifact(self.keys["export"], self.export["artifact"])
+
+
+def sweep(models: Sequence[Any] = (), to: Sequence[str] = ("onnx",),
+          precisions: Sequence[str] = ("fp32",), *, families: Sequence[str] = (),
+          weights: str = "pretrained", calib: Any = None, calib_size: int = 300,
+          recipes: Sequence[str] = ("",), data: Any = None, max_drop: float | None = None,
+          out: str | Path = "reports/sweep", address: str | None = None, cpus: int | None = None,
+          threads: int | None = None, batch: int = 8, seconds: float = 3.0,
+          retry_failed: bool = False, progress: bool = True):
+    """Run (or resume) a sweep; write the table to `out` (sweep.md/.csv/.json/.html) and
+    return it (edgecls.sweep.table.SweepTable)."""
+    from edgecls import hardware
+    from edgecls.sweep.table import SweepTable
+
+    ray = _import_ray()
+    chosen = models_of(models, families)
+    planned = cells(chosen, to, precisions, recipes or ("",))
+    if any(c.precision == "int8" for c in planned) and calib is None:
+        raise UnsupportedOptionError("int8 cells need calibration images: --calib DIR "
+                                     "(or a built-in set: photos, digits)")
+    for source in (calib, data):
+        if source is not None and str(source) not in BUILTIN and not Path(str(source)).is_dir():
+            raise DataError(f"{source}: not a folder of images (or one of the built-in sets: "
+                            f"{', '.join(BUILTIN)})")
+    threads = threads or hardware.cpu().cores
+    where = address or f"local {hardware.cpu().summary()}"
+    cache = Cache(Path(out) / "cache")
+    results = [_from_cache(c, chosen, cache, weights, calib, calib_size, data, max_drop,
+                           threads, batch, seconds, where, retry_failed) for c in planned]
+    todo = [r for r in results if len(r.cached) < 3]
+    if todo:
+        started = _start_ray(ray, address, cpus, threads)
+        try:
+            if address:    # cluster nodes may not see this machine's folders
+                calib, data = (Packed.of(Path(s)) if s is not None and Path(str(s)).is_dir()
+                               else s for s in (calib, data))
+            settings = Settings(weights, calib, calib_size, data, max_drop, threads, batch, seconds)
+            _run(ray, todo, {m.name: m for m in chosen}, settings, cache, progress)
+        finally:
+            if started:
+                ray.shutdown()
+    table = SweepTable.of(results, cache, {"threads": threads, "batch": batch,
+                                           "seconds": seconds, "where": where,
+                                           "cells_run": len(todo),
+                                           "cells_cached": len(results) - len(todo)})
+    table.write(Path(out))
+    return table
+
+
+def _from_cache(cell: Cell, models: list[Model], cache: Cache, weights, calib, calib_size, data,
+                max_drop, threads, batch, seconds, where, retry_failed) -> CellResult:
+    model = next(m for m in models if m.name == cell.model)
+    ek = export_key(cell, model, weights, calib, calib_size)
+    result = CellResult(cell, keys={"export": ek, "parity": parity_key(ek, data, max_drop),
+                                    "timing": timing_key(ek, threads, batch, seconds, where)})
+    for stage in ("export", "parity", "timing"):
+        found = cache.get(stage, result.keys[stage])
+        if found is not None and not (retry_failed and "error" in found):
+            setattr(result, stage, found)
+            result.cached.append(stage)
+    if result.export and "error" in result.export:      # nothing more can be done for it
+        result.parity = result.timing = {"error": "not run: its export failed"}
+        result.cached = ["export", "parity", "timing"]
+    return result
+
+
+def _run(ray, todo: list[CellResult], models: dict[str, Model], settings: Settings,
+         cache: Cache, progress: bool) -> None:
+    """Submit every unfinished stage; store each result as it arrives."""
+    # a build worker is reused a few times (importing torch again for every cell is slow)
+    build_task = ray.remote(num_cpus=1, num_returns=3, max_calls=BUILDS_PER_WORKER)(build)
+    time_task = ray.remote(num_cpus=settings.threads, resources={TIMING_RESOURCE: 1})(_time_task)
+    models = {name: _portable(ray, m) for name, m in models.items()}
+    pending: dict[Any, tuple[CellResult, str, Any]] = {}
+    for r in todo:
+        files = None if r.export is None else ray.put(cache.files(r.keys["export"]))
+        made = r.export
+        if r.export is None or r.parity is None:
+            files, made_ref, parity_ref = build_task.remote(
+                r.cell, models[r.cell.model], settings, files,
+                None if r.export is None else r.export["artifact"], r.parity is None)
+            pending[made_ref] = (r, "export", files)
+            pending[parity_ref] = (r, "parity", None)
+            made = made_ref if r.export is None else made
+        if r.timing is None:
+            pending[time_task.remote(files, made, settings)] = (r, "timing", None)
+    with _progress(progress, len(todo)) as bar:
+        left = {id(r): sum(1 for v in pending.values() if v[0] is r) for r in todo}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            r, stage, files = pending.pop(ready[0])
+            _store(ray, r, stage, ready[0], files, cache)
+            left[id(r)] -= 1
+            if not left[id(r)]:
+                bar.advance(r.cell.label)
+
+
+def _store(ray, r: CellResult, stage: str, ref, files, cache: Cache) -> None:
+    try:
+        value = ray.get(ref)
+    except Exception as e:       # the worker died (a crash, out of memory): the cell's error
+        value = {"error": one_line(getattr(e, "cause", None) or e)}
+    if value is None:            # the export was cached; only its parity ran
+        return
+    setattr(r, stage, value)
+    if stage == "export" and "error" not in value:
+        cache.put_files(r.keys["export"], ray.get(files))
+    cache.put(stage, r.keys[stage], value)
+
+
+def _portable(ray, model: Model) -> Model:
+    """A torch module travels pickled and is unpickled by work.py after torchvision's shim:
+    unpickling a torchvision model in a fresh worker would import torchvision unshimmed."""
+    if model.module is None:
+        return model
+    return dataclasses.replace(model, module=ray.cloudpickle.dumps(model.module))
+
+
+def _time_task(files, made, settings) -> dict[str, Any]:
+    import ray
+    if made is None or "error" in made:
+        return {"error": "no artifact to time (its export failed)"}
+    result = time_artifact(files, made["artifact"], settings)
+    result["node"] = ray.get_runtime_context().get_node_id()
+    return result
+
+
+# -- Ray --------------------------------------------------------------------------------------
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise MissingDependencyError("Ray (the sweep's task runner)", "sweep") from None
+    return ray
+
+
+def _start_ray(ray, address: str | None, cpus: int | None, threads: int) -> bool:
+    """Start or join Ray unless this process already did; True when this call started it."""
+    if ray.is_initialized():
+        _check_cluster(ray, threads)
+        return False
+    from edgecls import hardware
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=max(cpus or hardware.cpu().cores, threads),
+                 resources={TIMING_RESOURCE: 1}, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=OBJECT_STORE_BYTES)
+    _check_cluster(ray, threads)
+    return True
+
+
+def _check_cluster(ray, threads: int) -> None:
+    """Timing tasks wait forever for a resource no node has: refuse that up front."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    fit = [n for n in nodes if n["Resources"].get(TIMING_RESOURCE)
+           and n["Resources"].get("CPU", 0) >= threads]
+    if not fit:
+        raise UnsupportedOptionError(
+            f"no Ray node has the {TIMING_RESOURCE!r} resource and {threads} CPUs for timing: "
+            f"start nodes with `ray start ... --resources '{{\"{TIMING_RESOURCE}\": 1}}'`"
+            " (or lower --threads)")
+
+
+class _progress:
+    """A rich progress bar over cells (nothing when `enabled` is False)."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self) -> "_progress":
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            self._bar = Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("{task.description}"))
+            self._bar.start()
+            self._task = self._bar.add_task("", total=self.total)
+        return self
+
+    def advance(self, label: str) -> None:
+        if self.enabled:
+            self._bar.update(self._task, advance=1, description=f"done: {label}")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self._bar.stop()
+
+
+__all__ = ["sweep", "CellResult", "TIMING_RESOURCE"]

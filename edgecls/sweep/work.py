@@ -1,0 +1,164 @@
+"""What a cell's two tasks do, on whichever node runs them.
+
+    build(cell)   export (unless its artifact is given) and parity against the PyTorch model;
+                  the artifact's files travel back as bytes, so nodes need no shared disk
+    time(files)   the artifact alone in a fresh Python process (edgecls.timing): Ray reuses
+                  worker processes across functions, and one that exported before holds
+                  the libraries (and OpenVINO's thread pool) of every backend it touched
+
+Neither raises for a failing cell: the error becomes the cell's one-line result, and the
+sweep goes on.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgecls.errors import one_line
+from edgecls.sweep.plan import Cell, Model
+
+#: what parity runs on when no --data is given (ImageNet photos; agreement only)
+DEFAULT_DATA = "photos"
+
+
+@dataclass(frozen=True)
+class Settings:
+    weights: str = "pretrained"
+    calib: Any = None               # a folder, a built-in set, or a Packed folder (clusters)
+    calib_size: int = 300
+    data: Any = None
+    max_drop: float | None = None
+    threads: int | None = None
+    batch: int = 8
+    seconds: float = 3.0
+
+
+@dataclass(frozen=True)
+class Packed:
+    """An image folder carried to a node that cannot see it: its files' bytes by path."""
+    name: str
+    files: dict[str, bytes]
+
+    @classmethod
+    def of(cls, folder: Path) -> "Packed":
+        return cls(folder.name, {str(f.relative_to(folder)): f.read_bytes()
+                                 for f in sorted(folder.rglob("*")) if f.is_file()})
+
+    def unpack(self, where: Path) -> Path:
+        root = where / self.name
+        for rel, data in self.files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(data)
+        return root
+
+
+def build(cell: Cell, model: Model, settings: Settings, files: dict[str, bytes] | None,
+          name: str | None, parity: bool) -> tuple[dict[str, bytes] | None, dict[str, Any] | None,
+                                                   dict[str, Any] | None]:
+    """(files, export result, parity result); the export result is None when `files` were
+    given (a cached artifact named `name`), the parity result None when not asked for."""
+    with tempfile.TemporaryDirectory(prefix="edgecls-cell-") as tmp:
+        work = Path(tmp)
+        try:
+            torch_model, spec = _torch_model(model, settings.weights)
+        except Exception as e:      # a model that cannot be built fails its cells only
+            return None, {"error": one_line(e)}, None
+        made = None
+        if files is None:
+            made = _export(cell, torch_model, spec, settings, work)
+            if "error" in made:
+                return None, made, None
+            name = made["artifact"]
+            files = {f.name: f.read_bytes() for f in _artifact_files(work / name)}
+        else:
+            _write(files, work)
+        checked = _parity(work / name, torch_model, spec, settings, work) if parity else None
+    return files, made, checked
+
+
+def time_artifact(files: dict[str, bytes] | None, name: str | None,
+                  settings: Settings) -> dict[str, Any]:
+    if not files:
+        return {"error": "no artifact to time (its export failed)"}
+    from edgecls.timing import in_subprocess
+    with tempfile.TemporaryDirectory(prefix="edgecls-time-") as tmp:
+        _write(files, Path(tmp))
+        try:
+            return in_subprocess(Path(tmp) / name, threads=settings.threads,
+                                 batch=settings.batch, seconds=settings.seconds).to_dict()
+        except Exception as e:
+            return {"error": one_line(e)}
+
+
+# -- the steps ---------------------------------------------------------------------------------
+def _torch_model(model: Model, weights: str):
+    if isinstance(model.module, bytes):          # pickled by the runner (see _portable)
+        import pickle
+
+        from edgecls.zoo.torchvision_shim import import_torchvision
+        import_torchvision()
+        return pickle.loads(model.module).eval(), model.spec
+    if model.module is not None:
+        return model.module.eval(), model.spec
+    from edgecls import zoo
+    return zoo.build(model.name, weights)
+
+
+def _export(cell: Cell, torch_model, spec, settings: Settings, work: Path) -> dict[str, Any]:
+    from edgecls.exporting import export
+    from edgecls.formats import get_format, read_spec
+    fmt = get_format(cell.format)
+    tag = "" if cell.precision == "fp32" else f".{cell.precision}"
+    out = work / f"{spec.name}{tag}{fmt.suffixes[0]}"
+    int8 = cell.precision == "int8"       # calibration settings are refused elsewhere
+    calib = _local(settings.calib, work) if int8 else None
+    started = time.perf_counter()
+    try:
+        export(torch_model, spec=spec, to=cell.format, out=out, precision=cell.precision,
+               calib=calib, calib_size=settings.calib_size if int8 else None,
+               options={"calib_method": cell.recipe} if cell.recipe else {})
+    except Exception as e:
+        return {"error": one_line(e)}
+    made = read_spec(out)
+    search = (made.quantization or {}).get("search", {})
+    return {"artifact": out.name, "export_s": round(time.perf_counter() - started, 1),
+            "trained": made.trained,
+            "recipe": search.get("chosen") or (made.quantization or {}).get("recipe")}
+
+
+def _parity(path: Path, torch_model, spec, settings: Settings, work: Path) -> dict[str, Any]:
+    if not spec.trained:
+        return {"skipped": "random weights (--weights none): accuracy is not meaningful"}
+    from edgecls.verification import parity
+    data = _local(settings.data, work) if settings.data is not None else DEFAULT_DATA
+    try:
+        report = parity([path], data=data, reference=torch_model, reference_spec=spec,
+                        max_drop=settings.max_drop, sqnr=False, progress=False)
+    except Exception as e:
+        return {"error": one_line(e)}
+    r, ref = report.results[0], report.reference
+    return {"data": report.data["name"], "n": r.n, "labelled": report.data["labelled"],
+            "top1": r.top1, "top1_ci": r.top1_ci, "top5": r.top5, "top5_ci": r.top5_ci,
+            "agreement": r.agreement, "agreement_ci": r.agreement_ci, "top1_drop": r.top1_drop,
+            "reference_top1": ref.get("top1"), "passed": r.passed, "tolerance": r.tolerance,
+            "failures": r.failures}
+
+
+def _local(source: Any, work: Path) -> Any:
+    return source.unpack(work / "images") if isinstance(source, Packed) else source
+
+
+def _artifact_files(path: Path) -> list[Path]:
+    from edgecls.formats import format_for_path
+    return [path] + [path.with_suffix(s) for s in format_for_path(path).companions]
+
+
+def _write(files: dict[str, bytes], folder: Path) -> None:
+    for file_name, data in files.items():
+        (folder / file_name).write_bytes(data)
+
+
+__all__ = ["Settings", "Packed", "build", "time_artifact"]

@@ -1,0 +1,243 @@
+"""edgecls sweep on a local Ray (few CPUs, no dashboard) and `--to best`.
+
+One sweep, shared by the tests: the digits CNN trained in the session (real labels: top-1
+with CIs), MobileNet v3 small at 32 px with random weights (accuracy '-': speed only), and
+a model torch.export cannot trace (its cells must fail one line each, not the sweep); ONNX
+and OpenVINO, FP32 and INT8, a fraction of a second of timing per cell.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("ray")
+pytest.importorskip("openvino")
+
+SECONDS = 0.3
+
+
+def _write_images(items, folder, labelled: bool):
+    for i, item in enumerate(items):
+        sub = folder / str(item.label) if labelled else folder
+        sub.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(sub / f"{i}.png"), cv2.cvtColor(item.rgb(), cv2.COLOR_RGB2BGR))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    from edgecls.sweep.runner import TIMING_RESOURCE
+    ray.init(num_cpus=2, resources={TIMING_RESOURCE: 1}, include_dashboard=False,
+             log_to_driver=False, object_store_memory=256 * 2 ** 20)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def digits_folders(digits_data, tmp_path_factory):
+    _, calib, val, _ = digits_data
+    root = tmp_path_factory.mktemp("digits-folders")
+    return (_write_images(calib.items[:64], root / "calib", labelled=False),
+            _write_images(val.items, root / "val", labelled=True))
+
+
+def _untraceable():
+    import torch
+    from torch import nn
+
+    from conftest import digits_spec
+
+    class Untraceable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3 * 32 * 32, 10)
+
+        def forward(self, x):
+            y = self.fc(x.flatten(1))
+            return y if y.max() > 0 else -y       # data-dependent: torch.export refuses it
+
+    torch.manual_seed(0)
+    return Untraceable().eval(), digits_spec().derive(name="untraceable",
+                                                      architecture="tests.Untraceable")
+
+
+def _small_mobilenet():
+    from edgecls import zoo
+    model, spec = zoo.build("mobilenet_v3_small", "none", num_classes=10,
+                            labels=[str(i) for i in range(10)])
+    return model, spec.derive(name="mnv3s_32", input_size=(32, 32), resize=32)
+
+
+@pytest.fixture(scope="module")
+def swept(ray_local, digits_model, digits_folders, tmp_path_factory):
+    from edgecls.sweep import sweep
+    calib, val = digits_folders
+    out = tmp_path_factory.mktemp("sweep")
+    args = dict(models=[digits_model, _small_mobilenet(), _untraceable()],
+                to=("onnx", "openvino"), precisions=("fp32", "int8"), calib=calib, calib_size=48,
+                data=val, out=out, threads=1, batch=4, seconds=SECONDS, progress=False)
+    return sweep(**args), args
+
+
+def _row(table, model, fmt, precision):
+    return next(r for r in table.rows if (r.model, r.format, r.precision) == (model, fmt, precision))
+
+
+def test_sweep_table_has_sane_values(swept):
+    table, args = swept
+    assert len(table.rows) == 12 and table.settings["cells_run"] == 12
+    for name in ("digits_cnn", "mnv3s_32"):
+        for fmt in ("onnx", "openvino"):
+            for precision in ("fp32", "int8"):
+                r = _row(table, name, fmt, precision)
+                t = r.timing
+                assert t is not None, r.notes
+                assert 0 < t["p50_ms"] <= t["p90_ms"] <= t["p99_ms"]
+                assert t["fps_1"] == pytest.approx(1000 / t["p50_ms"], rel=0.01)
+                assert t["fps_batch"] > 0 and t["batch"] == 4 and t["threads"] == 1
+                assert t["size_mb"] > 0 and t["peak_rss_mb"] > 0
+                assert t["machine"]["int8_isa"]
+        assert _row(table, name, "onnx", "fp32").speedup == 1.0
+    # real accuracy on the labelled digits, with confidence intervals around it
+    fp32 = _row(table, "digits_cnn", "onnx", "fp32")
+    assert fp32.labelled and fp32.accuracy > 0.9 and fp32.top5 >= fp32.accuracy
+    assert fp32.accuracy_ci[0] <= fp32.accuracy <= fp32.accuracy_ci[1]
+    assert abs(fp32.drop) < 0.5 and fp32.passed
+    for fmt in ("onnx", "openvino"):
+        int8 = _row(table, "digits_cnn", fmt, "int8")
+        assert int8.accuracy > 0.85 and int8.drop < 5
+        assert int8.timing["size_mb"] < _row(table, "digits_cnn", fmt, "fp32").timing["size_mb"]
+    # random weights: timed, but no accuracy
+    assert _row(table, "mnv3s_32", "openvino", "int8").accuracy is None
+    assert "random weights" in _row(table, "mnv3s_32", "onnx", "int8").notes
+
+
+def test_failing_cells_are_recorded_not_fatal(swept):
+    table, _ = swept
+    onnx = [r for r in table.rows if r.model == "untraceable" and r.format == "onnx"]
+    assert len(onnx) == 2 and all(r in table.failed and r.timing is None for r in onnx)
+    note = next(n for n in onnx[0].errors if n.startswith("export:"))
+    assert "TorchExportError" in note and "\n" not in note and "\x1b" not in note
+    # OpenVINO converts by tracing (one branch taken): its cells of the same model go on,
+    # timed, with no ratio to the ORT FP32 that failed
+    ov = _row(table, "untraceable", "openvino", "fp32")
+    assert ov.timing is not None and ov.speedup is None and ov not in table.failed
+
+
+def test_sweep_writes_every_form(swept):
+    table, args = swept
+    out = args["out"]
+    md = (out / "sweep.md").read_text()
+    assert "`edgecls hw`:" in md and table.rows[0].machine in md
+    assert md.count("| tests.DigitsCNN |") == 1      # family rows: named once per group
+    data = json.loads((out / "sweep.json").read_text())
+    assert len(data["rows"]) == 12 and data["machines"]
+    csv_lines = (out / "sweep.csv").read_text().strip().splitlines()
+    assert len(csv_lines) == 13 and csv_lines[0].startswith("machine,int8_isa,family,model")
+    html = (out / "sweep.html").read_text()
+    assert html.count("<img src='data:image/png;base64,") == 2   # Pareto scatter, FPS bars
+
+
+def test_resume_skips_finished_cells(swept, ray_local):
+    from edgecls.sweep import sweep
+    first, args = swept
+    again = sweep(**args)
+    assert again.settings["cells_run"] == 0 and again.settings["cells_cached"] == 12
+    before = _row(first, "digits_cnn", "openvino", "int8").timing
+    assert _row(again, "digits_cnn", "openvino", "int8").timing == before
+    # an interrupted sweep: one cell's timing never written -> only that cell runs again
+    key = next(r for r in first.rows if (r.model, r.format, r.precision)
+               == ("mnv3s_32", "onnx", "int8"))
+    timing_files = sorted((args["out"] / "cache" / "timing").glob("*.json"))
+    victim = next(f for f in timing_files if json.loads(f.read_text()) == key.timing)
+    victim.unlink()
+    resumed = sweep(**args)
+    assert resumed.settings["cells_run"] == 1
+    assert _row(resumed, "mnv3s_32", "onnx", "int8").timing is not None
+
+
+def test_pareto_front():
+    from edgecls.sweep.html import pareto
+    points = [(1.0, 70.0), (2.0, 75.0), (1.5, 69.0), (3.0, 74.0), (0.5, 60.0)]
+    assert pareto(points) == [(0.5, 60.0), (1.0, 70.0), (2.0, 75.0)]
+
+
+def test_plan_adds_the_baseline_and_refuses_bad_requests():
+    from edgecls.errors import UnsupportedOptionError
+    from edgecls.sweep.plan import cells, models_of
+    models = models_of(["mobilenet_v2"], families=["SqueezeNet"])
+    assert [m.name for m in models] == ["mobilenet_v2", "squeezenet1_0", "squeezenet1_1"]
+    planned = cells(models[:1], ["openvino"], ["int8"], recipes=["", "mixed"])
+    assert [(c.format, c.precision, c.recipe, c.requested) for c in planned] == [
+        ("onnx", "fp32", "", False), ("openvino", "int8", "", True),
+        ("openvino", "int8", "mixed", True)]
+    with pytest.raises(UnsupportedOptionError, match="unknown family"):
+        models_of([], families=["LeNet"])
+    with pytest.raises(UnsupportedOptionError, match="tflite artifacts cannot be bf16"):
+        cells(models, ["tflite"], ["fp16", "bf16"])
+
+
+def test_sweep_without_ray_names_the_extra(monkeypatch):
+    from edgecls.errors import MissingDependencyError
+    from edgecls.sweep import sweep
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(MissingDependencyError, match=r"edgecls\[sweep\]"):
+        sweep(["mobilenet_v2"])
+
+
+def test_sweep_cli_user_errors_are_one_line(capsys, tmp_path):
+    from edgecls.cli import main
+    assert main(["sweep", "mobilenet_v2", "--precision", "int8", "-o", str(tmp_path)]) == 2
+    assert "int8 cells need calibration images" in capsys.readouterr().err
+    assert main(["sweep", "--families", "lenet", "-o", str(tmp_path)]) == 2
+
+
+def test_best_picks_the_fastest_of_those_that_pass(digits_model, digits_folders, tmp_path):
+    from edgecls.best import export_best
+    from edgecls.formats import read_spec
+    model, spec = digits_model
+    _, val = digits_folders
+    out = export_best(model, spec=spec, out=tmp_path / "digits.onnx",
+                      formats=["onnx", "openvino"], options={"data": val}, seconds=SECONDS)
+    record = read_spec(out).notes["best"]
+    tried = record["candidates"]
+    assert [c["recipe"].split()[0] for c in tried] == ["onnx", "openvino"]
+    assert all(c["passed"] and c["agreement"] == 1.0 for c in tried)
+    fastest = min(tried, key=lambda c: c["latency_ms"])
+    assert record["chosen"] == fastest["recipe"]
+    assert out.suffix == {"onnx": ".onnx", "openvino": ".xml"}[fastest["recipe"].split()[0]]
+    assert "fastest of 2 candidates within agreement" in record["reason"]
+    assert record["fp32_latency_ms"] > 0 and record["machine"]
+    # the written artifact is the winner and runs
+    from edgecls.classifier import Classifier
+    with Classifier(out) as clf:
+        assert clf.predict(np.zeros((32, 32, 3), np.uint8))[0].label in spec.labels
+
+
+def test_timing_samples_until_the_median_is_stable():
+    import time
+
+    from edgecls.timing import MIN_RUNS, median_halfwidth, sample
+    assert median_halfwidth([1.0] * 50) == 0.0
+    assert median_halfwidth([1.0, 2.0] * 10) > 0.2     # a bimodal handful is not stable
+    times, stable = sample(lambda: time.sleep(0.002), seconds=0.05)
+    assert len(times) >= MIN_RUNS and all(t >= 0.002 for t in times)
+    assert stable == (median_halfwidth(times) <= 0.02)
+
+
+def test_packed_folders_travel_whole(digits_folders, tmp_path):
+    """--data/--calib folders sent to cluster nodes that cannot see them."""
+    from edgecls.calibration.datasets import ImageSet
+    from edgecls.sweep.plan import source_digest
+    from edgecls.sweep.work import Packed
+    _, val = digits_folders
+    copy = Packed.of(val).unpack(tmp_path)
+    assert source_digest(copy) == source_digest(val)
+    original, moved = ImageSet.load(val), ImageSet.load(copy)
+    assert moved.labelled and [i.label for i in moved.items] == [i.label for i in original.items]
