@@ -1,3 +1,3 @@
-from edgecls.cli import main
+from edgecls.cli import run
 
-raise SystemExit(main())
+run()

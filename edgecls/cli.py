@@ -396,6 +396,10 @@ def _session_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"precise_int8": True} if args.precise_int8 else {}
 
 
+#: the exit status after Ctrl-C (128 + SIGINT), as shells report it
+INTERRUPTED = 130
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.debug:
@@ -418,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         print("edgecls: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
 
 
 def _stderr_console() -> Any:
@@ -426,5 +430,19 @@ def _stderr_console() -> Any:
     return Console(stderr=True)
 
 
+def run() -> None:
+    """The `edgecls` command: main(), then exit with its status."""
+    code = main()
+    if code == INTERRUPTED:
+        # Interrupted mid-export, native thread pools (ONNX Runtime's, torch's) may still be
+        # unwinding, and interpreter finalization then crashed now and then (SIGSEGV under
+        # load). What the export made is already removed (its context managers ran as the
+        # KeyboardInterrupt propagated), so leave without finalizing.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()
