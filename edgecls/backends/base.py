@@ -105,6 +105,18 @@ class ExportOptions:
         UnsupportedOptionError before any model is built."""
 
 
+@dataclass(frozen=True)
+class TargetedOptions(ExportOptions):
+    """The INT8 options every CPU backend takes (edgecls.targets, edgecls.search): which kind
+    of device the recipe is for, and whether its measured search may change it."""
+    target: str | None = option(
+        "INT8 target: auto (this machine, the default) | x86-vnni | x86-avx2 | arm64 | portable "
+        "| tensorrt (`edgecls hw` shows this machine)", int8_only=True)
+    no_search: bool = option("INT8: write the target's recipe as it is, even when it misses "
+                             "its tolerance on held-out images (no per-layer search)",
+                             int8_only=True, default=False)
+
+
 def _absent(value: Any) -> bool:
     return value is None or value is False or (isinstance(value, (list, tuple)) and not value)
 

@@ -4,25 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgecls.backends.base import ExportOptions, Format, option
+from edgecls.backends.base import Format, TargetedOptions, option
 
 DEFAULT_OPSET = 18
 TORCH_EXPORT = ("torch", "onnx", "onnxscript")   # what exporting through ONNX needs
 
 
 @dataclass(frozen=True)
-class OnnxOptions(ExportOptions):
+class OnnxOptions(TargetedOptions):
     opset: int | None = option(f"ONNX opset (default {DEFAULT_OPSET})")
     calib_method: str | None = option("minmax | entropy | percentile", int8_only=True)
     exclude: tuple[str, ...] | None = option(
         "node names to keep in float (the first conv and the classifier are kept by default; "
         "`--exclude none` quantizes all)", int8_only=True)
-    target: str | None = option(
-        "INT8 target: auto (this machine, the default) | x86-vnni | x86-avx2 | arm64 | portable "
-        "| tensorrt (`edgecls hw` shows this machine)", int8_only=True)
-    no_search: bool = option("INT8: write the target's recipe as it is, even when it misses "
-                             "its tolerance on held-out images (no per-layer search)",
-                             int8_only=True, default=False)
 
     def check(self, precision: str) -> None:
         if precision == "int8":

@@ -4,25 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgecls.backends.base import ExportOptions, Format, option
+from edgecls.backends.base import Format, TargetedOptions, option
 from edgecls.backends.onnx import TORCH_EXPORT
 from edgecls.errors import UnsupportedOptionError
 
 
 @dataclass(frozen=True)
-class OpenVINOOptions(ExportOptions):
+class OpenVINOOptions(TargetedOptions):
     preset: str | None = option("NNCF preset: performance | mixed", int8_only=True)
     calib_method: str | None = option("NNCF range estimator: minmax | mean_minmax | percentile "
                                       "| histogram", int8_only=True)
     ignored_scope: tuple[str, ...] | None = option(
         "operation names to keep in float (default: the first conv and the classifier; "
         "`none` quantizes all)", int8_only=True)
-    target: str | None = option(
-        "INT8 target: auto (this machine, the default) | x86-vnni | x86-avx2 | arm64 | portable "
-        "| tensorrt (`edgecls hw` shows this machine)", int8_only=True)
-    no_search: bool = option("INT8: write the target's recipe as it is, even when it misses "
-                             "its tolerance on held-out images (no per-layer search)",
-                             int8_only=True, default=False)
     static_batch: int | None = option("fix the batch dimension")
     bake_preprocessing: bool = option("put mean/std and layout into the graph", default=False)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from edgecls.backends.base import ExportOptions, Format, option
+from edgecls.backends.base import Format, TargetedOptions, option
 from edgecls.errors import UnsupportedOptionError
 
 INT8_IO = ("int8", "uint8")
@@ -23,15 +23,9 @@ def io_type(value: Any) -> str | None:
 
 
 @dataclass(frozen=True)
-class TFLiteOptions(ExportOptions):
+class TFLiteOptions(TargetedOptions):
     int8_io: Any = option("int8 (or uint8) input and output", int8_only=True, nargs="?",
                           const="int8")
-    target: str | None = option(
-        "INT8 target: auto (this machine, the default) | x86-vnni | x86-avx2 | arm64 | portable "
-        "| tensorrt (`edgecls hw` shows this machine)", int8_only=True)
-    no_search: bool = option("INT8: write the target's recipe as it is, even when it misses "
-                             "its tolerance on held-out images (no per-layer search)",
-                             int8_only=True, default=False)
     allow_float_ops: bool = option("TFLite INT8: let the search keep ops in float when "
                                    "full-integer misses the tolerance (the model is then not "
                                    "full-integer; QAT is the full-integer remedy)",
