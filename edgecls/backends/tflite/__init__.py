@@ -28,7 +28,7 @@ class TFLiteOptions(TargetedOptions):
                           const="int8")
     allow_float_ops: bool = option("TFLite INT8: let the search keep ops in float when "
                                    "full-integer misses the tolerance (the model is then not "
-                                   "full-integer; QAT is the full-integer remedy)",
+                                   "full-integer; --qat trains a full-integer model instead)",
                                    int8_only=True, default=False)
 
     def check(self, precision: str) -> None:
