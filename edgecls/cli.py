@@ -240,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--calib", help="calibration images: a folder, or photos / digits")
     s.add_argument("--calib-size", type=int, help="calibration subset size (default 300)")
     s.add_argument("--strict", action="store_true", help="exit 1 when INT8 parity fails")
+    from edgecls.qat_training.training import DEFAULT_LR   # torch-free, like the parser
     q = s.add_argument_group("quantization-aware training (--qat)")
     q.add_argument("--qat", action="store_true",
                    help="INT8 by quantization-aware training (PT2E), one student per family of "
@@ -248,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "supervised QAT")
     q.add_argument("--epochs", type=int, default=3, help="QAT epochs (default 3; stops early "
                                                          "when held-out agreement stalls)")
-    q.add_argument("--lr", type=float, default=1e-5, help="QAT learning rate (default 1e-5)")
+    q.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"QAT learning rate (default {DEFAULT_LR:g})")
     q.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint next to the artifact")
     s.add_argument("--no-check", action="store_true",

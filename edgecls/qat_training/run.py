@@ -5,13 +5,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgecls.qat_training.families import resolve
-from edgecls.qat_training.training import default_checkpoint, qat
+from edgecls.qat_training.training import DEFAULT_LR, default_checkpoint, qat
 
 
 def export_with_qat(model: Any, to: str | Sequence[str], out: str | Path | None = None, *,
                     spec=None, weights: str = "pretrained", num_classes: int | None = None,
                     labels: list[str] | None = None, calib: Any = None, train: Any = None,
-                    target: str | None = None, epochs: int = 3, lr: float = 1e-5,
+                    target: str | None = None, epochs: int = 3, lr: float = DEFAULT_LR,
                     seed: int = 0, resume: bool = False, calib_size: int = 300,
                     check: bool = True, options: dict[str, Any] | None = None,
                     strict: bool = False, preprocessing: dict[str, Any] | None = None,
