@@ -62,7 +62,6 @@ def export_best(model: Any, out: str | Path | None = None, *, precision: str = "
     out/<model>[.<precision>]<suffix of the winner>)."""
     from edgecls.calibration.datasets import CalibrationSet
     from edgecls.exporting import DEFAULT_CALIB_SIZE, export
-    from edgecls.preprocessing import PreprocessingOptions
     from edgecls.source_kinds import SourceRequest, kind_of, resolve
     from edgecls.timing import in_subprocess
     from edgecls.verification import tolerance_for
@@ -81,10 +80,7 @@ def export_best(model: Any, out: str | Path | None = None, *, precision: str = "
     source_args = dict(weights=weights, num_classes=num_classes, labels=labels, spec=spec,
                        preprocessing=preprocessing, model_kwargs=model_kwargs,
                        trust_remote_code=trust_remote_code)
-    resolved = resolve(model, SourceRequest(
-        weights=weights, num_classes=num_classes, labels=labels, kwargs=model_kwargs,
-        trust_remote_code=trust_remote_code, spec=spec,
-        preprocessing=PreprocessingOptions.of(preprocessing)))
+    resolved = resolve(model, SourceRequest.of(**source_args))
     base = resolved.spec
     calibration = (CalibrationSet.from_source(calib, base, size=calib_size or DEFAULT_CALIB_SIZE)
                    if precision == "int8" else None)

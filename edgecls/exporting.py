@@ -98,7 +98,6 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
     input_size, resize, mean, std, interpolation, channel_order, channels). `to="best"`: the
     fastest artifact within tolerance of every backend installed here (edgecls.best)."""
     from edgecls.best import BEST
-    from edgecls.preprocessing import PreprocessingOptions
     from edgecls.qat_training.student import QATStudent
     from edgecls.source_kinds import SourceRequest, kind_of, refuse_format, resolve
 
@@ -141,10 +140,9 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
         make_source = lambda work: ExportSource(student, base_spec, work)  # noqa: E731
     else:
         refuse_format(kind_of(model), model, fmt)
-        request = SourceRequest(weights=weights, num_classes=num_classes, labels=labels,
-                                kwargs=model_kwargs, trust_remote_code=trust_remote_code,
-                                preprocessing=PreprocessingOptions.of(preprocessing), spec=spec)
-        resolved = resolve(model, request)
+        resolved = resolve(model, SourceRequest.of(
+            weights=weights, num_classes=num_classes, labels=labels, model_kwargs=model_kwargs,
+            trust_remote_code=trust_remote_code, preprocessing=preprocessing, spec=spec))
         base_spec, make_source = resolved.spec, resolved.source
         calibration = None
         if precision == "int8":

@@ -23,7 +23,6 @@ def export_with_qat(model: Any, to: str | Sequence[str], out: str | Path | None 
     one format, a folder for several (default out/). Checkpoints go next to the artifacts."""
     from edgecls.errors import UnsupportedOptionError
     from edgecls.exporting import export, options_for, output_for
-    from edgecls.preprocessing import PreprocessingOptions
     from edgecls.source_kinds import SourceRequest
     from edgecls.source_kinds import resolve as resolve_source
 
@@ -31,10 +30,9 @@ def export_with_qat(model: Any, to: str | Sequence[str], out: str | Path | None 
     options = dict(options or {})
     target = options.pop("target", None) or target
     destination = output_for(out, to)
-    resolved = resolve_source(model, SourceRequest(
-        weights=weights, num_classes=num_classes, labels=labels, kwargs=model_kwargs,
-        trust_remote_code=trust_remote_code,
-        preprocessing=PreprocessingOptions.of(preprocessing), spec=spec))
+    resolved = resolve_source(model, SourceRequest.of(
+        weights=weights, num_classes=num_classes, labels=labels, model_kwargs=model_kwargs,
+        trust_remote_code=trust_remote_code, preprocessing=preprocessing, spec=spec))
     if resolved.model is None:
         raise UnsupportedOptionError(f"--qat trains a torch model, and {model} is an ONNX file; "
                                      "start from the torch model (or use PTQ: --int8)")

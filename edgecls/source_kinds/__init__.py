@@ -111,6 +111,17 @@ class SourceRequest:
     spec: ModelSpec | None = None        # the spec of a torch module given in Python
     like: ModelSpec | None = None        # parity's rebuild: the artifact's spec to match
 
+    @classmethod
+    def of(cls, *, weights: str = "pretrained", num_classes: int | None = None,
+           labels: list[str] | None = None, model_kwargs: dict[str, Any] | None = None,
+           trust_remote_code: bool = False, preprocessing: dict[str, Any] | None = None,
+           spec: ModelSpec | None = None) -> "SourceRequest":
+        """The request from export()'s own arguments (the names export, --to best and --qat
+        share)."""
+        return cls(weights=weights, num_classes=num_classes, labels=labels, kwargs=model_kwargs,
+                   trust_remote_code=trust_remote_code, spec=spec,
+                   preprocessing=PreprocessingOptions.of(preprocessing))
+
     def check_for(self, kind: SourceKind, text: str) -> None:
         """Options that do not apply to this kind of source are refused, never ignored."""
         if self.kwargs is not None and kind.name != "factory":
