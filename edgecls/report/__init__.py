@@ -11,15 +11,15 @@ from edgecls.report.markdown import render_markdown
 
 
 def write_all(report, folder: Path) -> dict[str, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
+    """report.{json,md,html} in `folder`, all or none: every text is rendered before
+    anything is written, and the three files are renamed into place together (a folder
+    made for them goes again when that fails)."""
     texts = {"report.json": json.dumps(report.to_dict(), indent=2, default=float),
              "report.md": render_markdown(report), "report.html": render_html(report)}
-    paths = {}
-    for name, text in texts.items():
-        final = folder / name
-        with atomic_paths(final) as (tmp,):
+    paths = {name: folder / name for name in texts}
+    with atomic_paths(*paths.values()) as temps:
+        for tmp, text in zip(temps, texts.values()):
             tmp.write_text(text, encoding="utf-8")
-        paths[name] = final
     return paths
 
 

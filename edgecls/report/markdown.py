@@ -1,38 +1,44 @@
-"""Markdown rendering of a parity report."""
+"""Markdown rendering of a parity report. Every value that came from a file goes through
+md_text (or md_code, for names shown as code): no HTML, link or table cell of its own."""
 from __future__ import annotations
 
+from edgecls.report.escape import md_code, md_text
 from edgecls.report.model import WORST_LAYER_COLUMNS, ParityReport, columns, machine, rows
 
 
 def _table(head: list[str], body: list[list[str]]) -> list[str]:
-    def row(cells: list[str]) -> str:   # a "|" inside a cell (max|Δ|) would split it
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-    return [row(head), "|" + "---|" * len(head)] + [row(cells) for cells in body]
+    """Cells already escaped (md_text escapes "|", and a "|" inside a cell such as
+    max|Δ| would split it)."""
+    def row(cells: list[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
+    return [row([md_text(h) for h in head]), "|" + "---|" * len(head)] + [row(c) for c in body]
 
 
 def render_markdown(report: ParityReport) -> str:
     d, ref = report.data, report.reference
-    lines = [f"# Parity report: {ref['name']}", "",
-             f"Data: **{d['name']}**, {d['n']} images ({'labelled' if d['labelled'] else 'unlabelled'}). "
-             f"Reference: {ref['kind']} ({ref['origin']}). Machine: {machine(report)}.", "",
-             f"**Result: {'PASS' if report else 'FAIL'}**", ""]
+    t = md_text
+    lines = [f"# Parity report: {t(ref['name'])}", "",
+             f"Data: **{t(d['name'])}**, {t(d['n'])} images "
+             f"({'labelled' if d['labelled'] else 'unlabelled'}). "
+             f"Reference: {t(ref['kind'])} ({t(ref['origin'])}). Machine: {t(machine(report))}.",
+             "", f"**Result: {'PASS' if report else 'FAIL'}**", ""]
     shown = columns(report)
     body = []
     for row in rows(report):
-        cells = list(row.cells)
+        cells = [t(cell) for cell in row.cells]
         for i, c in enumerate(shown):
             if c.key == "artifact" and row.passed is not None:
-                cells[i] = f"`{cells[i]}`"
+                cells[i] = md_code(row.cells[i], in_table=True)
             if c.key == "ok" and row.passed is False:
                 cells[i] = f"**{cells[i]}**"
         body.append(cells)
     lines += _table([c.header for c in shown], body)
     for r in report.results:
         if r.worst_layers:
-            lines += ["", f"## Lowest-SQNR tensors of `{r.name}`", "",
-                      f"Method: {r.worst_layers_note}", ""]
+            lines += ["", f"## Lowest-SQNR tensors of {md_code(r.name)}", "",
+                      f"Method: {t(r.worst_layers_note)}", ""]
             lines += _table([h for h, _ in WORST_LAYER_COLUMNS],
-                            [[cell(w) for _, cell in WORST_LAYER_COLUMNS] for w in r.worst_layers])
+                            [[t(cell(w)) for _, cell in WORST_LAYER_COLUMNS] for w in r.worst_layers])
     if report.failures:
-        lines += ["", "## Failures", ""] + [f"- {f}" for f in report.failures]
+        lines += ["", "## Failures", ""] + [f"- {t(f)}" for f in report.failures]
     return "\n".join(lines) + "\n"

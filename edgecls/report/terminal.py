@@ -1,8 +1,10 @@
-"""The parity table in the terminal (rich)."""
+"""The parity table in the terminal (rich). Values that came from a file are rich Text (never
+parsed as markup) or escaped into the markup, with control characters made visible."""
 from __future__ import annotations
 
 from typing import Any
 
+from edgecls.report.escape import term_markup, term_text
 from edgecls.report.model import ParityReport, columns, rows, title
 
 _VERDICT = {True: "[green]yes[/green]", False: "[red]NO[/red]"}
@@ -11,28 +13,30 @@ _VERDICT = {True: "[green]yes[/green]", False: "[red]NO[/red]"}
 def print_report(report: ParityReport, console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     # the table is wide; let it be rather than wrapping every cell into three lines
     console = console or Console(width=max(Console().width, 170))
-    table = Table(title=title(report))
+    table = Table(title=term_text(title(report)))
     shown = columns(report)
     for c in shown:
         table.add_column(c.header, justify=c.align)
     for row in rows(report):
-        cells = [_VERDICT[row.passed] if c.key == "ok" and row.passed is not None else cell
-                 for c, cell in zip(shown, row.cells)]
+        cells = [Text.from_markup(_VERDICT[row.passed]) if c.key == "ok" and row.passed is not None
+                 else term_text(cell) for c, cell in zip(shown, row.cells)]
         table.add_row(*cells)
     console.print(table)
+    m = term_markup
     for r in report.results:
         if r.worst_layers:
             worst = ", ".join(f"{w['module']} ({w['sqnr_db']:.1f} dB)" for w in r.worst_layers[:5])
             kind = "kernel" if r.worst_layers[0].get("kernel_sqnr_db") is not None else "simulated"
-            console.print(f"  {r.name}: lowest {kind} SQNR: {worst}")
+            console.print(f"  {m(r.name)}: lowest {kind} SQNR: {m(worst)}")
         if r.calibration_overlap:
-            console.print(f"  [yellow]{r.name}: {r.calibration_overlap} validation images were "
-                          "used for its calibration[/yellow]")
+            console.print(f"  [yellow]{m(r.name)}: {r.calibration_overlap} validation images "
+                          "were used for its calibration[/yellow]")
     if report.data.get("calib_overlap"):
-        console.print(f"[yellow]{report.data['calib_overlap']} validation images are also in "
+        console.print(f"[yellow]{m(report.data['calib_overlap'])} validation images are also in "
                       "--calib[/yellow]")
     for f in report.failures:
-        console.print(f"[red bold]FAILED[/red bold] {f}")
+        console.print(f"[red bold]FAILED[/red bold] {m(f)}")

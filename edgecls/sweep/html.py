@@ -3,10 +3,11 @@ latency scatter with each backend's Pareto front, one panel per precision, and F
 (the only plot with meaning when the weights are random)."""
 from __future__ import annotations
 
-import html
 import logging
 
-from edgecls.report.html import _STYLE, _png, _table
+from edgecls.errors import first_line
+from edgecls.report.escape import html_text, plain_text_plots, plot_text
+from edgecls.report.html import STYLE, figure_uri, html_table
 from edgecls.sweep.table import COLUMNS, LEGEND, Row, hw_line
 
 log = logging.getLogger("edgecls")
@@ -28,12 +29,21 @@ def _plots(rows: list[Row]) -> list[tuple[str, str]]:
     try:
         import matplotlib
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import NullFormatter
     except ImportError:
         log.warning("matplotlib is not installed: the sweep page has no plots "
                     "(pip install 'edgecls[report]')")
         return []
+    try:
+        with plain_text_plots():     # model names are labels here: no mathtext, no LaTeX
+            return _draw(rows)
+    except Exception as e:  # the plots illustrate the tables: never lose the page to them
+        log.warning("the sweep page has no plots: %s", first_line(e))
+        return []
+
+
+def _draw(rows: list[Row]) -> list[tuple[str, str]]:
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
     timed = [r for r in rows if r.timing]
     formats = sorted({r.format for r in timed})
     precisions = sorted({r.precision for r in timed})
@@ -48,18 +58,20 @@ def _plots(rows: list[Row]) -> list[tuple[str, str]]:
                        if r.format == fmt and r.precision == precision]
                 if not pts:
                     continue
-                line = ax.scatter(*zip(*pts), marker=MARKERS[i % len(MARKERS)], label=fmt)
+                line = ax.scatter(*zip(*pts), marker=MARKERS[i % len(MARKERS)],
+                                  label=plot_text(fmt))
                 ax.plot(*zip(*pareto(pts)), color=line.get_facecolor()[0], alpha=0.6)
             for r in scored:
                 if r.precision == precision:
-                    ax.annotate(r.model, (r.timing["p50_ms"], 100 * r.accuracy), fontsize=6)
+                    ax.annotate(plot_text(r.model), (r.timing["p50_ms"], 100 * r.accuracy),
+                                fontsize=6)
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())    # no crowded minor labels
             ax.set_xlabel("batch-1 p50 latency, ms (log)")
-            ax.set_title(precision)
+            ax.set_title(plot_text(precision))
             ax.legend(fontsize=7)
         axes[0][0].set_ylabel("top-1 % (labelled) or agreement with FP32 %")
-        out.append(("Accuracy vs latency, Pareto front per backend", _png(fig)))
+        out.append(("Accuracy vs latency, Pareto front per backend", figure_uri(fig)))
     models = list(dict.fromkeys(r.model for r in timed))
     series = list(dict.fromkeys((r.format, r.precision) for r in timed))
     if models:
@@ -69,20 +81,23 @@ def _plots(rows: list[Row]) -> list[tuple[str, str]]:
             fps = {r.model: r.timing["fps_1"] for r in timed
                    if r.format == fmt and r.precision == precision}
             ax.bar([i + j * width for i, m in enumerate(models) if m in fps],
-                   [fps[m] for m in models if m in fps], width, label=f"{fmt} {precision}")
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(models))], models, rotation=30,
+                   [fps[m] for m in models if m in fps], width,
+                   label=plot_text(f"{fmt} {precision}"))
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(models))],
+                      [plot_text(m) for m in models], rotation=30,
                       ha="right", fontsize=8)
         ax.set_yscale("log")
         ax.set_ylabel("FPS at batch 1 (log)")
         ax.legend(fontsize=7, ncol=2)
-        out.append(("FPS at batch 1 per model", _png(fig)))
+        out.append(("FPS at batch 1 per model", figure_uri(fig)))
     return out
 
 
 def render_html(table) -> str:
-    e = html.escape
+    """Every value that came from a file or the cache goes through html_text."""
+    e = html_text
     parts = [f"<!doctype html><meta charset='utf-8'><title>{e(table.title())}</title>",
-             f"<style>{_STYLE}</style><h1>{e(table.title())}</h1><p>{e(LEGEND)}</p>"]
+             f"<style>{STYLE}</style><h1>{e(table.title())}</h1><p>{e(LEGEND)}</p>"]
     for machine, rows in table.groups():
         info = table.machines.get(machine)
         parts.append(f"<h2>{e(machine or 'not timed')}</h2>")
@@ -90,7 +105,7 @@ def render_html(table) -> str:
             parts.append(f"<p><code>edgecls hw</code>: {e(hw_line(info))}</p>")
         body = ["<tr>" + "".join(f"<td{' class=fail' if c.key == 'notes' and r.errors else ''}>"
                                  f"{e(c.cell(r))}</td>" for c in COLUMNS) + "</tr>" for r in rows]
-        parts.append(_table([c.header for c in COLUMNS], body))
+        parts.append(html_table([c.header for c in COLUMNS], body))
         for title, uri in _plots(rows):
             parts.append(f"<h3>{e(title)}</h3><img src='{uri}'>")
     return "\n".join(parts)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgecls.io import atomic_paths
+from edgecls.report.escape import md_text, term_text
 from edgecls.sweep.plan import BASELINE
 
 
@@ -134,17 +135,19 @@ class SweepTable:
                 f"per timing, each cell timed alone")
 
     def markdown(self) -> str:
-        lines = [f"# {self.title()}", "", LEGEND, ""]
+        """Every value from a cell's files or the cache goes through md_text."""
+        t = md_text
+        lines = [f"# {t(self.title())}", "", t(LEGEND), ""]
         for machine, rows in self.groups():
             info = self.machines.get(machine)
-            lines += [f"## {machine or 'not timed'}", ""]
+            lines += [f"## {t(machine or 'not timed')}", ""]
             if info:
-                lines += [f"`edgecls hw`: {hw_line(info)}", ""]
-            lines += ["| " + " | ".join(c.header for c in COLUMNS) + " |",
+                lines += [f"`edgecls hw`: {t(hw_line(info))}", ""]
+            lines += ["| " + " | ".join(t(c.header) for c in COLUMNS) + " |",
                       "|" + "---|" * len(COLUMNS)]
             previous = None
             for r in rows:
-                cells = [c.cell(r) for c in COLUMNS]
+                cells = [t(c.cell(r)) for c in COLUMNS]
                 if r.family == previous:           # family rows, as in the source table
                     cells[0] = ""
                 previous = r.family
@@ -175,24 +178,25 @@ class SweepTable:
         texts = {"sweep.md": self.markdown(), "sweep.csv": self.csv(),
                  "sweep.json": json.dumps(self.to_dict(), indent=1, default=float),
                  "sweep.html": render_html(self)}
-        paths = {}
-        for name, text in texts.items():
-            with atomic_paths(folder / name) as (tmp,):
+        paths = {name: folder / name for name in texts}   # all four or none
+        with atomic_paths(*paths.values()) as temps:
+            for tmp, text in zip(temps, texts.values()):
                 tmp.write_text(text, encoding="utf-8")
-            paths[name] = folder / name
         return paths
 
     def print(self, console: Any = None) -> None:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
         console = console or Console(width=max(Console().width, 200))
         for machine, rows in self.groups():
-            table = Table(title=f"{self.title()}\n{machine}", caption=LEGEND)
+            table = Table(title=Text("\n").join([term_text(self.title()), term_text(machine)]),
+                          caption=LEGEND)
             for c in COLUMNS:
                 table.add_column(c.header, justify="left" if c.key in ("family", "model",
                                                                        "notes") else "right")
             for r in rows:
-                table.add_row(*[c.cell(r) for c in COLUMNS],
+                table.add_row(*[term_text(c.cell(r)) for c in COLUMNS],
                               style="red" if r.errors else None)
             console.print(table)
 
