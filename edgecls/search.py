@@ -30,7 +30,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from edgecls import metrics
+from edgecls import verdict
 
 log = logging.getLogger("edgecls")
 
@@ -120,7 +120,7 @@ class Outcome:
     def record(self, held_out: HeldOut, tolerance: str) -> dict[str, Any]:
         """What the artifact's spec keeps about the search."""
         return {"chosen": self.chosen.recipe.label, "reason": self.reason,
-                "tolerance": tolerance, "judged_on": f"{held_out.name} ({len(held_out)} images)",
+                "tolerance": tolerance, "selected_on": f"{held_out.name} ({len(held_out)} images)",
                 "fp32_latency_ms": self.fp32_latency_ms,
                 "candidates": [t.row() for t in self.trials]}
 
@@ -139,13 +139,13 @@ def export_int8(tuner: Tuner, source, calibration, out: Path, *, search: bool = 
         tuner.build(tuner.bases()[0], out, {"searched": False, "why": why})
         return None
     tolerance = source.tolerance(held_out)
-    log.info("INT8 recipes on %s (%d held-out images, %s):", held_out.name, len(held_out),
-             tolerance.describe())
+    log.info("INT8 recipes chosen on the selection images %s (%d images, %s):", held_out.name,
+             len(held_out), tolerance.describe(held_out.labels is not None))
     with tempfile.TemporaryDirectory(prefix="edgecls-search-") as work:
         outcome = run(tuner, held_out, tolerance, Path(work), fp32_artifact=source.onnx(),
                       search=search)
         print_trials(outcome)
-        record = outcome.record(held_out, tolerance.describe())
+        record = outcome.record(held_out, tolerance.describe(held_out.labels is not None))
         record["measured_with"] = dict(tuner.session_options)
         tuner.keep(outcome.chosen.path, out, record)     # the very artifact that was measured
     return outcome
@@ -154,7 +154,7 @@ def export_int8(tuner: Tuner, source, calibration, out: Path, *, search: bool = 
 def run(tuner: Tuner, held_out: HeldOut, tolerance, work: Path, *,
         fp32_artifact: Path | None = None, search: bool = True) -> Outcome:
     """Build, measure and choose; candidates are written into `work` (the caller's temporary
-    folder), the chosen one included. `tolerance` is a verification.Tolerance;
+    folder), the chosen one included. `tolerance` is a verdict.Tolerances;
     `fp32_artifact` (any format) is timed beside the candidates for the speed-up column."""
     trials: list[Trial] = []
 
@@ -197,23 +197,17 @@ def _score(tuner: Tuner, recipe: Recipe, path: Path, held_out: HeldOut, toleranc
 
 def score(path: Path, held_out: HeldOut, tolerance,
           options: dict[str, Any] | None = None) -> tuple[float, float, bool, float | None]:
-    """(agreement, KL, passed, top-1 drop in points or None) of any artifact on the
-    held-out images, opened with session `options`."""
+    """(agreement, KL, meets, top-1 drop in points or None) of any artifact on the selection
+    images, opened with session `options`: the parity verdict's measures (edgecls.verdict)
+    as point estimates; `tolerance` is a verdict.Tolerances."""
     from edgecls.calibration.preprocess import to_model_input
     from edgecls.formats import open_session
 
     with open_session(path, device="cpu", **(options or {})) as session:
         logits = np.concatenate([session.run(to_model_input(held_out.pixels[i:i + 16], session.spec))
                                  for i in range(0, len(held_out), 16)])
-    agree = float((logits.argmax(1) == held_out.reference.argmax(1)).mean())
-    kl = float(metrics.kl_divergence(held_out.reference, logits).mean())
-    drop = None
-    if held_out.labels is not None:
-        drop = 100 * float(metrics.topk_hits(held_out.reference, held_out.labels, 1).mean()
-                           - metrics.topk_hits(logits, held_out.labels, 1).mean())
-    passed = ((tolerance.max_drop is None or (drop is not None and drop <= tolerance.max_drop))
-              and (tolerance.min_agreement is None or agree >= tolerance.min_agreement))
-    return agree, kl, passed, drop
+    m = verdict.measure(held_out.reference, logits, tolerance, held_out.labels)
+    return m.agreement, m.kl, m.meets, m.top1_drop
 
 
 def _choose(trials: Sequence[Trial], tuner: Tuner, fp32_artifact: Path | None) -> Outcome:

@@ -106,6 +106,6 @@ class ExportSource:
         return self._held_out
 
     def tolerance(self, held_out) -> Any:
-        """The INT8 tolerance on those images (verification.Tolerance)."""
-        from edgecls.verification import tolerance_for
-        return tolerance_for("int8", held_out.labels is not None, self.max_drop)
+        """The INT8 tolerances (verdict.Tolerances); `held_out` says whether there are labels."""
+        from edgecls.verdict import tolerances_for
+        return tolerances_for("int8", self.max_drop)

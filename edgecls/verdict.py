@@ -153,17 +153,60 @@ def images_to_decide(value: float, ci: tuple[float, float], tolerance: float, n:
 @dataclass(frozen=True)
 class Tolerances:
     """What an artifact must meet. Without labels: agreement with the reference on decisive
-    inputs, and mean KL(reference || artifact). With labels: the top-1 drop in points
+    inputs, and mean KL(reference || artifact). With labels, also the top-1 drop in points
     (non-inferiority)."""
     min_decisive_agreement: float
     max_kl: float
     max_top1_drop: float | None = None
+
+    def describe(self, labelled: bool = False) -> str:
+        parts = [f"agreement >= {self.min_decisive_agreement:.1%} where margin >= {DECISIVE:g}",
+                 f"KL <= {self.max_kl:g}"]
+        if labelled and self.max_top1_drop is not None:
+            parts.append(f"top-1 drop <= {self.max_top1_drop:g} pt")
+        return ", ".join(parts)
 
 
 #: per precision; why each value is what it is: the README's "Parity verdict" section
 TOLERANCES = {"fp32": Tolerances(0.995, 0.001, 0.3),
               "fp16": Tolerances(0.995, 0.001, 0.3),
               "int8": Tolerances(0.99, 0.02, 1.0)}
+
+
+def tolerances_for(precision: str, max_drop: float | None = None) -> Tolerances:
+    """The precision's tolerances; `max_drop` (points, --max-drop) replaces the top-1 drop
+    allowed with labels and, for unlabelled data, the decisive disagreement allowed."""
+    base = TOLERANCES.get(precision, TOLERANCES["fp32"])
+    if max_drop is None:
+        return base
+    return Tolerances(1.0 - max_drop / 100.0, base.max_kl, max_drop)
+
+
+@dataclass
+class Measured:
+    """The verdict's measures as point estimates, for ranking candidates on selection images
+    (few photos: intervals would leave nearly everything inconclusive)."""
+    agreement: float
+    decisive_agreement: float
+    kl: float
+    top1_drop: float | None                     # points, with labels
+    meets: bool                                 # every point estimate within its tolerance
+
+
+def measure(ref_logits: np.ndarray, cand_logits: np.ndarray, tolerances: Tolerances,
+            labels: np.ndarray | None = None) -> Measured:
+    agree = ref_logits.argmax(1) == cand_logits.argmax(1)
+    decisive = margins(ref_logits) >= DECISIVE
+    decisive_agreement = float(agree[decisive].mean()) if decisive.any() else float(agree.mean())
+    kl = float(kl_divergence(ref_logits, cand_logits).mean())
+    drop = None
+    if labels is not None:
+        drop = 100 * float(topk_hits(ref_logits, labels, 1).mean()
+                           - topk_hits(cand_logits, labels, 1).mean())
+    meets = (decisive_agreement >= tolerances.min_decisive_agreement and kl <= tolerances.max_kl
+             and (drop is None or tolerances.max_top1_drop is None
+                  or drop <= tolerances.max_top1_drop))
+    return Measured(float(agree.mean()), decisive_agreement, kl, drop, meets)
 
 
 @dataclass
@@ -238,6 +281,6 @@ def verdict(ref_logits: np.ndarray, cand_logits: np.ndarray, tolerances: Toleran
 
 
 __all__ = ["PASS", "FAIL", "INCONCLUSIVE", "OUTCOMES", "DECISIVE", "STRATA", "TOLERANCES",
-           "Tolerances", "Criterion", "Verdict", "verdict", "decide", "combine", "margins",
+           "Tolerances", "tolerances_for", "Measured", "measure", "Criterion", "Verdict", "verdict", "decide", "combine", "margins",
            "top5_overlap", "mean_per_class_accuracy", "ratio_ci", "group_ids",
            "images_to_decide"]

@@ -22,9 +22,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgecls import hardware, metrics
+from edgecls import hardware, metrics, verdict
 from edgecls.backends.base import Session
-from edgecls.calibration.datasets import check_source, load_part
+from edgecls.calibration.datasets import check_source, load_part, photo_of
 from edgecls.calibration.preprocess import to_model_input
 from edgecls.errors import ArtifactError, DataError, UnknownFormatError, first_line
 from edgecls.formats import format_for_path, get_format, open_session, read_spec
@@ -35,38 +35,15 @@ from edgecls.spec import ModelSpec
 
 log = logging.getLogger("edgecls")
 
-# Default tolerances by precision: minimum top-1 agreement with the reference, and for INT8
-# with labels the maximum top-1 accuracy drop in points.
-MIN_AGREEMENT = {"fp32": 0.995, "fp16": 0.995, "int8": 0.95}
-INT8_MAX_DROP = 1.0
 SQNR_IMAGES = 8
 WORST_LAYERS = 10
 
 
-@dataclass
-class Tolerance:
-    min_agreement: float | None = None
-    max_drop: float | None = None        # points of top-1 accuracy
-
-    def describe(self) -> str:
-        parts = []
-        if self.max_drop is not None:
-            parts.append(f"drop <= {self.max_drop:g} pt")
-        if self.min_agreement is not None:
-            parts.append(f"agreement >= {self.min_agreement:.1%}")
-        return ", ".join(parts)
-
-
-def tolerance_for(precision: str, labelled: bool, max_drop: float | None) -> Tolerance:
-    """`max_drop` is in points: of top-1 accuracy with labels, of agreement with the
-    reference without them (--max-drop 2 on unlabelled data: agreement >= 98%)."""
-    if precision == "int8" and labelled:
-        return Tolerance(max_drop=INT8_MAX_DROP if max_drop is None else max_drop)
-    if max_drop is not None and labelled:
-        return Tolerance(max_drop=max_drop, min_agreement=None)
-    if max_drop is not None:
-        return Tolerance(min_agreement=1.0 - max_drop / 100.0)
-    return Tolerance(min_agreement=MIN_AGREEMENT.get(precision, 0.995))
+def tolerance_for(precision: str, max_drop: float | None = None) -> verdict.Tolerances:
+    """What an artifact of `precision` must meet (edgecls.verdict.TOLERANCES); `max_drop`
+    (--max-drop, points) replaces the top-1 drop allowed, or without labels the disagreement
+    allowed on decisive inputs."""
+    return verdict.tolerances_for(precision, max_drop)
 
 
 # -- the reference ---------------------------------------------------------------------------
@@ -212,8 +189,11 @@ def _parity(artifacts, first, ref: Reference, data, max_drop, limit, out, calib,
 
     pixels = images.crops(ref.spec, progress=progress)
     digests = [i.digest()[:12] for i in images.items]
+    # the unit the confidence intervals resample: views of one photo are one sample
+    groups = [photo_of(i) for i in images.items]
     data_info: dict[str, Any] = {"name": images.name, "n": len(images), "labelled": labels is not None,
-                                 "source": str(data), "machine": hardware.describe()}
+                                 "source": str(data), "machine": hardware.describe(),
+                                 "role": "verification", "photos": len(set(groups))}
     if calib is not None:
         calib_set = load_part(calib, ref.spec, "calib", max_pixels)
         data_info["calib_overlap"] = calib_set.overlap(images)
@@ -223,12 +203,14 @@ def _parity(artifacts, first, ref: Reference, data, max_drop, limit, out, calib,
 
     ref_logits = _batched(ref.run, pixels)
     ref_pred = ref_logits.argmax(1)
+    ref_margin = verdict.margins(ref_logits)
     ref_top1 = metrics.topk_hits(ref_logits, labels, 1) if labels is not None else None
     ref_info = dict(ref.description)
     if labels is not None:
         ref_info["top1"] = float(ref_top1.mean())
         ref_info["top1_ci"] = metrics.bootstrap_ci(ref_top1)
         ref_info["top5"] = float(metrics.topk_hits(ref_logits, labels, 5).mean())
+        ref_info["macc"] = verdict.mean_per_class_accuracy(ref_logits, labels)
 
     results, preds = [], {"reference": [ref.spec.label(int(i)) for i in ref_pred]}
     with tempfile.TemporaryDirectory(prefix="edgecls-parity-") as work:
@@ -236,7 +218,8 @@ def _parity(artifacts, first, ref: Reference, data, max_drop, limit, out, calib,
             session = first if index == 0 and first is not None else opener(path)
             with session:
                 spec = session.spec
-                res, cand_logits = _compare(session, pixels, ref_logits, labels, max_drop, digests)
+                res, cand_logits = _compare(session, pixels, ref_logits, labels, max_drop,
+                                            digests, groups)
             diagnose = get_format(spec.format).load_int8_diagnostics()
             if sqnr and spec.precision == "int8" and diagnose is not None:
                 res.worst_layers, res.worst_layers_note = _worst_layers(diagnose, path, ref,
@@ -244,9 +227,16 @@ def _parity(artifacts, first, ref: Reference, data, max_drop, limit, out, calib,
             preds[res.name] = [spec.label(int(i)) for i in cand_logits.argmax(1)]
             results.append(res)
 
-    disagreeing = sorted({i for r in results for i in r.disagreements})[:24]
+    # the thumbnails: every disagreement where the reference is sure first (those are what a
+    # user must look at), then the unsure ones, 24 in all
+    sure = sorted({i for r in results for i in r.sure_disagreements})
+    unsure = sorted({i for r in results for i in r.disagreements} - set(sure))
+    disagreeing = (sure + unsure)[:24]
     from edgecls.calibration.preprocess import encode_png
     thumbs = {i: encode_png(pixels[i]) for i in disagreeing}
+    top2 = np.argsort(-ref_logits, axis=1)[:, :2]
+    preds["reference_top2"] = [" / ".join(ref.spec.label(int(k)) for k in pair) for pair in top2]
+    data_info["reference_margins"] = {str(i): float(ref_margin[i]) for i in disagreeing}
     report = ParityReport(data_info, ref_info, results, thumbs, preds)
     report.data["keys"] = [i.key for i in images.items]
     report.data["labels"] = labels.tolist() if labels is not None else None
@@ -276,42 +266,51 @@ def _latency_ms(session, x1: np.ndarray, runs: int = 10) -> float:
     return float(np.median(times) * 1000)
 
 
-def _compare(session: Session, pixels, ref_logits, labels, max_drop, digests):
+def _compare(session: Session, pixels, ref_logits, labels, max_drop, digests, groups):
+    """One artifact against the reference on the verification images: its measures and its
+    three-outcome verdict (edgecls.verdict), intervals resampling whole photos (`groups`)."""
     spec = session.spec
     logits = _batched(lambda p: session.run(to_model_input(p, spec)), pixels)
     agree = logits.argmax(1) == ref_logits.argmax(1)
     cos = metrics.cosine_similarity(ref_logits, logits)
     kl = metrics.kl_divergence(ref_logits, logits)
     abs_err = np.abs(logits - ref_logits).max(axis=1)
-    tol = tolerance_for(spec.precision, labels is not None, max_drop)
+    tol = tolerance_for(spec.precision, max_drop)
+    result = verdict.verdict(ref_logits, logits, tol, labels=labels, groups=groups)
+    ids = verdict.group_ids(groups, len(agree))
+    decisive = verdict.margins(ref_logits) >= verdict.DECISIVE
     calib_ids = set((spec.quantization or {}).get("calibration_ids", []))
     res = ArtifactResult(
         name=Path(session.path).name, path=str(session.path), format=spec.format,
         precision=spec.precision, backend=session.backend, device=session.device_used,
         precision_used=str(session.precision_used or spec.precision), n=len(pixels),
-        agreement=float(agree.mean()), agreement_ci=metrics.bootstrap_ci(agree),
+        agreement=float(agree.mean()),
+        agreement_ci=verdict.ratio_ci(agree, np.ones(len(agree)), ids),
         cosine_mean=float(cos.mean()), cosine_min=float(cos.min()), kl_mean=float(kl.mean()),
         max_abs=float(abs_err.max()), latency_ms=_latency_ms(session, to_model_input(pixels[:1], spec)),
-        tolerance=tol.describe(), passed=True, failures=[],
+        tolerance=tol.describe(labels is not None), passed=bool(result), failures=[],
+        outcome=result.outcome, criteria=[c.to_dict() for c in result.criteria],
+        strata=result.strata, decisive_agreement=result.criteria[0].value,
+        decisive_agreement_ci=result.criteria[0].ci, kl_ci=result.criteria[1].ci,
+        top5_overlap=result.top5_overlap,
         disagreements=[int(i) for i in np.flatnonzero(~agree)],
+        sure_disagreements=[int(i) for i in np.flatnonzero(~agree & decisive)],
         sample_abs_error=[float(e) for e in abs_err],
         calibration_overlap=sum(d in calib_ids for d in digests))
     if labels is not None:
         ref_hits = metrics.topk_hits(ref_logits, labels, 1)
         hits = metrics.topk_hits(logits, labels, 1)
         hits5 = metrics.topk_hits(logits, labels, 5)
-        res.top1, res.top1_ci = float(hits.mean()), metrics.bootstrap_ci(hits)
-        res.top5, res.top5_ci = float(hits5.mean()), metrics.bootstrap_ci(hits5)
+        res.top1, res.top1_ci = float(hits.mean()), verdict.ratio_ci(hits, np.ones(len(hits)), ids)
+        res.top5, res.top5_ci = float(hits5.mean()), verdict.ratio_ci(hits5, np.ones(len(hits)), ids)
         res.top1_drop = 100 * float(ref_hits.mean() - hits.mean())
         res.mcnemar_p = metrics.mcnemar_exact(ref_hits, hits)
-    if tol.max_drop is not None and res.top1_drop is not None and res.top1_drop > tol.max_drop:
-        res.failures.append(f"top-1 drop {res.top1_drop:.2f} pt > {tol.max_drop:g} pt")
-    if tol.min_agreement is not None and res.agreement < tol.min_agreement:
-        res.failures.append(f"agreement {res.agreement:.1%} < {tol.min_agreement:.1%}")
+        res.macc = verdict.mean_per_class_accuracy(logits, labels)
+    res.failures = [c.describe() for c in result.criteria if c.outcome == verdict.FAIL]
+    res.undecided = [c.describe() for c in result.criteria if c.outcome == verdict.INCONCLUSIVE]
     if res.calibration_overlap:
         log.warning("%s: %d validation image(s) were used to calibrate it", res.name,
                     res.calibration_overlap)
-    res.passed = not res.failures
     return res, logits
 
 

@@ -152,7 +152,7 @@ def test_efficientnet_lite0_int8_made_here_passes_and_says_how(effl0_int8_auto):
     assert q["target"] == targets.resolve("auto").name and q["measured_on_target"]
     assert q["made_on_isa"] == hardware.cpu().int8_isa
     search = q["search"]
-    assert search["judged_on"].startswith("photos-val") and search["candidates"]
+    assert search["selected_on"].startswith("photos-select") and search["candidates"]
     chosen = next(c for c in search["candidates"] if c["recipe"] == search["chosen"])
     assert chosen["passed"] and chosen["agreement"] >= 0.95
     assert chosen["speedup_vs_fp32"] > 0 and search["fp32_latency_ms"] > 0

@@ -35,7 +35,7 @@ from edgecls.errors import DataError, MissingDependencyError
 from edgecls.spec import ModelSpec
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-BUILTIN = ("photos", "photos-all", "digits")
+BUILTIN = ("photos", "photos-all", "digits", "photos-calib", "photos-select", "photos-verify")
 SYNSET = re.compile(r"n\d{8}")
 ILSVRC_VAL = re.compile(r"ILSVRC2012_val_\d{8}\.JPEG", re.IGNORECASE)
 #: the most rows a label file may have (ImageNet's train set has 1.28 M)
@@ -169,13 +169,15 @@ class CalibrationSet:
         for i in range(0, len(crops), batch_size):
             yield to_model_input(crops[i:i + batch_size], spec)
 
-    def held_out(self, data: Any, spec: ModelSpec, size: int = 500) -> ImageSet | None:
-        """Images to check an INT8 model on: `data` (--data), else what the calibration
-        source has left; never a calibration image. None when there is no source."""
-        source = data if data is not None else self.source
+    def held_out(self, select: Any, spec: ModelSpec, size: int = 500) -> ImageSet | None:
+        """The selection images a choice (the INT8 recipe search) is made on: `select`
+        (--select), else the calibration source's selection part - for the built-in photos
+        other photos than calibration's and verification's, for a folder the images
+        calibration left; never a calibration image. None when there is no source."""
+        source = select if select is not None else self.source
         if source is None:
             return None
-        return load_part(source, spec, "val", self.max_pixels).subset(size, exclude=self.images)
+        return load_part(source, spec, "select", self.max_pixels).subset(size, exclude=self.images)
 
     def recipe(self) -> dict[str, Any]:
         # Short content ids of every calibration image: parity uses them to find validation
@@ -187,13 +189,18 @@ class CalibrationSet:
 
 def load_part(source: Any, spec: ModelSpec | None, part: str,
               max_pixels: int | None = None) -> ImageSet:
-    """An image source used for calibration (part "calib") or validation ("val").
-
-    The one place the built-in `photos` is split: calibration takes its even views and
-    validation its odd views, so the two never overlap. Any other source is used whole
-    (subsets are drawn from it by the caller)."""
+    """An image source in one of its three roles: "calib" (sets ranges), "select" (drives
+    every choice: recipe search, QAT epochs, --to best) or "verify" (judges; "val" is the
+    same). The built-in `photos` gives each role its own photos (PHOTO_ROLES), never views
+    of another role's photo; `photos-all` keeps its even (calib) / odd views for QAT, which
+    splits it by photo itself. Any other source is used whole (subsets are drawn from it by
+    the caller)."""
     if isinstance(source, ImageSet):
         return source
+    if str(source) == "photos":
+        return photo_role(ROLE_OF_PART[part])
+    if str(source) in ROLE_SETS:
+        return photo_role(ROLE_SETS[str(source)])
     if str(source) in _PHOTO_SETS:
         return photos_split(part, str(source))
     return ImageSet.load(source, spec, max_pixels)
@@ -469,7 +476,85 @@ def digits() -> ImageSet:
                     [str(i) for i in range(10)])
 
 
+# -- the photos by role ---------------------------------------------------------------------
+#: Each bundled photo plays ONE role: views of one photo are not independent, so a choice
+#: made on one view and judged on its sibling would be judged on what it was chosen on.
+#: Colour and grayscale photos are spread over the roles so that each holds both.
+PHOTO_ROLES = {
+    "calib": ("chelsea", "coffee", "astronaut", "rocket", "camera", "coins", "brick"),
+    "select": ("china", "hubble_deep_field", "minduka_present", "moon", "page", "grass"),
+    "verify": ("flower", "grace_hopper", "immunohistochemistry", "retina", "motorcycle",
+               "clock", "text", "gravel", "cell"),
+}
+ROLE_OF_PART = {"calib": "calib", "select": "select", "verify": "verify", "val": "verify"}
+ROLE_SETS = {"photos-calib": "calib", "photos-select": "select", "photos-verify": "verify"}
+#: verification crops: (side as a fraction of the photo's shorter side, grid positions per
+#: axis); 1 + 4 + 9 + 9 + 16 = 39 crops a photo, every other one flipped
+_SCALES = ((1.0, 1), (0.8, 2), (0.65, 3), (0.5, 3), (0.4, 4))
+
+
+def _all_photo_loaders() -> dict[str, Callable[[], np.ndarray]]:
+    """Every real photo the installed packages ship (colour and grayscale), by name."""
+    loaders = dict(_photo_loaders(extended=True))
+    try:
+        import skimage.data as skd
+        for name in ("camera", "coins", "brick", "moon", "page", "grass", "clock", "text",
+                     "gravel", "cell"):
+            loaders[name] = getattr(skd, name)
+        loaders["motorcycle"] = lambda: skd.stereo_motorcycle()[0]   # the left view only
+    except ImportError:
+        pass
+    return loaders
+
+
+def photo_role(role: str) -> ImageSet:
+    """The built-in photos of one role: 12 views of each calibration and selection photo,
+    39 multi-scale crops of each verification photo (351 in all). Keys are
+    "photos:<photo>:<view>", so photo_of() finds the photo a view shows."""
+    loaders = _all_photo_loaders()
+    missing = [p for p in PHOTO_ROLES[role] if p not in loaders]
+    if missing:
+        raise DataError(f"the built-in photos need scikit-image, scikit-learn and matplotlib "
+                        f"(missing {', '.join(missing)}): pip install 'edgecls[data]'")
+    items = []
+    for photo in PHOTO_ROLES[role]:
+        load = loaders[photo]
+        if role == "verify":
+            for n, (down, across, size, flip) in enumerate(_grid_views()):
+                items.append(Item(f"photos:{photo}:s{n}", None,
+                                  _grid_view(load, down, across, size, flip)))
+        else:
+            for v, (top, left, size, flip) in enumerate(_VIEWS):
+                items.append(Item(f"photos:{photo}:{v}", None, _view(load, top, left, size, flip)))
+    return ImageSet(f"photos-{role}", items)
+
+
+def _grid_views() -> list[tuple[float, float, float, bool]]:
+    """(down, across, size, flip): a square crop of `size` x the shorter side, placed at
+    `down` / `across` of the room left for it (0: top / left edge, 1: bottom / right)."""
+    views = []
+    for size, steps in _SCALES:
+        for i in range(steps):
+            for j in range(steps):
+                place = (i / (steps - 1), j / (steps - 1)) if steps > 1 else (0.5, 0.5)
+                views.append((*place, size, len(views) % 2 == 1))
+    return views
+
+
+def _grid_view(load: Callable[[], np.ndarray], down: float, across: float, size: float,
+               flip: bool):
+    def make() -> np.ndarray:
+        rgb = load_rgb(load())
+        h, w = rgb.shape[:2]
+        s = max(1, int(min(h, w) * size))
+        y, x = int(round(down * (h - s))), int(round(across * (w - s)))
+        crop = rgb[y:y + s, x:x + s]
+        return np.ascontiguousarray(crop[:, ::-1] if flip else crop)
+    return make
+
+
 #: built-in photo sets -> whether they include the extended photos
 _PHOTO_SETS = {"photos": False, "photos-all": True}
 _BUILTIN_LOADERS: dict[str, Callable[[], ImageSet]] = {
-    "photos": photos, "photos-all": lambda: photos("photos-all"), "digits": digits}
+    "photos": photos, "photos-all": lambda: photos("photos-all"), "digits": digits,
+    **{name: (lambda r=role: photo_role(r)) for name, role in ROLE_SETS.items()}}

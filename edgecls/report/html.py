@@ -15,7 +15,7 @@ log = logging.getLogger("edgecls")
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
-td:first-child,th:first-child{text-align:left}.fail{color:#b00;font-weight:bold}.pass{color:#070}
+td:first-child,th:first-child{text-align:left}.fail{color:#b00;font-weight:bold}.pass{color:#070}.inconclusive{color:#a60;font-weight:bold}
 figure{display:inline-block;margin:4px;text-align:center;font-size:12px}img.thumb{width:112px}"""
 
 
@@ -93,7 +93,7 @@ def render_html(report: ParityReport) -> str:
     html_text; only the template's own markup is not escaped."""
     d, ref = report.data, report.reference
     e = html_text
-    verdict = f"<span class='{'pass' if report else 'fail'}'>{'PASS' if report else 'FAIL'}</span>"
+    verdict = f"<span class='{report.outcome}'>{report.outcome.upper()}</span>"
     parts = [f"<!doctype html><meta charset='utf-8'><title>parity: {e(ref['name'])}</title>",
              f"<style>{STYLE}</style><h1>Parity report: {e(ref['name'])}</h1>",
              f"<p>Data <b>{e(d['name'])}</b>, {e(d['n'])} images "
@@ -104,8 +104,8 @@ def render_html(report: ParityReport) -> str:
     lines = []
     for row in rows(report):
         cells = [f"<td>{e(cell)}</td>" for cell in row.cells]
-        if row.passed is not None:
-            cells[-1] = f"<td class='{'pass' if row.passed else 'fail'}'>{e(row.cells[-1])}</td>"
+        if row.outcome is not None:
+            cells[-1] = f"<td class='{row.outcome}'>{e(row.cells[-1])}</td>"
         lines.append("<tr>" + "".join(cells) + "</tr>")
     parts.append(html_table([c.header for c in shown], lines))
     for title, uri in _plots(report):
@@ -118,14 +118,32 @@ def render_html(report: ParityReport) -> str:
                 ["<tr>" + "".join(f"<td>{e(cell(w))}</td>" for _, cell in WORST_LAYER_COLUMNS)
                  + "</tr>" for w in r.worst_layers]))
     if report.thumbnails:
-        parts.append("<h2>Images where an artifact disagrees with the reference</h2>")
-        for i, png in report.thumbnails.items():
-            said = [("reference", report.predictions["reference"][i])] + [
-                (r.name, report.predictions.get(r.name, ["?"] * (i + 1))[i])
-                for r in report.results if i in r.disagreements]
-            caption = "<br>".join(f"{e(who)}: {e(label)}" for who, label in said)
-            uri = "data:image/png;base64," + base64.b64encode(png).decode()
-            parts.append(f"<figure><img class='thumb' src='{uri}'><figcaption>{caption}</figcaption></figure>")
+        margins = report.data.get("reference_margins") or {}
+        top2 = report.predictions.get("reference_top2") or []
+        sure = {i for r in report.results for i in r.sure_disagreements}
+        for heading, keep in (("Disagreements where the reference is sure: look at these",
+                               lambda i: i in sure),
+                              ("Disagreements where the reference is unsure (its top two are "
+                               "close: these measure the image more than the artifact)",
+                               lambda i: i not in sure)):
+            shown_here = [i for i in report.thumbnails if keep(i)]
+            if not shown_here:
+                continue
+            parts.append(f"<h2>{e(heading)}</h2>")
+            for i in shown_here:
+                said = [("reference", report.predictions["reference"][i])] + [
+                    (r.name, report.predictions.get(r.name, ["?"] * (i + 1))[i])
+                    for r in report.results if i in r.disagreements]
+                caption = "<br>".join(f"{e(who)}: {e(label)}" for who, label in said)
+                if i < len(top2) and str(i) in margins:
+                    caption += (f"<br>reference top-2: {e(top2[i])}, margin "
+                                f"{e(f'{margins[str(i)]:.3f}')}")
+                uri = "data:image/png;base64," + base64.b64encode(report.thumbnails[i]).decode()
+                parts.append(f"<figure><img class='thumb' src='{uri}'>"
+                             f"<figcaption>{caption}</figcaption></figure>")
     if report.failures:
         parts.append("<h2>Failures</h2><ul>" + "".join(f"<li class='fail'>{e(f)}</li>" for f in report.failures) + "</ul>")
+    if report.undecided:
+        parts.append("<h2>Inconclusive</h2><ul>" + "".join(
+            f"<li class='inconclusive'>{e(u)}</li>" for u in report.undecided) + "</ul>")
     return "\n".join(parts)

@@ -21,7 +21,7 @@ def render_markdown(report: ParityReport) -> str:
              f"Data: **{t(d['name'])}**, {t(d['n'])} images "
              f"({'labelled' if d['labelled'] else 'unlabelled'}). "
              f"Reference: {t(ref['kind'])} ({t(ref['origin'])}). Machine: {t(machine(report))}.",
-             "", f"**Result: {'PASS' if report else 'FAIL'}**", ""]
+             "", f"**Result: {report.outcome.upper()}**", ""]
     shown = columns(report)
     body = []
     for row in rows(report):
@@ -29,7 +29,7 @@ def render_markdown(report: ParityReport) -> str:
         for i, c in enumerate(shown):
             if c.key == "artifact" and row.passed is not None:
                 cells[i] = md_code(row.cells[i], in_table=True)
-            if c.key == "ok" and row.passed is False:
+            if c.key == "ok" and row.outcome not in (None, "pass"):
                 cells[i] = f"**{cells[i]}**"
         body.append(cells)
     lines += _table([c.header for c in shown], body)
@@ -41,4 +41,6 @@ def render_markdown(report: ParityReport) -> str:
                             [[t(cell(w)) for _, cell in WORST_LAYER_COLUMNS] for w in r.worst_layers])
     if report.failures:
         lines += ["", "## Failures", ""] + [f"- {t(f)}" for f in report.failures]
+    if report.undecided:
+        lines += ["", "## Inconclusive", ""] + [f"- {t(u)}" for u in report.undecided]
     return "\n".join(lines) + "\n"

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from edgecls.verdict import DECISIVE, FAIL, INCONCLUSIVE, PASS, combine
+
 
 @dataclass
 class ArtifactResult:
@@ -25,8 +27,18 @@ class ArtifactResult:
     max_abs: float
     latency_ms: float
     tolerance: str
-    passed: bool
-    failures: list[str]
+    passed: bool                             # outcome == "pass"
+    failures: list[str]                      # the criteria it fails
+    outcome: str = PASS                      # pass | fail | inconclusive (edgecls.verdict)
+    undecided: list[str] = field(default_factory=list)   # criteria neither met nor missed
+    criteria: list[dict[str, Any]] = field(default_factory=list)
+    strata: list[dict[str, Any]] = field(default_factory=list)   # agreement by ref margin
+    decisive_agreement: float | None = None  # where the reference's margin >= DECISIVE
+    decisive_agreement_ci: tuple[float, float] | None = None
+    kl_ci: tuple[float, float] | None = None
+    top5_overlap: float | None = None
+    macc: float | None = None                # mean per-class accuracy, with labels
+    sure_disagreements: list[int] = field(default_factory=list)  # the ones to look at
     top1: float | None = None
     top1_ci: tuple[float, float] | None = None
     top5: float | None = None
@@ -49,14 +61,24 @@ class ParityReport:
     predictions: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     def __bool__(self) -> bool:
-        return all(r.passed for r in self.results)
+        return self.outcome == PASS
+
+    @property
+    def outcome(self) -> str:
+        """fail if any artifact fails, pass if every one passes, else inconclusive."""
+        return combine([r.outcome for r in self.results])
 
     @property
     def failures(self) -> list[str]:
         return [f"{r.name}: {f}" for r in self.results for f in r.failures]
 
+    @property
+    def undecided(self) -> list[str]:
+        return [f"{r.name}: {u}" for r in self.results for u in r.undecided]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": bool(self), "data": self.data, "reference": self.reference,
+        return {"passed": bool(self), "outcome": self.outcome, "data": self.data,
+                "reference": self.reference,
                 "results": [asdict(r) for r in self.results]}
 
     def print(self, console: Any = None) -> None:
@@ -77,6 +99,14 @@ def ci(interval: Any) -> str:
     return "" if not interval else f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
 
 
+def kl_cell(r: "ArtifactResult") -> str:
+    return f"{r.kl_mean:.2g}" + ("" if not r.kl_ci else f" [{r.kl_ci[0]:.2g}, {r.kl_ci[1]:.2g}]")
+
+
+#: how each outcome is shown in a table cell
+OUTCOME_CELL = {PASS: "pass", FAIL: "FAIL", INCONCLUSIVE: "inconclusive"}
+
+
 @dataclass(frozen=True)
 class Column:
     key: str                                   # renderers style some by key (artifact, ok)
@@ -94,13 +124,17 @@ COLUMNS = (
     Column("top5", "top-5 %", lambda r: pct(r.top5), labelled_only=True),
     Column("drop", "drop pt", lambda r: f"{r.top1_drop:+.2f}", labelled_only=True),
     Column("mcnemar", "McNemar p", lambda r: f"{r.mcnemar_p:.3g}", labelled_only=True),
+    Column("macc", "mAcc %", lambda r: pct(r.macc), labelled_only=True),
     Column("agreement", "agree % [95% CI]", lambda r: pct(r.agreement) + ci(r.agreement_ci)),
+    Column("decisive", f"agree where margin>={DECISIVE:g} %",
+           lambda r: pct(r.decisive_agreement) + ci(r.decisive_agreement_ci)),
+    Column("top5_overlap", "top-5 overlap %", lambda r: pct(r.top5_overlap)),
+    Column("kl", "KL [95% CI]", kl_cell),
     Column("cosine", "cos min", lambda r: f"{r.cosine_min:.4f}"),
-    Column("kl", "KL", lambda r: f"{r.kl_mean:.2e}"),
     Column("max_abs", "max|Δ|", lambda r: f"{r.max_abs:.3g}"),
     Column("latency", "ms", lambda r: f"{r.latency_ms:.2f}"),
     Column("tolerance", "tolerance", lambda r: r.tolerance, align="left"),
-    Column("ok", "ok", lambda r: "yes" if r.passed else "NO"),
+    Column("ok", "verdict", lambda r: OUTCOME_CELL[r.outcome]),
 )
 
 def _db(value: float | None) -> str:
@@ -119,6 +153,7 @@ WORST_LAYER_COLUMNS = (("torch module", lambda w: w["module"]), ("op", lambda w:
 class Row:
     cells: list[str]
     passed: bool | None                        # None: the reference row
+    outcome: str | None = None                 # pass | fail | inconclusive; None: reference
 
 
 def columns(report: ParityReport) -> list[Column]:
@@ -134,7 +169,7 @@ def rows(report: ParityReport) -> list[Row]:
         known = {"artifact": "reference", "backend": ref["kind"], "precision": "fp32",
                  "top1": pct(ref["top1"]) + ci(ref.get("top1_ci")), "top5": pct(ref["top5"])}
         out.append(Row([known.get(c.key, "") for c in shown], None))
-    out += [Row([c.cell(r) for c in shown], r.passed) for r in report.results]
+    out += [Row([c.cell(r) for c in shown], r.passed, r.outcome) for r in report.results]
     return out
 
 

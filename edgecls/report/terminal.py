@@ -6,8 +6,10 @@ from typing import Any
 
 from edgecls.report.escape import term_markup, term_text
 from edgecls.report.model import ParityReport, columns, rows, title
+from edgecls.verdict import DECISIVE
 
-_VERDICT = {True: "[green]yes[/green]", False: "[red]NO[/red]"}
+_VERDICT = {"pass": "[green]pass[/green]", "fail": "[red]FAIL[/red]",
+            "inconclusive": "[yellow]inconclusive[/yellow]"}
 
 
 def print_report(report: ParityReport, console: Any = None) -> None:
@@ -22,7 +24,7 @@ def print_report(report: ParityReport, console: Any = None) -> None:
     for c in shown:
         table.add_column(c.header, justify=c.align)
     for row in rows(report):
-        cells = [Text.from_markup(_VERDICT[row.passed]) if c.key == "ok" and row.passed is not None
+        cells = [Text.from_markup(_VERDICT[row.outcome]) if c.key == "ok" and row.outcome is not None
                  else term_text(cell) for c, cell in zip(shown, row.cells)]
         table.add_row(*cells)
     console.print(table)
@@ -40,3 +42,10 @@ def print_report(report: ParityReport, console: Any = None) -> None:
                       "--calib[/yellow]")
     for f in report.failures:
         console.print(f"[red bold]FAILED[/red bold] {m(f)}")
+    for u in report.undecided:
+        console.print(f"[yellow bold]INCONCLUSIVE[/yellow bold] {m(u)}")
+    for r in report.results:
+        if r.sure_disagreements:
+            console.print(f"  [bold]{m(r.name)}[/bold]: {len(r.sure_disagreements)} disagreement(s) "
+                          f"where the reference is sure (margin >= {DECISIVE:g}): look at these; "
+                          f"{len(r.disagreements) - len(r.sure_disagreements)} where it is unsure")

@@ -45,8 +45,8 @@ class OpenVINOTuner:
         """NNCF's quantize_with_accuracy_control, to the search's tolerance."""
         if not self.recipe.accuracy_control:
             return []
-        points = (tolerance.max_drop if tolerance.max_drop is not None
-                  else 100.0 * (1.0 - tolerance.min_agreement))
+        points = (tolerance.max_top1_drop if tolerance.max_top1_drop is not None
+                  else 100.0 * (1.0 - tolerance.min_decisive_agreement))
         start = self.bases()[0]
         return [Recipe(f"{start.base} + NNCF accuracy control",
                        {**start.settings, "accuracy_control": True, "max_drop": points})]
