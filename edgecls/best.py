@@ -56,12 +56,14 @@ def export_best(model: Any, out: str | Path | None = None, *, precision: str = "
                 preprocessing: dict[str, Any] | None = None,
                 model_kwargs: dict[str, Any] | None = None, trust_remote_code: bool = False,
                 formats: list[str] | None = None, threads: int | None = None,
-                seconds: float = SECONDS, **_: Any) -> Path:
+                seconds: float = SECONDS, force: bool = False, **_: Any) -> Path:
     """Export the model source `model` (anything export() takes) with every candidate
     backend, and write the fastest that meets the tolerance to `out` (default
-    out/<model>[.<precision>]<suffix of the winner>)."""
+    out/<model>[.<precision>]<suffix of the winner>). As the winner is not known before the
+    race, every candidate's output is checked first: one that exists is refused unless
+    `force`, one that is an input always."""
     from edgecls.calibration.datasets import CalibrationSet
-    from edgecls.exporting import DEFAULT_CALIB_SIZE, export
+    from edgecls.exporting import DEFAULT_CALIB_SIZE, check_output, export
     from edgecls.source_kinds import SourceRequest, kind_of, resolve
     from edgecls.timing import in_subprocess
     from edgecls.verification import tolerance_for
@@ -82,6 +84,9 @@ def export_best(model: Any, out: str | Path | None = None, *, precision: str = "
                        trust_remote_code=trust_remote_code)
     resolved = resolve(model, SourceRequest.of(**source_args))
     base = resolved.spec
+    for fmt in chosen:          # before calibrating and racing: the winner's files may be any
+        check_output(_destination(out, base, fmt, precision), fmt, force=force,
+                     inputs=(model, weights, calib, data))
     calibration = (CalibrationSet.from_source(calib, base, size=calib_size or DEFAULT_CALIB_SIZE)
                    if precision == "int8" else None)
     with tempfile.TemporaryDirectory(prefix="edgecls-best-") as tmp:
@@ -90,7 +95,7 @@ def export_best(model: Any, out: str | Path | None = None, *, precision: str = "
         source.max_drop = max_drop
         source.validation = data if data is not None or calibration else "photos"
         held_out = source.held_out(calibration)
-        tolerance = (tolerance_for(precision, held_out.labels is not None, max_drop)
+        tolerance = (tolerance_for(precision, max_drop)
                      if held_out is not None else None)
         baseline = in_subprocess(source.onnx(), threads=threads, seconds=seconds)
         trials, failed = [], []
@@ -115,7 +120,7 @@ def export_best(model: Any, out: str | Path | None = None, *, precision: str = "
         if not outcome.chosen.passed:
             raise ParityFailedError(f"--to best: no candidate met {tolerance.describe()}; "
                                     "nothing was written")
-        return _write(outcome, held_out, tolerance, failed, base, precision, out)
+        return _write(outcome, held_out, tolerance, failed, base, precision, out, force)
 
 
 def _trial(fmt: Format, path: Path, held_out, tolerance, fp32_ms: float, threads, seconds) -> Trial:
@@ -145,14 +150,21 @@ def _choose(trials: list[Trial], tolerance, fp32_ms: float) -> Outcome:
     return Outcome(chosen, trials, reason, round(fp32_ms, 3))
 
 
+def _destination(out: str | Path | None, base, fmt: Format, precision: str) -> Path:
+    """Where the winner `fmt` is written for `out`: the default name in out/ or the folder
+    `out` names; `out` itself, given the winner's suffix."""
+    from edgecls.exporting import planned_output
+    path = planned_output(out, fmt, base, precision)
+    if path.suffix.lower() not in fmt.suffixes:      # the winner decides the suffix
+        path = path.with_suffix(fmt.suffixes[0])
+    return path
+
+
 def _write(outcome: Outcome, held_out, tolerance, failed: list[str], base, precision: str,
-           out: str | Path | None) -> Path:
-    from edgecls.exporting import default_output
+           out: str | Path | None, force: bool = False) -> Path:
     from edgecls.formats import get_format
     fmt = get_format(outcome.chosen.recipe.settings["format"])
-    out = Path(out) if out else default_output(base, fmt, precision)
-    if out.suffix.lower() not in fmt.suffixes:      # the winner decides the suffix
-        out = out.with_suffix(fmt.suffixes[0])
+    out = _destination(out, base, fmt, precision)
     spec = fmt.read_spec(outcome.chosen.path)
     record = (outcome.record(held_out, tolerance.describe()) if held_out is not None else
               {"chosen": outcome.chosen.recipe.label, "reason": outcome.reason,
@@ -161,7 +173,7 @@ def _write(outcome: Outcome, held_out, tolerance, failed: list[str], base, preci
     spec.notes = {**spec.notes, "best": {**record, "machine": hardware.cpu().summary(),
                                          "failed": failed, "fp32_baseline": "onnxruntime fp32"}}
     finals = [out] + [out.with_suffix(s) for s in fmt.companions]
-    with atomic_paths(*finals) as temps:
+    with atomic_paths(*finals, overwrite=force) as temps:
         fmt.copy_with_spec(outcome.chosen.path, temps[0], spec)
     log.info("--to best: wrote %s (%s)", out, outcome.reason)
     return out

@@ -1,11 +1,12 @@
 """One artifact timed alone: latency percentiles, throughput, peak memory and size.
 
-    python -m edgecls.timing model.onnx --threads 2 --batch 8 --seconds 3    # JSON on stdout
+    python -I -m edgecls.timing model.onnx --threads 2 --batch 8 --seconds 3    # JSON on stdout
 
 What `edgecls bench` does side by side, this does for one artifact in a process of its own,
 so that no other runtime's thread pool shares the cores (ONNX Runtime's spinning workers made
 OpenVINO's mobilenet_v3_large several times slower when the two were interleaved). The sweep
 runs it in a Ray worker that exits after one cell; `--to best` in a subprocess per candidate.
+Every such process is started isolated from the working folder (python_command).
 
 Each measurement: the thread count pinned, warm-up runs, then runs until the median is
 stable (its 95% confidence interval, from order statistics, within +-2%) or the time limit.
@@ -143,19 +144,52 @@ def _peak_rss_mb() -> float:
         return peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024   # bytes vs KiB
 
 
+#: Runs a module as `python -m` would, in an isolated interpreter (see python_command);
+#: argv[1] is the folder holding the edgecls package, appended to sys.path only when edgecls
+#: is not importable without it (a checkout run from source, not installed).
+_BOOTSTRAP = ("import runpy, sys\n"
+              "root = sys.argv.pop(1)\n"
+              "try:\n"
+              "    import edgecls\n"
+              "except ImportError:\n"
+              "    sys.path.append(root)\n"
+              "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)\n")
+
+
+def python_command(module: str, *args: str) -> list[str]:
+    """The command line that runs `python -m <module> <args>` isolated from the folder it is
+    started in: every Python process edgecls starts is started through this.
+
+    `-I` (isolated mode) keeps the working folder (and the script's folder) off sys.path,
+    ignores every PYTHON* environment variable (PYTHONPATH, PYTHONSTARTUP, PYTHONHOME...)
+    and the user's site-packages: a planted `argparse.py` or `json.py` in the current folder,
+    or a PYTHONPATH someone else set, cannot run in the child. `-P` alone would still honour
+    PYTHONPATH, and `-E` alone would still put the folder first. Installed packages import
+    as before (site-packages and its .pth files, editable installs included). Where edgecls
+    is only importable from its source folder, that folder is appended to sys.path AFTER
+    the standard library and site-packages, so nothing in it can shadow them."""
+    import edgecls
+    root = str(Path(edgecls.__file__).resolve().parent.parent)
+    return [sys.executable, "-I", "-c", _BOOTSTRAP, root, module, *args]
+
+
 def in_subprocess(path: str | Path, *, threads: int | None = None, batch: int = 8,
                   seconds: float = 3.0, options: dict[str, Any] | None = None) -> Timing:
     """measure() in a fresh Python process: no runtime loaded by this one can interfere."""
     from edgecls.errors import first_line
-    command = [sys.executable, "-m", "edgecls.timing", str(path), "--batch", str(batch),
-               "--seconds", str(seconds), "--options", json.dumps(options or {})]
+    args = ["--batch", str(batch), "--seconds", str(seconds), "--options", json.dumps(options or {})]
     if threads:
-        command += ["--threads", str(threads)]
-    done = subprocess.run(command, capture_output=True, text=True)
+        args += ["--threads", str(threads)]
+    # "--": an artifact named "-x.onnx" is a path, not an option
+    done = subprocess.run(python_command("edgecls.timing", *args, "--", str(path)),
+                          capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
         raise RuntimeError(f"timing {Path(path).name} failed: {first_line(last)}")
-    return Timing(**json.loads(done.stdout.strip().splitlines()[-1]))
+    try:
+        return Timing(**json.loads(done.stdout.strip().splitlines()[-1]))
+    except (IndexError, ValueError, TypeError) as e:    # something else printed last
+        raise RuntimeError(f"timing {Path(path).name} printed no timing: {first_line(e)}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

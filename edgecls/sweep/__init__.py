@@ -7,7 +7,9 @@
     table.py    the table (columns once) and its Markdown / CSV / JSON / terminal forms
     html.py     the HTML page with its plots
 
-Ray (`pip install 'edgecls[sweep]'`) is imported only when a sweep runs.
+Ray (`pip install 'edgecls[sweep]'`, >= 2.59) is imported only when a sweep runs. What a
+local sweep locks down (loopback, token, working folder) and what joining a cluster means
+you trust: runner.py's docstring.
 """
 from __future__ import annotations
 

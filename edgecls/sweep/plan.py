@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Sequence
 
+from edgecls.calibration.datasets import IMAGE_SUFFIXES
 from edgecls.errors import UnsupportedOptionError
 from edgecls.formats import get_format
 
@@ -134,16 +135,22 @@ def timing_key(export: str, threads: int, batch: int, seconds: float, where: str
                    "where": where})
 
 
+def is_image(name: str) -> bool:
+    """Whether a file of this name is an image to the data loaders (by its suffix)."""
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
 def source_digest(source: Any) -> str | None:
-    """An image source by content: a folder's files (names and bytes), or a built-in set's
-    name (its images come with the installed packages, whose versions are in the key)."""
+    """An image source by content: a folder's images (names and bytes; other files are not
+    read by the loaders, so they do not count), or a built-in set's name (its images come
+    with the installed packages, whose versions are in the key)."""
     if source is None:
         return None
     path = Path(str(source))
     if not path.is_dir():
         return str(source)
     h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+    for f in sorted(p for p in path.rglob("*") if is_image(p.name) and p.is_file()):
         h.update(str(f.relative_to(path)).encode())
         h.update(hashlib.sha256(f.read_bytes()).digest())
     return h.hexdigest()[:20]
@@ -176,4 +183,4 @@ def _state_digest(module: Any) -> str:
 
 
 __all__ = ["Model", "Cell", "BASELINE", "models_of", "cells", "export_key", "parity_key",
-           "timing_key", "source_digest"]
+           "timing_key", "source_digest", "is_image"]

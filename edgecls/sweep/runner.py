@@ -9,18 +9,46 @@ cluster, whose nodes must each declare the timing resource:
     ray start --address HEAD:6379 --resources '{"edgecls_timing": 1}'
 
 Finished stages are cached by content hash in `<out>/cache`: an interrupted sweep resumes,
-a repeated one skips what is done. A failing cell records its one-line error.
+a repeated one skips what is done. A failing cell records its one-line error. Every entry
+read back is checked first (cache.py); a bad one is recomputed, with a warning.
+
+Security. The local Ray listens on loopback only, with token authentication (Ray >= 2.59
+turns it on for a cluster ray.init() starts; a RAY_AUTH_MODE other than token is refused),
+both checked once it is up: a sweep refuses a local Ray on a network address or without
+the token. The token is in ~/.ray/auth_token (or RAY_AUTH_TOKEN_PATH), mode 0600 in a 0700
+folder; Ray's session files are in a private temporary folder, removed afterwards; the
+workers start in that folder, not in the working folder, so nothing planted where the sweep
+was started is imported by them. On loopback every local user can still reach the ports:
+the token is what keeps them out.
+
+A cluster (`address`) is trusted whole. Anyone who can submit work to it runs code on every
+node and reads what the sweep sends: its models (pickled: a node unpickles what the driver
+sent, and the driver unpickles the results nodes send back) and, packed, its --calib and
+--data images. Its nodes run the export, parity and timing code of the edgecls they have
+installed. So: start its nodes with token authentication (`RAY_AUTH_MODE=token`, the same
+token on every node and on this machine, Ray >= 2.59), on a network only its members reach,
+and join only a cluster whose every node and user you trust with this code and data. A
+packed folder carries only its images (no dotfiles, no other files, no link that leaves the
+folder), at most work.PACK_LIMIT bytes; a node unpacks only plain relative names.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import ipaddress
 import logging
+import os
+import secrets
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from edgecls.calibration.datasets import BUILTIN
-from edgecls.errors import DataError, MissingDependencyError, UnsupportedOptionError, one_line
+from edgecls.errors import (DataError, MissingDependencyError, OutputError,
+                            UnsupportedOptionError, one_line)
+from edgecls.formats import get_format
 from edgecls.sweep.cache import Cache
 from edgecls.sweep.plan import Cell, Model, cells, export_key, models_of, parity_key, timing_key
 from edgecls.sweep.work import Packed, Settings, build, time_artifact
@@ -78,16 +106,18 @@ def sweep(models: Sequence[Any] = (), to: Sequence[str] = ("onnx",),
                            threads, batch, seconds, where, retry_failed) for c in planned]
     todo = [r for r in results if len(r.cached) < 3]
     if todo:
-        started = _start_ray(ray, address, cpus, threads)
+        if address:    # cluster nodes may not see this machine's folders
+            calib, data = (Packed.of(Path(s)) if s is not None and Path(str(s)).is_dir()
+                           else s for s in (calib, data))
+        else:          # the local workers do not start in this folder: no relative paths
+            calib, data, weights = (_absolute(s) for s in (calib, data, weights))
+        stop = _start_ray(ray, address, cpus, threads)
         try:
-            if address:    # cluster nodes may not see this machine's folders
-                calib, data = (Packed.of(Path(s)) if s is not None and Path(str(s)).is_dir()
-                               else s for s in (calib, data))
             settings = Settings(weights, calib, calib_size, data, max_drop, threads, batch, seconds)
             _run(ray, todo, {m.name: m for m in chosen}, settings, cache, progress)
         finally:
-            if started:
-                ray.shutdown()
+            if stop:
+                stop()
     table = SweepTable.of(results, cache, {"threads": threads, "batch": batch,
                                            "seconds": seconds, "where": where,
                                            "cells_run": len(todo),
@@ -102,8 +132,9 @@ def _from_cache(cell: Cell, models: list[Model], cache: Cache, weights, calib, c
     ek = export_key(cell, model, weights, calib, calib_size)
     result = CellResult(cell, keys={"export": ek, "parity": parity_key(ek, data, max_drop),
                                     "timing": timing_key(ek, threads, batch, seconds, where)})
+    suffixes = get_format(cell.format).suffixes
     for stage in ("export", "parity", "timing"):
-        found = cache.get(stage, result.keys[stage])
+        found = cache.get(stage, result.keys[stage], suffixes=suffixes)
         if found is not None and not (retry_failed and "error" in found):
             setattr(result, stage, found)
             result.cached.append(stage)
@@ -183,20 +214,159 @@ def _import_ray():
     return ray
 
 
-def _start_ray(ray, address: str | None, cpus: int | None, threads: int) -> bool:
-    """Start or join Ray unless this process already did; True when this call started it."""
+def _start_ray(ray, address: str | None, cpus: int | None,
+               threads: int) -> Callable[[], None] | None:
+    """Start or join Ray unless this process already did; the function that stops what
+    this call started, None when it started nothing."""
     if ray.is_initialized():
         _check_cluster(ray, threads)
-        return False
+        return None
     from edgecls import hardware
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=max(cpus or hardware.cpu().cores, threads),
-                 resources={TIMING_RESOURCE: 1}, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=OBJECT_STORE_BYTES)
-    _check_cluster(ray, threads)
-    return True
+    # Ray's session files, and the folder its workers start in (they put the folder they
+    # start in first on their sys.path): private (0700), empty, removed when done
+    place = Path(tempfile.mkdtemp(prefix="edgecls-ray-", dir=_SHORT_TMP))
+
+    def stop() -> None:
+        ray.shutdown()
+        shutil.rmtree(place, ignore_errors=True)
+
+    try:
+        with _working_folder(place):
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                _token_auth()
+                with _loopback_only():
+                    ray.init(num_cpus=max(cpus or hardware.cpu().cores, threads),
+                             resources={TIMING_RESOURCE: 1}, include_dashboard=False,
+                             log_to_driver=False, object_store_memory=OBJECT_STORE_BYTES,
+                             _temp_dir=str(place / "ray-session"))
+                _check_loopback(ray)
+                _check_token_auth(ray)
+        _check_cluster(ray, threads)
+    except BaseException:
+        stop()
+        raise
+    return stop
+
+
+#: Ray's socket paths must stay under ~100 characters: a short temporary folder
+_SHORT_TMP = "/tmp" if os.name == "posix" and os.path.isdir("/tmp") else None
+#: how Ray is told to use token authentication, and where it looks for the token
+AUTH_MODE, AUTH_TOKEN, AUTH_TOKEN_PATH = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+
+
+def token_path() -> Path:
+    """Where Ray reads its token from when RAY_AUTH_TOKEN does not hold it."""
+    given = os.environ.get(AUTH_TOKEN_PATH)
+    return Path(given) if given else Path.home() / ".ray" / "auth_token"
+
+
+def _token_auth() -> None:
+    """Token authentication for the local Ray, its token private.
+
+    Ray >= 2.59 turns token authentication on for a cluster ray.init() starts, unless
+    RAY_AUTH_MODE says otherwise (a RAY_AUTH_MODE other than token is refused here), and
+    writes a new token to ~/.ray/auth_token with the umask's mode (0644 on most systems:
+    readable by every user of the machine). So the token is written here first: 0600, in a
+    0700 folder (an existing one is narrowed to that); a RAY_AUTH_TOKEN_PATH file is made
+    private the same way, a token held in RAY_AUTH_TOKEN stays the environment's.
+    (RAY_AUTH_MODE is not set here: Ray reads it once, when it is imported, and switches
+    itself over only when it is unset; _check_token_auth checks the outcome.)"""
+    mode = os.environ.get(AUTH_MODE)
+    if mode is not None and mode.strip().lower() != "token":
+        raise UnsupportedOptionError(
+            f"{AUTH_MODE}={mode[:20]!r}: edgecls sweep starts its local Ray with token "
+            f"authentication only; unset {AUTH_MODE} (or start a cluster yourself and pass "
+            "--address)")
+    if os.environ.get(AUTH_TOKEN):
+        return
+    path = token_path()
+    try:
+        if AUTH_TOKEN_PATH not in os.environ:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(path.parent, 0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            os.chmod(path, 0o600)           # a link: its file
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))      # as Ray's own: 256 random bits, hex
+    except OSError as e:
+        raise OutputError(f"cannot keep the Ray token {path} private: {one_line(e)}") from None
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """ray.init() with the node's address on loopback, which makes Ray bind its servers
+    (GCS, raylet, workers, agents) to loopback: on a network address they listen on every
+    interface. Ray maps a loopback address given to ray.init to the machine's network address
+    unless it runs as a single machine, its default on Windows and macOS only
+    (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER, read once when ray is imported, into
+    ray._private.ray_constants.ENABLE_RAY_CLUSTER). No public switch exists, so that constant
+    is set for the length of ray.init; _check_loopback then checks the outcome, so a Ray
+    that no longer reads it fails closed."""
+    try:
+        from ray._private import ray_constants
+    except ImportError:     # checked after ray.init all the same
+        yield
+        return
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host == "localhost"
+    mapped = getattr(ip, "ipv4_mapped", None)    # ::ffff:127.0.0.1
+    return (mapped or ip).is_loopback
+
+
+def _check_loopback(ray) -> None:
+    addresses = sorted({n.get("NodeManagerAddress") or "?" for n in ray.nodes() if n.get("Alive")})
+    exposed = [a for a in addresses if not is_loopback(a)]
+    if exposed or not addresses:
+        raise UnsupportedOptionError(
+            f"the local Ray came up on {', '.join(exposed) or 'no address'}, not on loopback "
+            f"only (ray {getattr(ray, '__version__', '?')}): not running a sweep on it")
+
+
+def _check_token_auth(ray) -> None:
+    """Ray records the mode it started the cluster in as RAY_AUTH_MODE (when it switched
+    token authentication on by default, it set it there itself)."""
+    if os.environ.get(AUTH_MODE, "").strip().lower() != "token":
+        raise UnsupportedOptionError(
+            f"the local Ray (ray {getattr(ray, '__version__', '?')}) came up without token "
+            "authentication: edgecls sweep needs ray>=2.59 (pip install 'edgecls[sweep]')")
+
+
+@contextlib.contextmanager
+def _working_folder(folder: Path) -> Iterator[None]:
+    """ray.init() in `folder`: Ray starts its workers there and puts the folder ray.init ran
+    in first on their sys.path. (The process's folder changes for that long.)"""
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(here)
+
+
+def _absolute(source: Any) -> Any:
+    """A folder or file given relative to this folder, made absolute (a built-in set's name,
+    "pretrained", "none" and None stay as they are)."""
+    if source is None or str(source) in (*BUILTIN, "pretrained", "none") \
+            or not Path(str(source)).exists():
+        return source
+    path = Path(str(source)).absolute()
+    return str(path) if isinstance(source, str) else path
 
 
 def _check_cluster(ray, threads: int) -> None:
@@ -235,4 +405,4 @@ class _progress:
             self._bar.stop()
 
 
-__all__ = ["sweep", "CellResult", "TIMING_RESOURCE"]
+__all__ = ["sweep", "CellResult", "TIMING_RESOURCE", "token_path", "is_loopback"]

@@ -11,14 +11,19 @@ sweep goes on.
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecls.errors import one_line
-from edgecls.sweep.plan import Cell, Model
+from edgecls.errors import DataError, one_line
+from edgecls.sweep.plan import Cell, Model, is_image
+
+#: the most bytes of images a packed folder carries (it travels through Ray's object store
+#: to every node that calibrates or validates)
+PACK_LIMIT = 1 << 30
 
 #: what parity runs on when no --data is given (ImageNet photos; agreement only)
 DEFAULT_DATA = "photos"
@@ -38,21 +43,94 @@ class Settings:
 
 @dataclass(frozen=True)
 class Packed:
-    """An image folder carried to a node that cannot see it: its files' bytes by path."""
+    """An image folder carried to a node that cannot see it: its images' bytes by relative
+    path ("cat/1.png").
+
+    What travels is the folder's images only: files with an image suffix, not dotfiles, not
+    in dot folders; a link is followed only to a file inside the folder (one that leaves it
+    is refused, never sent); at most `limit` bytes in all. Unpacking checks every name again
+    (a relative path of plain parts: no "..", no absolute path, no backslash, no dot part)
+    and writes only inside its own folder."""
     name: str
     files: dict[str, bytes]
 
     @classmethod
-    def of(cls, folder: Path) -> "Packed":
-        return cls(folder.name, {str(f.relative_to(folder)): f.read_bytes()
-                                 for f in sorted(folder.rglob("*")) if f.is_file()})
+    def of(cls, folder: Path, limit: int = PACK_LIMIT) -> "Packed":
+        root = Path(folder).resolve()     # "sub/.." names the folder, not ".."
+        files: dict[str, bytes] = {}
+        total = 0
+        for here, dirs, names in os.walk(root):    # links to folders are not walked into
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(names):
+                path = Path(here) / name
+                rel = path.relative_to(root).as_posix()
+                if name.startswith(".") or not is_image(name):
+                    continue
+                real = path.resolve()
+                if path.is_symlink() and not real.is_relative_to(root):
+                    raise DataError(f"{folder}: {rel} links outside the folder; a folder sent "
+                                    "to the cluster's nodes may only hold its own files")
+                if not real.is_file():
+                    continue
+                total += real.stat().st_size
+                if total > limit:
+                    raise DataError(f"{folder}: more than {limit / 2 ** 20:.0f} MiB of images to "
+                                    "send to the cluster's nodes; use a smaller folder")
+                files[rel] = real.read_bytes()
+        return cls(root.name or "images", files)
 
-    def unpack(self, where: Path) -> Path:
-        root = where / self.name
+    def unpack(self, where: Path, limit: int = PACK_LIMIT) -> Path:
+        problem = _part_problem(self.name) if isinstance(self.name, str) else "not text"
+        if problem:
+            raise DataError(f"packed folder {str(self.name)[:60]!r}: {problem}")
+        root = Path(where) / self.name
+        root.mkdir(parents=True, exist_ok=True)
+        base = root.resolve()
+        total = 0
         for rel, data in self.files.items():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).write_bytes(data)
+            problem = member_problem(rel) or (None if isinstance(data, bytes) else "not bytes")
+            if problem:
+                raise DataError(f"packed folder {self.name!r}: member {str(rel)[:80]!r}: {problem}")
+            total += len(data)
+            if total > limit:
+                raise DataError(f"packed folder {self.name!r}: more than "
+                                f"{limit / 2 ** 20:.0f} MiB")
+            target = base.joinpath(*rel.split("/"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.parent.resolve().is_relative_to(base):
+                raise DataError(f"packed folder {self.name!r}: member {rel[:80]!r} lands outside it")
+            try:
+                with open(target, "xb") as f:       # a name given twice is refused, not merged
+                    f.write(data)
+            except FileExistsError:
+                raise DataError(f"packed folder {self.name!r}: member {rel[:80]!r} "
+                                "given twice") from None
         return root
+
+
+def _part_problem(part: str) -> str | None:
+    if part in ("", ".", ".."):
+        return f"{part!r} is not a name"
+    if part.startswith("."):
+        return "a dot name"
+    if "/" in part or "\\" in part or any(ord(c) < 32 for c in part) \
+            or (os.name == "nt" and ":" in part):      # "C:" would change the drive
+        return "a separator or control character in a name"
+    return None
+
+
+def member_problem(rel: Any) -> str | None:
+    """Why `rel` cannot be a packed folder's member (a relative path of plain parts ending
+    in an image file's name), or None."""
+    if not isinstance(rel, str) or not rel or len(rel) > 1024:
+        return "not a relative path"
+    if rel.startswith("/"):
+        return "an absolute path"
+    parts = rel.split("/")
+    problem = next((p for p in map(_part_problem, parts) if p), None)
+    if problem:
+        return problem
+    return None if is_image(parts[-1]) else "not an image file"
 
 
 def build(cell: Cell, model: Model, settings: Settings, files: dict[str, bytes] | None,
@@ -157,8 +235,11 @@ def _artifact_files(path: Path) -> list[Path]:
 
 
 def _write(files: dict[str, bytes], folder: Path) -> None:
+    """An artifact's files into `folder`: plain names only (cache.Cache.files gives no other)."""
     for file_name, data in files.items():
+        if Path(file_name).name != file_name or file_name in ("", ".", ".."):
+            raise DataError(f"artifact file {file_name[:80]!r} is not a plain file name")
         (folder / file_name).write_bytes(data)
 
 
-__all__ = ["Settings", "Packed", "build", "time_artifact"]
+__all__ = ["Settings", "Packed", "PACK_LIMIT", "member_problem", "build", "time_artifact"]
