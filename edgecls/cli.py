@@ -69,7 +69,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     common = dict(weights=args.weights, num_classes=args.num_classes, labels=labels,
                   calib=args.calib, calib_size=args.calib_size, check=not args.no_check,
                   strict=args.strict, preprocessing=preprocessing,
-                  model_kwargs=parse_kwargs(args.kwargs), trust_remote_code=args.trust_remote_code)
+                  model_kwargs=parse_kwargs(args.kwargs), trust_remote_code=args.trust_remote_code,
+                  force=args.force)
     if args.qat:
         if args.fp16:
             raise UnsupportedOptionError("--qat makes INT8 artifacts; it does not go with --fp16")
@@ -81,8 +82,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         outs = [export(args.model, to=fmt, out=output_for(args.output, args.to),
                        precision=precision, options=options_for(fmt, options, args.to), **common)
                 for fmt in args.to]
+    from edgecls.report.escape import term_markup
     for out in outs:
-        _console().print(f"[green]wrote[/green] {out}")
+        _console().print(f"[green]wrote[/green] {term_markup(out)}")
     return 0
 
 
@@ -94,9 +96,12 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(spec.to_json())
             continue
         from rich.table import Table
-        table = Table("field", "value", title=str(path))
+
+        from edgecls.report.escape import term_text   # the spec's text shown, not obeyed
+        table = Table("field", "value", title=term_text(path))
         for k, v in spec.summary().items():
-            table.add_row(k, json.dumps(v) if isinstance(v, (dict, list, tuple)) else str(v))
+            shown = json.dumps(v) if isinstance(v, (dict, list, tuple)) else v
+            table.add_row(term_text(k), term_text(shown))
         _console().print(table)
     return 0
 
@@ -143,10 +148,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
                           for img, preds in zip(args.images, results)}, indent=2))
         return 0
     from rich.table import Table
+
+    from edgecls.report.escape import term_text   # labels from the artifact, shown as text
     for img, preds in zip(args.images, results):
-        table = Table("rank", "label", "index", "score", title=str(img))
+        table = Table("rank", "label", "index", "score", title=term_text(img))
         for i, p in enumerate(preds, 1):
-            table.add_row(str(i), p.label, str(p.index), f"{p.score:.4f}")
+            table.add_row(str(i), term_text(p.label), str(p.index), f"{p.score:.4f}")
         _console().print(table)
     return 0
 
@@ -179,7 +186,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                   cpus=args.cpus, threads=args.threads, batch=args.batch, seconds=args.seconds,
                   retry_failed=args.retry_failed)
     table.print(_console())
-    _console().print(f"[green]wrote[/green] {args.output}/sweep.{{md,csv,json,html}}")
+    from edgecls.report.escape import term_markup
+    _console().print(f"[green]wrote[/green] {term_markup(args.output)}/sweep.{{md,csv,json,html}}")
     return 0
 
 
@@ -226,7 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"{', '.join(_exportable())}; several, comma-separated, export each; or "
                    "best: the fastest artifact on this machine within tolerance, of every "
                    "installed backend")
-    s.add_argument("-o", "--output", help="artifact path (default out/<model>[.<precision>].<ext>)")
+    s.add_argument("-o", "--output", help="artifact path, or a folder for the default name "
+                   "(an existing one, or a path ending in /); default out/<model>[.<precision>].<ext>")
+    s.add_argument("--force", action="store_true",
+                   help="replace output files that exist (every file of the artifact, e.g. an "
+                   "OpenVINO .bin); an output that is an input is refused even so")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--fp16", action="store_true", help="FP16 weights/compute")
     g.add_argument("--int8", action="store_true", help="INT8 post-training quantization")
@@ -410,16 +422,18 @@ def main(argv: list[str] | None = None) -> int:
     from rich.logging import RichHandler
     # edgecls speaks at INFO; the libraries it drives (torch.onnx, onnxscript, ORT's
     # quantizer, NNCF) only get through with warnings and errors
-    logging.basicConfig(level=logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(show_time=False, show_path=False,
-                                              console=_stderr_console())])
+    from edgecls.report.escape import visible_log_record
+    handler = RichHandler(show_time=False, show_path=False, console=_stderr_console())
+    handler.addFilter(visible_log_record)         # names in log lines: no raw ESC
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler])
     logging.getLogger("edgecls").setLevel(logging.WARNING if args.quiet else logging.INFO)
     try:
         return args.func(args)
     except EdgeclsError as e:
         if args.debug:
             raise
-        print(f"edgecls: error: {e}", file=sys.stderr)
+        from edgecls.report.escape import visible   # a file name's ESC is not obeyed either
+        print(f"edgecls: error: {visible(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("edgecls: interrupted", file=sys.stderr)

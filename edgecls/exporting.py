@@ -9,15 +9,21 @@
 Every artifact is written to a temporary sibling, checked against its reference (PyTorch,
 or the source ONNX file in ONNX Runtime; for INT8, through parity on held-out data) and
 only then renamed into place: a failed export leaves nothing behind.
+
+No silent loss: an output that is one of the export's inputs (the same path, or a hard or
+symbolic link to it) is refused, even with force=True (--force); an output that exists -
+any file of the artifact, an OpenVINO .bin included - is refused unless force=True. Both
+are checked before any model work.
 """
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -55,8 +61,62 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EAC
 
 
 def default_output(spec: ModelSpec, fmt: Format, precision: str, folder: Path = Path("out")) -> Path:
+    name = str(spec.name)
+    if not name or name in (".", "..") or Path(name).name != name or "/" in name or "\\" in name:
+        # the spec's name becomes a file name: it must not lead out of the folder
+        raise OutputError(f"the model's name {name!r} is not a plain file name; give the "
+                          "artifact's path with -o")
     tag = "" if precision == "fp32" else f".{precision}"
-    return folder / f"{spec.name}{tag}{fmt.suffixes[0]}"
+    return Path(folder) / f"{name}{tag}{fmt.suffixes[0]}"
+
+
+def planned_output(out: str | Path | None, fmt: Format, spec: ModelSpec, tag: str) -> Path:
+    """The path export() writes for `out`: `out` itself, or the default name in the folder
+    `out` names (an existing folder, or a path ending in a separator: made when the
+    artifact is written) - in out/ without `out`."""
+    if out is None or _is_folder(out, fmt):
+        return default_output(spec, fmt, tag, Path(out) if out else Path("out"))
+    return Path(out)
+
+
+def artifact_files(out: Path, fmt: Format) -> list[Path]:
+    """Every file the artifact at `out` is: `out`, then its companions (an OpenVINO .bin)."""
+    out = Path(out)
+    return [out] + [out.with_suffix(s) for s in fmt.companions]
+
+
+def refuse_loss(finals: Sequence[Path], inputs: Iterable[Any] = (), force: bool = False) -> None:
+    """No silent loss: a file about to be written that IS one of `inputs` (the same path, or
+    the same file through a hard or symbolic link) is refused, even with `force`; one that
+    exists is refused unless `force`. Inputs that are not paths of existing files (a zoo
+    name, a torch module, "photos") are passed over."""
+    sources = [Path(i) for i in inputs
+               if isinstance(i, (str, os.PathLike)) and str(i) and os.path.isfile(i)]
+    for final in finals:
+        for source in sources:
+            if _same_file(final, source):
+                raise OutputError(f"{final} is the input {source}: -o another path (--force "
+                                  "never replaces an input)")
+    if force:
+        return
+    for final in finals:
+        if os.path.lexists(final):
+            whose = "" if final == finals[0] else f" (a file of the artifact {finals[0].name})"
+            raise OutputError(f"{final} exists{whose}: pass --force to replace it, or -o "
+                              "another path")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)     # st_dev + st_ino: hard links and symlinks too
+    except OSError:                       # `a` does not exist (or cannot be looked at)
+        return False
+
+
+def as_folder(path: str | Path) -> str:
+    """`path` spelled as a folder (a trailing separator): export() writes its default file
+    name in it, making the folder only when the artifact is written."""
+    return os.path.join(str(path), "")
 
 
 def options_for(fmt: str, options: dict[str, Any], formats: list[str]) -> dict[str, Any]:
@@ -73,16 +133,15 @@ def options_for(fmt: str, options: dict[str, Any], formats: list[str]) -> dict[s
     return {k: v for k, v in options.items() if k in names[fmt]}
 
 
-def output_for(out: str | Path | None, formats: list[str]) -> Path | None:
+def output_for(out: str | Path | None, formats: list[str]) -> str | Path | None:
     """export()'s `out` for each of `formats`: the path given for one format; for several, a
-    folder (made here) that export() fills with default names."""
+    folder that export() fills with default names (spelled with a trailing separator, so
+    that it needs not exist: nothing is made before the first artifact is written)."""
     if out is None or len(formats) == 1:
-        return Path(out) if out else None
-    folder = Path(out)
-    if folder.suffix:
+        return out if out else None
+    if Path(out).suffix:
         raise UnsupportedOptionError(f"-o {out}: with several formats, -o names a folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return as_folder(out)
 
 
 def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
@@ -91,12 +150,15 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
            check: bool = True, options: dict[str, Any] | None = None,
            spec: ModelSpec | None = None, strict: bool = False,
            preprocessing: dict[str, Any] | None = None, model_kwargs: dict[str, Any] | None = None,
-           trust_remote_code: bool = False) -> Path:
+           trust_remote_code: bool = False, force: bool = False) -> Path:
     """Export a model source (a zoo name, "timm:NAME", "torchvision:NAME", a .pt2 program,
     "module:function" with `model_kwargs`, an FP32 .onnx file) or a torch module (with
     `spec`) to one artifact. `preprocessing` overrides the model's own (PreprocessingOptions:
     input_size, resize, mean, std, interpolation, channel_order, channels). `to="best"`: the
-    fastest artifact within tolerance of every backend installed here (edgecls.best)."""
+    fastest artifact within tolerance of every backend installed here (edgecls.best).
+    `out`: the artifact's path, or a folder for the default name (an existing one, or a path
+    ending in a separator). An `out` that exists is refused unless `force` (one that is an
+    input, always)."""
     from edgecls.best import BEST
     from edgecls.qat_training.student import QATStudent
     from edgecls.source_kinds import SourceRequest, kind_of, refuse_format, resolve
@@ -107,7 +169,7 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
                            num_classes=num_classes, labels=labels, calib=calib,
                            calib_size=calib_size, options=options, spec=spec,
                            preprocessing=preprocessing, model_kwargs=model_kwargs,
-                           trust_remote_code=trust_remote_code)
+                           trust_remote_code=trust_remote_code, force=force)
 
     fmt = get_format(to)
     fmt.check_precision(precision)
@@ -127,8 +189,9 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
     elif precision == "int8" and calib is None:
         raise UnsupportedOptionError("--int8 needs calibration images: --calib DIR "
                                      "(or a built-in set: photos, digits)")
-    if out is not None and not _is_folder(Path(out), fmt):  # fails before any model work
-        check_output(Path(out), fmt)
+    inputs = (model, weights, calib, checking.data)
+    if out is not None and not _is_folder(out, fmt):  # fails before any model work
+        check_output(Path(out), fmt, force=force, inputs=inputs)
     if precision == "int8":
         from edgecls.calibration.datasets import check_source
         for images in (calib, checking.data):
@@ -145,21 +208,20 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
             trust_remote_code=trust_remote_code, preprocessing=preprocessing, spec=spec))
         base_spec, make_source = resolved.spec, resolved.source
         calibration = None
-        if precision == "int8":
-            from edgecls.calibration.datasets import CalibrationSet
-            calibration = CalibrationSet.from_source(calib, base_spec,
-                                                     size=calib_size or DEFAULT_CALIB_SIZE)
 
-    if out is None or _is_folder(Path(out), fmt):  # the default name, in out/ or the folder given
-        tag = "int8-qat" if student is not None else precision
-        out = default_output(base_spec, fmt, tag, Path(out) if out else Path("out"))
-        check_output(out, fmt)
+    if out is None or _is_folder(out, fmt):  # the default name, in out/ or the folder given
+        out = planned_output(out, fmt, base_spec, "int8-qat" if student is not None else precision)
+        check_output(out, fmt, force=force, inputs=inputs)   # before calibrating
+    if student is None and precision == "int8":
+        from edgecls.calibration.datasets import CalibrationSet
+        calibration = CalibrationSet.from_source(calib, base_spec,
+                                                 size=calib_size or DEFAULT_CALIB_SIZE)
     out = Path(out)
-    finals = [out] + [out.with_suffix(s) for s in fmt.companions]
+    finals = artifact_files(out, fmt)
     spec_out = base_spec.derive(format=fmt.name, precision=precision, tools=dict(base_spec.tools))
     try:
         with tempfile.TemporaryDirectory(prefix="edgecls-") as work, \
-                atomic_paths(*finals) as temps:
+                atomic_paths(*finals, overwrite=force) as temps:
             source = make_source(Path(work))
             source.validation, source.max_drop = checking.data, checking.max_drop
             exporter(source, spec_out, temps[0], precision=precision, calibration=calibration,
@@ -200,20 +262,24 @@ def _refuse_unused(precision: str, calib: Any, calib_size: int | None, check: bo
                                      "it; give one of them")
 
 
-def _is_folder(out: Path, fmt: Format) -> bool:
-    """-o names an existing folder (not one named like an artifact): the default file name is
-    written in it (so does --to a,b with -o DIR)."""
-    return out.is_dir() and out.suffix.lower() not in fmt.suffixes
+def _is_folder(out: str | Path, fmt: Format) -> bool:
+    """-o names a folder: a path ending in a separator (`-o new/`; --to a,b with -o DIR), or
+    an existing folder not named like an artifact. The default file name is written in it."""
+    text = os.fspath(out)
+    if text.endswith(tuple(s for s in (os.sep, os.altsep) if s)):
+        return True
+    return Path(out).is_dir() and Path(out).suffix.lower() not in fmt.suffixes
 
 
-def check_output(out: Path, fmt: Format) -> None:
+def check_output(out: Path, fmt: Format, *, force: bool = False, inputs: Iterable[Any] = ()) -> None:
     """The artifact can be written at `out`: the format's suffix, not a folder, in a folder
-    (or one that can be made) this process can write in. Nothing is created here (the
-    folders are made when the artifact is written)."""
+    (or one that can be made) this process can write in; none of its files is one of
+    `inputs`, nor (unless `force`) exists. Nothing is created here (the folders are made
+    when the artifact is written)."""
     if out.suffix.lower() not in fmt.suffixes:
         raise UnsupportedOptionError(f"{out}: a {fmt.name} artifact must end in "
                                      f"{' or '.join(fmt.suffixes)}")
-    finals = [out] + [out.with_suffix(s) for s in fmt.companions]
+    finals = artifact_files(out, fmt)
     for final in finals:
         if final.is_dir():
             raise OutputError(f"{final} is a folder; give the artifact's file name, e.g. "
@@ -229,6 +295,7 @@ def check_output(out: Path, fmt: Format) -> None:
     except OSError as e:
         raise OutputError(f"cannot write in {folder}: {e.strerror or e}; choose another -o") \
             from None
+    refuse_loss(finals, inputs, force)
 
 
 def check_int8(path: Path, name: str, source: ExportSource, calibration, strict: bool,

@@ -1,34 +1,49 @@
-"""Atomic writes: an artifact appears under its final name complete, or not at all."""
+"""Atomic writes: an artifact appears under its final name complete, or not at all.
+
+Written files get the mode a plain `open(path, "w")` would give them (0o666 less the umask),
+every file of an artifact the same one (an OpenVINO .xml and its .bin alike)."""
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 from typing import Iterator
 
+from edgecls.errors import OutputError
+
 
 @contextlib.contextmanager
-def atomic_paths(*finals: Path) -> Iterator[list[Path]]:
+def atomic_paths(*finals: Path, overwrite: bool = True) -> Iterator[list[Path]]:
     """Temporary siblings of `finals` (same folder, same suffix). When the block succeeds
     they are renamed into place, the first one LAST (so e.g. an OpenVINO .xml never points
-    at a .bin that is not there yet); when it fails they are removed."""
+    at a .bin that is not there yet); when it fails they are removed. With overwrite=False
+    a final that exists by then (made by someone else during the block) is never replaced:
+    OutputError, and nothing is renamed."""
     first = finals[0]
     folder = first.parent.absolute()
     made = [p for p in (folder, *folder.parents) if not p.exists()]    # deepest first
     folder.mkdir(parents=True, exist_ok=True)
     done = False
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{first.stem}.", suffix=f".tmp{first.suffix}",
-                                   dir=first.parent)
-        os.close(fd)
+        tmp, mode = _reserve(first)
         # Companions share the first temp's stem (x.tmp.xml -> x.tmp.bin): tools such as
         # OpenVINO write and read the pair by swapping the suffix.
-        temps = [Path(tmp)] + [Path(tmp).with_suffix(f.suffix) for f in finals[1:]]
+        temps = [tmp] + [tmp.with_suffix(f.suffix) for f in finals[1:]]
         try:
             yield temps
+            for path in temps:    # whoever made a file (a tool may recreate it): one mode
+                if path.exists() and stat.S_IMODE(path.stat().st_mode) != mode:
+                    os.chmod(path, mode)
             with _folder_lock(first.parent):   # two writers of one pair: one wins, whole
+                if not overwrite:
+                    taken = [f for f in finals if os.path.lexists(f)]
+                    if taken:
+                        raise OutputError(f"{taken[0]} exists (it appeared while this was "
+                                          "written): pass --force to replace it, or -o "
+                                          "another path; nothing was written")
                 for tmp, final in reversed(list(zip(temps, finals))):
                     os.replace(tmp, final)
             done = True
@@ -40,6 +55,23 @@ def atomic_paths(*finals: Path) -> Iterator[list[Path]]:
             for path in made:
                 with contextlib.suppress(OSError):
                     path.rmdir()
+
+
+def _reserve(first: Path) -> tuple[Path, int]:
+    """A new empty temporary sibling of `first`, created with mode 0o666 so the umask (and a
+    default ACL) applies as to any new file (mkstemp's 0o600 would survive the rename), and
+    the mode it got: the umask read without os.umask, whose set-and-restore races threads."""
+    while True:
+        path = first.parent / f".{first.stem}.{secrets.token_hex(4)}.tmp{first.suffix}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                         0o666)
+        except FileExistsError:
+            continue
+        try:
+            return path, stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager

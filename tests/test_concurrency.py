@@ -83,7 +83,7 @@ RACER = textwrap.dedent("""
     (meeting / f"{name}.ready").touch()
     while len(list(meeting.glob("*.ready"))) < 2:          # start the export together
         time.sleep(0.005)
-    export(model, to=fmt, out=out, spec=spec)
+    export(model, to=fmt, out=out, spec=spec, force=True)   # both mean to write it
 """)
 
 

@@ -1,5 +1,7 @@
 """Property-based fuzzing of everything that reads untrusted bytes: image decoding, the TFLite
-metadata reader, the TensorRT header reader, ModelSpec.from_json and ONNX metadata reading.
+metadata reader, the TensorRT header reader, the spec member of a .pt2, ModelSpec.from_json
+(every field, and a spec it accepts is used: an image preprocessed with it) and ONNX
+metadata reading.
 
 The property, for every input: it works, or it raises an EdgeclsError - never another
 exception, never a hang. Inputs are random bytes and real files (exported in this session)
@@ -21,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgecls.errors import ArtifactError, EdgeclsError, ImageReadError
+from edgecls.spec import MAX_CLASSES, MAX_SIDE
 
 FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=150,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -197,6 +200,172 @@ def test_a_real_spec_with_fields_replaced(changes):
 @given(st.text(max_size=200))
 def test_any_text_as_a_spec(text):
     _from_json(text)
+
+
+# -- every spec field, as a hostile sender would write it -------------------------------------------------
+def _nested(depth: int) -> object:
+    value: object = {}
+    for i in range(depth):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+#: numbers around every bound a spec field has, and things that are not numbers
+NUMBER = (st.integers(-2, 12) | st.sampled_from([255, 256, 8192, 8193, 60000, 10 ** 6, 10 ** 7,
+                                                  2 ** 63, -2 ** 63])
+          | st.floats(allow_nan=True, allow_infinity=True) | st.booleans() | st.none())
+#: strings: what names a path, a module:function, control characters, and every choice
+TEXT = st.text(max_size=12) | st.sampled_from([
+    "", ".", "..", "../x", "/abs/x", ".hidden", "a/b", "a\\b", "x" * 200, "y" * 9000,
+    "os:system", "subprocess:getoutput", "timm:../x", "torchvision:resnet18", "resnet18",
+    "\x00", "\x1b[31m", "a\nb", "NCHW", "NHWC", "RGB", "BGR", "bilinear", "bicubic", "nearest",
+    "logits", "probabilities", "fp32", "fp16", "int8", "uint8", "float32", "zoo", "factory",
+    "module-file", "onnx", "program", "module", "pretrained", "none"])
+ANY = JSON | NUMBER | TEXT | st.integers(0, 80).map(_nested)
+SIZES = st.lists(NUMBER, max_size=4)
+#: the keys edgecls reads from the dict fields
+DICT_KEYS = {
+    "quantization": ["target", "saturation_safe", "calibration_ids", "search", "method", "recipe"],
+    "reference": ["kind", "source", "sha256", "weights", "weights_sha256", "kwargs"],
+    "notes": ["static_batch", "engine_size", "engine_sha256", "engine_built_on", "dla_core",
+              "best", "unknown_spec_fields"],
+    "parent": ["format", "precision", "weights", "path", "sha256"],
+    "tools": ["torch", "onnx", "tensorrt"],
+}
+
+
+def _dict_of(keys: list[str]):
+    inner = ANY | st.dictionaries(st.sampled_from(["chosen", "measured_with", "candidates",
+                                                   "reason", "gpu", "compute_capability"]), ANY,
+                                  max_size=3) | st.lists(TEXT, max_size=3)
+    return st.fixed_dictionaries({}, optional={k: inner for k in keys}) | ANY
+
+
+#: per ModelSpec field, what a hostile spec could hold (test_every_spec_field_is_fuzzed
+#: keeps this and VALID complete)
+HOSTILE = {
+    "name": TEXT, "architecture": TEXT, "num_classes": NUMBER,
+    "labels": st.lists(TEXT, max_size=5) | ANY, "input_size": SIZES | ANY, "resize": NUMBER,
+    "interpolation": TEXT, "mean": SIZES, "std": SIZES, "channel_order": TEXT,
+    "channels": NUMBER, "layout": TEXT, "input_dtype": TEXT,
+    "normalization_in_graph": NUMBER, "output": TEXT, "precision": TEXT, "format": TEXT,
+    "weights": TEXT, "trained": NUMBER, "exported_from": TEXT | st.none(),
+    "spec_version": NUMBER, **{name: _dict_of(keys) for name, keys in DICT_KEYS.items()},
+}
+
+
+_SMALL = st.text(max_size=10)
+_FLOATS = st.floats(-10, 10, allow_nan=False)
+#: per ModelSpec field, values that are allowed, up to the bounds (so that accepted specs
+#: with hostile neighbours get used too)
+VALID = {
+    "name": st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,20}", fullmatch=True)
+    .filter(lambda n: ".." not in n),
+    "architecture": _SMALL, "num_classes": st.integers(1, 1000) | st.just(MAX_CLASSES),
+    "labels": st.lists(_SMALL, max_size=5),
+    "input_size": st.lists(st.integers(1, 40), min_size=2, max_size=2)
+    | st.just([MAX_SIDE, 1]),
+    "resize": st.none() | st.integers(1, 300) | st.just(MAX_SIDE),
+    "interpolation": st.sampled_from(["bilinear", "bicubic", "nearest"]),
+    "mean": st.lists(_FLOATS, min_size=3, max_size=3) | st.lists(_FLOATS, min_size=1, max_size=1),
+    "std": st.lists(_FLOATS.filter(bool), min_size=3, max_size=3),
+    "channel_order": st.sampled_from(["RGB", "BGR"]), "channels": st.sampled_from([1, 3]),
+    "layout": st.sampled_from(["NCHW", "NHWC"]), "input_dtype": st.sampled_from(
+        ["float32", "uint8", "int8"]), "normalization_in_graph": st.booleans(),
+    "output": st.sampled_from(["logits", "probabilities"]),
+    "precision": st.sampled_from(["fp32", "fp16", "int8"]) | _SMALL, "format": _SMALL,
+    "weights": _SMALL, "trained": st.booleans(), "exported_from": st.none() | _SMALL,
+    "spec_version": st.integers(1, 3),
+    "quantization": st.none() | st.fixed_dictionaries({}, optional={
+        "target": _SMALL, "saturation_safe": st.none() | st.booleans(),
+        "calibration_ids": st.lists(_SMALL, max_size=3), "method": _SMALL,
+        "search": st.fixed_dictionaries({}, optional={
+            "chosen": st.none() | _SMALL, "measured_with": st.dictionaries(_SMALL, JSON),
+            "candidates": st.lists(JSON, max_size=2), "reason": _SMALL})}),
+    "reference": st.none() | st.fixed_dictionaries({}, optional={
+        "kind": st.sampled_from(["zoo", "onnx", "factory", "nope"]), "source": TEXT,
+        "weights": _SMALL, "kwargs": st.dictionaries(_SMALL, JSON, max_size=2)}),
+    "notes": st.fixed_dictionaries({}, optional={
+        "static_batch": st.none() | st.integers(1, 4096), "engine_size": st.integers(1, 10 ** 9),
+        "engine_sha256": _SMALL, "engine_built_on": st.dictionaries(_SMALL, _SMALL, max_size=2),
+        "dla_core": st.none() | st.integers(0, 3), "deep": st.integers(0, 30).map(_nested)}),
+    "parent": st.none() | st.dictionaries(_SMALL, JSON, max_size=3),
+    "tools": st.dictionaries(_SMALL, _SMALL, max_size=3),
+}
+
+
+@st.composite
+def spec_changes(draw) -> dict:
+    """One to four fields of a spec, each allowed or hostile."""
+    names = draw(st.lists(st.sampled_from(sorted(HOSTILE)), min_size=1, max_size=4,
+                          unique=True))
+    return {name: draw(st.one_of(VALID[name], HOSTILE[name])) for name in names}
+
+
+def test_every_spec_field_is_fuzzed():
+    import dataclasses
+    from edgecls.spec import ModelSpec
+    fields = {f.name for f in dataclasses.fields(ModelSpec)}
+    assert set(HOSTILE) == set(VALID) == fields
+
+
+def _usable(spec) -> None:
+    """A spec that was accepted works: it round-trips, and an image preprocesses with it
+    (or fails with a user error, never anything else)."""
+    from edgecls.calibration.preprocess import encode_png, preprocess
+    from edgecls.errors import DataError
+    from edgecls.spec import ModelSpec
+    assert ModelSpec.from_json(spec.to_json(), "again") == spec
+    spec.input_shape(2), spec.label(0), spec.summary()
+    h, w = spec.input_size
+    assert max(h, w, spec.resize or 1) <= MAX_SIDE and spec.num_classes <= MAX_CLASSES
+    if h * w > 128 * 128 or (spec.resize or 0) > 512:
+        return      # allowed up to MAX_SIDE, at a cost per case: test_security_artifacts
+    rgb = np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    for image in (rgb, encode_png(rgb)):
+        try:
+            batch = preprocess([image], spec)
+        except (ArtifactError, DataError) as e:
+            assert "\n" not in str(e)
+            continue
+        assert batch.shape == spec.input_shape(1)
+
+
+@settings(FUZZ, max_examples=300)
+@given(spec_changes())
+def test_every_spec_field_replaced(changes):
+    """Each field, alone or with others, set to what a hostile spec could hold: from_json
+    accepts it (and then it is usable) or raises an ArtifactError, never anything else."""
+    from edgecls.spec import ModelSpec
+    base = json.loads(ModelSpec("m", "a", 3, ["x", "y", "z"], input_size=(8, 8),
+                                resize=10).to_json())
+    try:
+        spec = ModelSpec.from_json(json.dumps({**base, **changes}), "fuzz")
+    except ArtifactError as e:
+        assert "\n" not in str(e), str(e)
+        return
+    _usable(spec)
+
+
+# -- the spec member of a .pt2 archive (zip), read capped ------------------------------------------------
+def _pt2_seed() -> bytes:
+    import io
+    import zipfile
+    from edgecls.spec import ModelSpec
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("m/extra/edgecls.spec", ModelSpec("m", "a", 3, ["x", "y", "z"]).to_json())
+        archive.writestr("m/data/constants/model_constants_config.json", '{"config": {}}')
+    return buffer.getvalue()
+
+
+@FUZZ
+@given(mutations(_pt2_seed(), focus=4096))
+def test_mutated_pt2_spec_members(data):
+    import io
+    from edgecls.backends.torch.container import spec_in
+    from edgecls.spec import ModelSpec
+    works_or_user_error(lambda: spec_in(io.BytesIO(data), Path("fuzz.pt2")), ModelSpec)
 
 
 # -- ONNX metadata --------------------------------------------------------------------------------------

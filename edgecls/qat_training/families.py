@@ -135,6 +135,14 @@ def litert_quantizer(seven_bit: bool):
     return LiteRTQuantizer().set_global(quantization_config(_fake_quant))
 
 
+def executorch_quantizer(seven_bit: bool):
+    """ExecuTorch's XNNPACKQuantizer (int8 asymmetric activations, int8 symmetric per-channel
+    weights) with the global min/max fake-quantize modules. XNNPACK widens before it adds,
+    so no 7-bit weights are needed on any CPU."""
+    from edgecls.backends.executorch.export import quantizer
+    return quantizer(fake_quant=_fake_quant)
+
+
 FAMILIES: tuple[Family, ...] = (
     Family("cpu", ("onnx", "openvino"), CPU_TARGETS, cpu_quantizer,
            "u8 asymmetric per-tensor", "s8 symmetric per-channel",
@@ -145,6 +153,10 @@ FAMILIES: tuple[Family, ...] = (
            "int8 asymmetric per-tensor", "int8 symmetric per-channel",
            lowering="litert-torch (PT2E): full-integer TFLite",
            requires=(("torchao", "qat"), ("litert_torch", "tflite"))),
+    Family("executorch", ("executorch",), CPU_TARGETS, executorch_quantizer,
+           "int8 asymmetric per-tensor", "int8 symmetric per-channel",
+           lowering="ExecuTorch (to_edge_transform_and_lower, XNNPACK): .pte",
+           requires=(("torchao", "qat"), ("executorch", "executorch"))),
 )
 
 

@@ -16,13 +16,16 @@ def export_with_qat(model: Any, to: str | Sequence[str], out: str | Path | None 
                     check: bool = True, options: dict[str, Any] | None = None,
                     strict: bool = False, preprocessing: dict[str, Any] | None = None,
                     model_kwargs: dict[str, Any] | None = None,
-                    trust_remote_code: bool = False) -> list[Path]:
+                    trust_remote_code: bool = False, force: bool = False) -> list[Path]:
     """QAT INT8 artifacts of a model source (edgecls.source_kinds: a zoo name, timm:/
     torchvision: names, a .pt2 program, a factory; or a torch module with `spec`) for every
     format in `to`; formats of one family share one student. `out`: the artifact's path for
-    one format, a folder for several (default out/). Checkpoints go next to the artifacts."""
+    one format, a folder for several (default out/). Checkpoints go next to the artifacts.
+    Every artifact's files are checked before training: one that exists is refused unless
+    `force`, one that is an input always."""
     from edgecls.errors import UnsupportedOptionError
-    from edgecls.exporting import export, options_for, output_for
+    from edgecls.exporting import check_output, export, options_for, output_for, planned_output
+    from edgecls.formats import get_format
     from edgecls.source_kinds import SourceRequest
     from edgecls.source_kinds import resolve as resolve_source
 
@@ -36,8 +39,11 @@ def export_with_qat(model: Any, to: str | Sequence[str], out: str | Path | None 
     if resolved.model is None:
         raise UnsupportedOptionError(f"--qat trains a torch model, and {model} is an ONNX file; "
                                      "start from the torch model (or use PTQ: --int8)")
-    model, spec = resolved.model, resolved.spec
-    folder = destination if destination is None or len(to) > 1 else destination.parent
+    source, model, spec = model, resolved.model, resolved.spec
+    outs = {fmt: planned_output(destination, get_format(fmt), spec, "int8-qat") for fmt in to}
+    for fmt, out in outs.items():      # before any training
+        check_output(out, get_format(fmt), force=force,
+                     inputs=(source, weights, calib, train, options.get("data")))
     students: dict[str, Any] = {}
     written = []
     for fmt in to:
@@ -46,8 +52,9 @@ def export_with_qat(model: Any, to: str | Sequence[str], out: str | Path | None 
             students[family.name] = qat(
                 model, spec, calib=calib, train=train, data=options.get("data"), to=fmt,
                 target=target, epochs=epochs, lr=lr, seed=seed, resume=resume, size=calib_size,
-                checkpoint=default_checkpoint(spec, family, folder or Path("out")))
-        written.append(export(students[family.name], to=fmt, out=destination, precision="int8",
+                checkpoint=default_checkpoint(spec, family, outs[fmt].parent))
+        written.append(export(students[family.name], to=fmt, out=outs[fmt], precision="int8",
                               spec=spec, calib_size=calib_size, check=check,
-                              options=options_for(fmt, options, to), strict=strict))
+                              options=options_for(fmt, options, to), strict=strict,
+                              force=force))
     return written

@@ -35,7 +35,7 @@ from edgecls.errors import UnsupportedOptionError
 from edgecls.qat_training import data as qdata
 from edgecls.qat_training.families import Family, require, resolve
 from edgecls.qat_training.student import QATStudent
-from edgecls.spec import ModelSpec
+from edgecls.spec import ModelSpec, safe_name
 
 log = logging.getLogger("edgecls")
 
@@ -108,7 +108,9 @@ def qat(model: Any, spec: ModelSpec, calib: Any = "photos", train: Any = None, *
 
 
 def default_checkpoint(spec: ModelSpec, family: Family, folder: Path = Path("out")) -> Path:
-    return folder / f"{spec.name}.{family.name}-qat.pt"
+    """The checkpoint file in `folder`: a plain file name whatever the spec's name (a spec
+    read from a file has a safe one; safe_name() keeps it so after any change)."""
+    return folder / f"{safe_name(spec.name)}.{family.name}-qat.pt"
 
 
 def prepare(model: Any, spec: ModelSpec, quantizer: Any):

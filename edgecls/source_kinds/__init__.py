@@ -47,6 +47,11 @@ class SourceKind:
     # parity may build it again from an artifact's spec alone: loading it runs no code that
     # the spec names (a module:function or a pickle must be named by the user again)
     rebuildable: bool = True
+    # what a text of this kind must look like when the kind is recorded rather than guessed
+    # from the text (an artifact's spec.reference): a regular expression the whole text
+    # matches, besides matches(); and "module:function" (text) -> bool, a table it must be in
+    shape: str = r"[^\x00-\x1f]{1,4096}"
+    known: str = ""
 
     def matches(self, text: str) -> bool:
         if self.prefix:
@@ -55,19 +60,30 @@ class SourceKind:
             return text.lower().endswith(self.suffixes)
         return re.fullmatch(self.pattern, text) is not None
 
+    def accepts(self, text: str) -> bool:
+        """Whether `text` really is a source of this kind: what a recorded kind's text is
+        checked with before it is resolved as that kind (never as whatever its shape says)."""
+        if not (self.matches(text) and re.fullmatch(self.shape, text)):
+            return False
+        from edgecls.backends.base import _import
+        return not self.known or bool(_import(self.known)(text))
+
     @property
     def is_file(self) -> bool:
         return bool(self.suffixes)
 
 
 _TORCH = "edgecls.source_kinds.torch_models"
+_PLAIN = r"[A-Za-z0-9_][A-Za-z0-9_.]{0,199}"      # a library's model name: no path, no ':'
 KINDS: tuple[SourceKind, ...] = (
     SourceKind("timm", "timm:mobilenetv4_conv_small",
                "any timm classifier (preprocessing from its pretrained_cfg)",
-               f"{_TORCH}:timm_model", prefix="timm:", takes_weights=True),
+               f"{_TORCH}:timm_model", prefix="timm:", takes_weights=True,
+               shape=f"timm:{_PLAIN}"),
     SourceKind("torchvision", "torchvision:regnet_y_400mf",
                "any torchvision classifier (preprocessing from its weights' transforms)",
-               f"{_TORCH}:torchvision_model", prefix="torchvision:", takes_weights=True),
+               f"{_TORCH}:torchvision_model", prefix="torchvision:", takes_weights=True,
+               shape=f"torchvision:{_PLAIN}"),
     SourceKind("program", "model.pt2", "a torch.export program (torch.export.save)",
                f"{_TORCH}:program", suffixes=(".pt2",)),
     SourceKind("onnx", "their_model.onnx", "an FP32 ONNX file; parity's reference runs it in "
@@ -83,7 +99,8 @@ KINDS: tuple[SourceKind, ...] = (
                f"{_TORCH}:factory", pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", takes_weights=True,
                rebuildable=False),
     SourceKind("zoo", "mobilenet_v3_small", "an edgecls zoo name (`edgecls models`)",
-               f"{_TORCH}:zoo_model", pattern=r".+", takes_weights=True),
+               f"{_TORCH}:zoo_model", pattern=r".+", takes_weights=True, shape=_PLAIN,
+               known=f"{_TORCH}:in_zoo"),
 )
 #: a torch module handed to edgecls.export() in Python, with its spec
 MODULE = SourceKind("module", "export(module, spec=ModelSpec(...))",
@@ -167,13 +184,18 @@ class Resolved:
         return ExportSource(self.model, self.spec, workdir)
 
 
-def resolve(model: Any, request: SourceRequest | None = None) -> Resolved:
+def resolve(model: Any, request: SourceRequest | None = None,
+            kind: SourceKind | None = None) -> Resolved:
     """The model source `model` (a text the table knows, or a torch module with
-    request.spec) resolved, its spec final and its reference recorded."""
+    request.spec) resolved, its spec final and its reference recorded. With `kind` (a
+    recorded kind: parity's rebuild), the text is resolved as that kind, never as another
+    its shape suggests, and must really be of it."""
     from edgecls.backends.base import _import   # "module:attribute", as the format rows
     request = request or SourceRequest()
-    kind = kind_of(model)
+    recorded, kind = kind is not None, kind or kind_of(model)
     text = str(model) if kind is not MODULE else "a torch module"
+    if recorded and kind is not MODULE and not kind.accepts(text):
+        raise SourceError(f"{text[:200]!r} is not a {kind.name} source ({kind.description})")
     request.check_for(kind, text)
     resolved: Resolved = _import(kind.resolver)(model if kind is MODULE else text, request)
     spec = resolved.spec

@@ -27,14 +27,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from edgecls.errors import ArtifactError, MissingDependencyError, SourceError, first_line
 from edgecls.source_kinds import BY_NAME, Resolved, SourceRequest, fit_classes
 from edgecls.sources import ExportSource
-from edgecls.spec import SPEC_KEY, ModelSpec
+from edgecls.spec import SPEC_KEY, ModelSpec, safe_name
 
 log = logging.getLogger("edgecls")
 
@@ -67,6 +67,7 @@ def read_graph(path: Path) -> OnnxGraph:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf's DecodeError and friends
         raise ArtifactError(f"{path}: not an ONNX model ({first_line(e)})") from None
+    _check_external_data(proto, path)
     graph = proto.graph
     weights = {init.name for init in graph.initializer}
     inputs = [i for i in graph.input if i.name not in weights]
@@ -107,6 +108,45 @@ def read_graph(path: Path) -> OnnxGraph:
                      else None, channels, size, out_dims[1], opset, spec_json)
 
 
+def _tensors(proto) -> Iterator[Any]:
+    """Every tensor of a model: initializers and node attributes, in subgraphs too
+    (walked without recursion)."""
+    graphs = [proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                if attribute.HasField("g"):
+                    graphs.append(attribute.g)
+                graphs.extend(attribute.graphs)
+
+
+def _check_external_data(proto, path: Path) -> None:
+    """Weights kept in external files must be files inside the model's own folder (as ONNX
+    Runtime requires): a location such as ../secret.bin or /etc/passwd is refused before
+    anything reads it."""
+    onnx = _onnx()
+    folder = path.parent.resolve()
+    for tensor in _tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise ArtifactError(f"{path}: the external data of its tensor {tensor.name[:80]!r} "
+                                f"is {location[:200]!r}, outside the model's folder; edgecls "
+                                "reads external data only from files next to the model")
+        if not target.is_file():
+            raise ArtifactError(f"{path}: the external data of its tensor {tensor.name[:80]!r}, "
+                                f"{location[:200]!r}, is missing: copy it next to the model")
+
+
 def onnx_file(text: str, request: SourceRequest) -> "OnnxResolved":
     path = Path(text).expanduser()
     if not path.is_file():
@@ -120,8 +160,8 @@ def onnx_file(text: str, request: SourceRequest) -> "OnnxResolved":
             log.warning("%s carries no preprocessing: assuming ImageNet's mean/std (and resize "
                         "256) where not given; pass --mean/--std/--resize if it was trained "
                         "otherwise", path.name)
-        spec = ModelSpec(name=path.stem, architecture=f"onnx:{path.name}", num_classes=0,
-                         labels=[], weights=f"file:{path}")
+        spec = ModelSpec(name=safe_name(path.stem), architecture=f"onnx:{path.name}",
+                         num_classes=0, labels=[], weights=f"file:{path}")
     if graph.size is None and request.like is None and \
             "input_size" not in request.preprocessing.given():
         raise SourceError(f"{path.name} takes any height and width: pass --input-size H[xW] "

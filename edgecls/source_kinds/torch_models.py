@@ -16,12 +16,22 @@ from typing import Any
 
 from edgecls.errors import ArtifactError, SourceError, UnknownModelError, first_line
 from edgecls.source_kinds import BY_NAME, Resolved, SourceRequest
-from edgecls.spec import ModelSpec
+from edgecls.spec import ModelSpec, safe_name
 
 log = logging.getLogger("edgecls")
 
 
 # -- architectures with weights: zoo, timm, torchvision, module:function -----------------------
+def in_zoo(text: str) -> bool:
+    """Whether `text` is a zoo name (or alias): what a recorded zoo reference must be."""
+    from edgecls import zoo
+    try:
+        zoo.get_entry(text)
+    except UnknownModelError:
+        return False
+    return True
+
+
 def zoo_model(text: str, request: SourceRequest) -> Resolved:
     from edgecls import zoo
     model, spec = zoo.build(text, request.weights, request.num_classes, request.labels)
@@ -87,7 +97,7 @@ def factory(text: str, request: SourceRequest) -> Resolved:
     if not isinstance(model, torch.nn.Module):
         raise SourceError(f"{text} returned {type(model).__name__}, not a torch.nn.Module")
     model.eval()
-    name = f"{module_name.rsplit('.', 1)[-1]}_{function_name}"     # graynet:build -> graynet_build
+    name = safe_name(f"{module_name.rsplit('.', 1)[-1]}_{function_name}")  # graynet_build
     spec = _unknown_preprocessing(name, f"factory:{text}", request)
     return Resolved(BY_NAME["factory"], _with_weights(model, spec, request), model)
 
@@ -118,15 +128,17 @@ def program(text: str, request: SourceRequest) -> Resolved:
     path = _existing(text)
     with open(path, "rb") as f:
         embedded = spec_text(f, path)
+        # (checked before torch reads anything else of the file)
+        spec = ModelSpec.from_json(embedded, str(path)) if embedded else None
         f.seek(0)
         ep = load_program(f, path, request.trust_remote_code)
     shape = _program_input_shape(ep, path)
-    if embedded:
-        spec = ModelSpec.from_json(embedded, str(path)).derive(
-            format="torch", precision="fp32", quantization=None, parent=None, notes={})
+    if spec is not None:
+        spec = spec.derive(format="torch", precision="fp32", quantization=None, parent=None,
+                           notes={})
     else:
-        spec = _unknown_preprocessing(path.stem, f"program:{path.name}", request).derive(
-            weights=f"file:{path}")
+        spec = _unknown_preprocessing(safe_name(path.stem), f"program:{path.name}", request)
+        spec = spec.derive(weights=f"file:{path}")
     if isinstance(shape[2], int) and isinstance(shape[3], int):
         spec = spec.derive(input_size=(shape[2], shape[3]))
     if isinstance(shape[1], int):
@@ -184,7 +196,7 @@ def module_file(text: str, request: SourceRequest) -> Resolved:
                             f"{first_line(e, 200)})") from None
     if not isinstance(model, torch.nn.Module):
         raise SourceError(f"{path} holds {type(model).__name__}, not a torch.nn.Module")
-    spec = _unknown_preprocessing(path.stem, f"module-file:{path.name}", request)
+    spec = _unknown_preprocessing(safe_name(path.stem), f"module-file:{path.name}", request)
     return Resolved(BY_NAME["module-file"], spec.derive(weights=f"file:{path}"), model.eval(),
                     path)
 
@@ -243,5 +255,5 @@ def probe(model, spec: ModelSpec) -> int:
     return int(out.shape[1])
 
 
-__all__ = ["zoo_model", "timm_model", "torchvision_model", "factory", "given_module", "program",
+__all__ = ["in_zoo", "zoo_model", "timm_model", "torchvision_model", "factory", "given_module", "program",
            "module_file", "probe"]

@@ -16,13 +16,12 @@ Pure Python (no TensorRT, no numpy): `edgecls info` / `read_spec` work on any ma
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 from pathlib import Path
 
 from edgecls.errors import REEXPORT, ArtifactError, first_line
 from edgecls.io import atomic_paths
-from edgecls.spec import ModelSpec
+from edgecls.spec import MAX_SPEC_BYTES, ModelSpec
 
 MAGIC = b"EDGECLS-TRT\x00"
 HEADER_VERSION = 1
@@ -98,6 +97,9 @@ def _read(path: Path, with_engine: bool) -> tuple[ModelSpec, bytes | None]:
                                     f"{version}, this one reads {HEADER_VERSION}); upgrade edgecls")
             if version < 1:
                 raise ArtifactError(f"{path}: invalid edgecls TensorRT header (version {version})")
+            if n > MAX_SPEC_BYTES:
+                raise ArtifactError(f"{path}: the header announces a {n}-byte spec, more than "
+                                    f"the {MAX_SPEC_BYTES} edgecls reads; {REEXPORT}")
             if HEADER_SIZE + n > size:
                 raise ArtifactError(f"{path}: truncated: the header announces a {n}-byte spec but "
                                     f"only {size - HEADER_SIZE} bytes follow it; {REEXPORT}")
@@ -112,14 +114,10 @@ def _read(path: Path, with_engine: bool) -> tuple[ModelSpec, bytes | None]:
 def _parse_spec(raw: bytes, path: Path) -> ModelSpec:
     try:
         text = raw.decode("utf-8")
-        data = json.loads(text)
-    except (UnicodeDecodeError, ValueError) as e:
+    except UnicodeDecodeError as e:
         raise ArtifactError(f"{path}: its edgecls spec is not valid JSON "
                             f"({first_line(e, 200)})") from None
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path}: its edgecls spec is not a JSON object "
-                            f"(found {type(data).__name__})")
-    return ModelSpec.from_json(text, str(path))
+    return ModelSpec.from_json(text, str(path))     # checks the JSON, its type and fields
 
 
 def _check_engine_size(spec: ModelSpec, size: int, path: Path) -> None:

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from edgecls.errors import REEXPORT, ArtifactError
-from edgecls.spec import SPEC_KEY, ModelSpec
+from edgecls.spec import MAX_SPEC_BYTES, SPEC_KEY, ModelSpec
 
 FILE_IDENTIFIER = b"TFL3"
+#: the most metadata entries read (a model has a handful: edgecls' spec, TFLite's own)
+MAX_METADATA = 1024
 
 
 # -- a minimal flatbuffer reader for the TFLite schema (Model -> metadata, buffers) ---------
@@ -46,8 +48,8 @@ class _Flat:
 
     def field(self, table: int, index: int) -> int | None:
         """Absolute position of field `index` of the table at `table`, or None if absent."""
-        vtable = table - struct.unpack_from("<i", self.buf, table)[0] if table + 4 <= len(self.buf) \
-            else -1
+        vtable = table - struct.unpack_from("<i", self.buf, table)[0] \
+            if 0 <= table and table + 4 <= len(self.buf) else -1
         vsize = self.u16(vtable)
         if 4 + 2 * index >= vsize:
             return None
@@ -69,11 +71,23 @@ class _Flat:
     def table_at(self, vector_start: int, i: int) -> int:
         return self.deref(vector_start + 4 * i)
 
-    def bytes_field(self, table: int, index: int) -> bytes:
+    def bytes_field(self, table: int, index: int, limit: int = MAX_SPEC_BYTES) -> bytes:
+        """The bytes of a [ubyte] or string field, at most `limit` of them (more is refused
+        before anything is copied)."""
         start, n = self.vector(table, index)
         if start + n > len(self.buf):
             raise self._bad("truncated")
+        if n > limit:
+            raise self._bad(f"a field of {n} bytes where at most {limit} are read")
         return bytes(self.buf[start:start + n])
+
+    def equals(self, table: int, index: int, value: bytes) -> bool:
+        """Whether a [ubyte] or string field holds `value`: its length is compared first,
+        so a long field costs nothing (the reader stays linear in the file's size)."""
+        start, n = self.vector(table, index)
+        if start + n > len(self.buf):
+            raise self._bad("truncated")
+        return n == len(value) and self.buf[start:start + n] == value
 
 
 def read_metadata(buf: bytes, source: str, key: str = SPEC_KEY) -> bytes | None:
@@ -82,6 +96,8 @@ def read_metadata(buf: bytes, source: str, key: str = SPEC_KEY) -> bytes | None:
     Schema: Model{0 version, 1 operator_codes, 2 subgraphs, 3 description, 4 buffers,
     5 metadata_buffer, 6 metadata, ...}; Metadata{0 name, 1 buffer}; Buffer{0 data,
     1 offset, 2 size} (offset/size for models over 2 GB that keep data after the flatbuffer).
+    Linear in the file's size and capped: at most MAX_METADATA entries, and an entry of
+    more than MAX_SPEC_BYTES is refused.
     """
     fb = _Flat(buf, source)
     if len(buf) < 8 or buf[4:8] != FILE_IDENTIFIER:
@@ -90,9 +106,12 @@ def read_metadata(buf: bytes, source: str, key: str = SPEC_KEY) -> bytes | None:
     model = fb.deref(0)
     meta_start, meta_n = fb.vector(model, 6)
     buffers_start, buffers_n = fb.vector(model, 4)
+    if meta_n > MAX_METADATA:
+        raise fb._bad(f"{meta_n} metadata entries, at most {MAX_METADATA} are read")
+    wanted = key.encode("utf-8")
     for i in range(meta_n):
         entry = fb.table_at(meta_start, i)
-        if fb.bytes_field(entry, 0).decode("utf-8", "replace") != key:
+        if not fb.equals(entry, 0, wanted):
             continue
         pos = fb.field(entry, 1)
         index = fb.u32(pos) if pos is not None else 0
@@ -106,6 +125,9 @@ def read_metadata(buf: bytes, source: str, key: str = SPEC_KEY) -> bytes | None:
                 start, n = fb.u64(off), fb.u64(size)
                 if start + n > len(buf):
                     raise fb._bad("truncated")
+                if n > MAX_SPEC_BYTES:
+                    raise fb._bad(f"a metadata entry of {n} bytes, at most {MAX_SPEC_BYTES} "
+                                  "are read")
                 data = bytes(buf[start:start + n])
         return data
     return None

@@ -24,17 +24,26 @@ from edgecls.errors import ArtifactError, first_line
 _ENV_LOCK = threading.Lock()     # the switch is process-wide: one load at a time flips it
 
 
-def pickled_objects(archive: zipfile.ZipFile) -> list[str]:
-    """The constants of a .pt2 archive that only unpickling Python objects restores."""
+def pickled_objects(archive: zipfile.ZipFile, path: Path) -> list[str]:
+    """The constants of a .pt2 archive that only unpickling Python objects restores (its
+    config files read capped: edgecls.backends.torch.container.read_member)."""
     from torch.export.pt2_archive.constants import (CUSTOM_OBJ_FILENAME_PREFIX,
                                                     OPAQUE_OBJ_FILENAME_PREFIX)
+
+    from edgecls.backends.torch.container import read_member
     prefixes = (CUSTOM_OBJ_FILENAME_PREFIX, OPAQUE_OBJ_FILENAME_PREFIX)
     found = []
     for name in archive.namelist():
         if "/data/constants/" in name and name.endswith("config.json"):
-            config = json.loads(archive.read(name)).get("config", {})
-            found += [fqn for fqn, meta in config.items()
-                      if str(meta.get("path_name", "")).startswith(prefixes)]
+            try:
+                config = json.loads(read_member(archive, name, path))
+            except RecursionError:
+                raise ValueError(f"{name} is nested too deeply") from None
+            config = config.get("config", {}) if isinstance(config, dict) else None
+            if not isinstance(config, dict):
+                raise ValueError(f"{name} is not a constants config")
+            found += [fqn for fqn, meta in config.items() if not isinstance(meta, dict)
+                      or str(meta.get("path_name", "")).startswith(prefixes)]
     return found
 
 
@@ -44,7 +53,7 @@ def load_program(file: IO[bytes], path: Path, trust_remote_code: bool = False) -
     if not trust_remote_code:
         try:
             with zipfile.ZipFile(file) as archive:
-                objects = pickled_objects(archive)
+                objects = pickled_objects(archive, path)
         except (zipfile.BadZipFile, ValueError) as e:
             raise ArtifactError(f"{path}: not a .pt2 archive ({first_line(e)})") from None
         if objects:
