@@ -166,7 +166,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
                     options=_session_options(args),
                     trust_remote_code=args.trust_remote_code)
     report.print()
-    return 0 if report else 1
+    from edgecls.verdict import EXIT_STATUS
+    return EXIT_STATUS[report.outcome]
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -285,7 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_predict)
 
-    s = sub.add_parser("parity", help="compare artifacts with their PyTorch reference")
+    s = sub.add_parser("parity", help="compare artifacts with their PyTorch reference",
+                       epilog="exit status: 0 every artifact passes, 1 one fails, 3 none "
+                              "fails but one is inconclusive (more images would decide it), "
+                              "2 bad input")
     s.add_argument("artifacts", nargs="+")
     s.add_argument("--data", default="photos", help="validation folder or photos / digits")
     s.add_argument("--calib", help="the calibration folder, to detect overlap with --data")

@@ -30,6 +30,12 @@ from edgecls.metrics import kl_divergence, log_softmax, topk_hits
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 OUTCOMES = (PASS, FAIL, INCONCLUSIVE)
+#: a criterion measured on no input (e.g. no input where the reference is decisive: an
+#: untrained model, or a set of ambiguous images). It decides nothing either way; the other
+#: criteria decide, and the report says so.
+NOT_APPLICABLE = "n/a"
+#: `edgecls parity` exit status per outcome (2 stays the one for user errors)
+EXIT_STATUS = {PASS: 0, FAIL: 1, INCONCLUSIVE: 3}
 #: the reference's top-1 minus top-2 probability from which an input counts as decisive
 DECISIVE = 0.1
 #: the margin strata agreement is reported for
@@ -110,12 +116,17 @@ class Criterion:
     images_to_decide: int | None = None
 
     def __post_init__(self) -> None:
+        if self.n == 0:
+            self.outcome = NOT_APPLICABLE
+            return
         self.outcome = decide(self.ci, self.tolerance, self.higher_is_better)
         if self.outcome == INCONCLUSIVE:
             self.images_to_decide = images_to_decide(self.value, self.ci, self.tolerance, self.n)
 
     def describe(self) -> str:
         side = ">=" if self.higher_is_better else "<="
+        if self.outcome == NOT_APPLICABLE:
+            return f"{self.name} {side} {self.tolerance:g}: n/a (measured on no input)"
         text = (f"{self.name} {self.value:.4g} [{self.ci[0]:.4g}, {self.ci[1]:.4g}] "
                 f"{side} {self.tolerance:g}: {self.outcome}")
         if self.images_to_decide:
@@ -232,7 +243,9 @@ class Verdict:
 
 
 def combine(outcomes: Sequence[str]) -> str:
-    """fail if any fails, pass if all pass, else inconclusive."""
+    """fail if any fails, pass if all pass, else inconclusive; a criterion that is not
+    applicable counts for neither (but all of them n/a is no pass)."""
+    outcomes = [o for o in outcomes if o != NOT_APPLICABLE]
     if FAIL in outcomes:
         return FAIL
     return PASS if outcomes and all(o == PASS for o in outcomes) else INCONCLUSIVE
@@ -280,7 +293,7 @@ def verdict(ref_logits: np.ndarray, cand_logits: np.ndarray, tolerances: Toleran
                    int(ids.max()) + 1 if n else 0)
 
 
-__all__ = ["PASS", "FAIL", "INCONCLUSIVE", "OUTCOMES", "DECISIVE", "STRATA", "TOLERANCES",
+__all__ = ["PASS", "FAIL", "INCONCLUSIVE", "OUTCOMES", "NOT_APPLICABLE", "EXIT_STATUS", "DECISIVE", "STRATA", "TOLERANCES",
            "Tolerances", "tolerances_for", "Measured", "measure", "Criterion", "Verdict", "verdict", "decide", "combine", "margins",
            "top5_overlap", "mean_per_class_accuracy", "ratio_ci", "group_ids",
            "images_to_decide"]

@@ -46,7 +46,7 @@ def test_parity_cli_exit_status_and_table(parity_run):
     assert proc.returncode == 1, proc.stderr          # one artifact misses its tolerance
     assert "Traceback" not in proc.stderr
     assert "digits.xml" in proc.stdout and "miswired.onnx" in proc.stdout
-    assert "NO" in proc.stdout and "yes" in proc.stdout
+    assert "FAIL" in proc.stdout and "pass" in proc.stdout   # the verdict column
 
 
 def test_parity_report_json(parity_run, digits_onnx):
@@ -78,8 +78,8 @@ def test_parity_report_markdown(parity_run):
     assert len({len(c) for c in cells}) == 1                   # every row as wide as the header
     assert "top-1 %" in header and "agree %" in header and r"max\|Δ\|" in header
     assert reference.startswith("| reference | artifact")
-    assert good.startswith("| `digits.xml` |") and good.rstrip().endswith("| yes |")
-    assert bad.startswith("| `miswired.onnx` |") and bad.rstrip().endswith("| **NO** |")
+    assert good.startswith("| `digits.xml` |") and good.rstrip().endswith("| pass |")
+    assert bad.startswith("| `miswired.onnx` |") and bad.rstrip().endswith("| **FAIL** |")
     assert "## Failures" in md and "- miswired.onnx: " in md
 
 
@@ -93,9 +93,9 @@ def test_parity_report_html(parity_run):
     for _, data in plots:                                 # real PNG images
         assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
     row = re.search(r"<tr><td>miswired\.onnx</td>.*?</tr>", html).group(0)
-    assert "<td class='fail'>NO</td>" in row               # the failing artifact is marked
+    assert "<td class='fail'>FAIL</td>" in row               # the failing artifact is marked
     row = re.search(r"<tr><td>digits\.xml</td>.*?</tr>", html).group(0)
-    assert "<td class='pass'>yes</td>" in row
+    assert "<td class='pass'>pass</td>" in row
     assert "<span class='fail'>FAIL</span>" in html
     assert html.count("class='thumb'") >= 10             # the images it got wrong, shown
 

@@ -145,17 +145,27 @@ def test_emulation_predicts_what_this_cpus_kernels_do(effl0_onnx, effl0_calibrat
 
 
 # -- recipes chosen by measurement --------------------------------------------------------------
-def test_efficientnet_lite0_int8_made_here_passes_and_says_how(effl0_int8_auto):
-    """The artifact `--target auto` made on this CPU: the recipe and the search are in the
-    spec, and the ONNX INT8 check of test_onnx_int8 (parity on held-out crops) passes."""
+def test_efficientnet_lite0_int8_made_here_says_how_it_was_chosen(effl0_int8_auto):
+    """The artifact `--target auto` made on this CPU records its target, the CPU, and a search
+    made on the selection photos (never the calibration or verification ones), with the
+    choice the search's rule makes: the fastest recipe that met the tolerance there, else
+    the lowest KL - and the reason. Its verdict on verification photos: test_onnx_int8."""
     q = read_spec(effl0_int8_auto).quantization
     assert q["target"] == targets.resolve("auto").name and q["measured_on_target"]
     assert q["made_on_isa"] == hardware.cpu().int8_isa
+    assert q["calibration_source"] == "photos-calib"
     search = q["search"]
     assert search["selected_on"].startswith("photos-select") and search["candidates"]
-    chosen = next(c for c in search["candidates"] if c["recipe"] == search["chosen"])
-    assert chosen["passed"] and chosen["agreement"] >= 0.95
-    assert chosen["speedup_vs_fp32"] > 0 and search["fp32_latency_ms"] > 0
+    rows = search["candidates"]
+    chosen = next(c for c in rows if c["recipe"] == search["chosen"])
+    passing = [c for c in rows if c["passed"]]
+    if passing:
+        assert chosen["passed"]
+        assert chosen["latency_ms"] == min(c["latency_ms"] for c in passing)
+    else:
+        assert chosen["kl"] == min(c["kl"] for c in rows)
+        assert search["reason"].startswith("no recipe met the tolerance")
+    assert search["fp32_latency_ms"] > 0 and chosen["latency_ms"] > 0
     if SATURATES:   # the target recipe saturates here: layers were given exact u8 weights
         assert not search["candidates"][0]["passed"] and q["u8u8_weights"]
         assert set(q["u8u8_weights"]).isdisjoint(q["kept_in_float"])
@@ -209,11 +219,15 @@ def test_the_fastest_recipe_that_passes_wins(digits_model, digits_data, tmp_path
     assert read_spec(out).quantization["search"]["chosen"] == outcome.chosen.recipe.label
 
 
-def test_max_drop_on_unlabelled_data_is_points_of_agreement():
-    from edgecls.verification import tolerance_for
-    assert tolerance_for("int8", False, 2.0).min_agreement == pytest.approx(0.98)
-    assert tolerance_for("int8", False, None).min_agreement == 0.95
-    assert tolerance_for("int8", True, 2.0).max_drop == 2.0
+def test_max_drop_is_points_of_top1_and_of_decisive_agreement():
+    """--max-drop 2: with labels, 2 points of top-1; without, 2 points of agreement on the
+    inputs where the reference is decisive. The KL bound stays the precision's."""
+    from edgecls.verdict import TOLERANCES, tolerances_for
+    tol = tolerances_for("int8", 2.0)
+    assert tol.min_decisive_agreement == pytest.approx(0.98) and tol.max_top1_drop == 2.0
+    assert tol.max_kl == TOLERANCES["int8"].max_kl
+    assert tolerances_for("int8") == TOLERANCES["int8"]
+    assert tolerances_for("fp16").min_decisive_agreement > tolerances_for("int8").min_decisive_agreement
 
 
 # -- the runtime guard ---------------------------------------------------------------------------
@@ -258,24 +272,31 @@ def test_openvino_accuracy_control_meets_its_target(digits_model, digits_onnx, d
     from edgecls.backends.openvino.tuning import OpenVINOTuner
     from edgecls.calibration.datasets import CalibrationSet
     from edgecls.sources import ExportSource
-    from edgecls.verification import Tolerance, parity
+    from edgecls.verdict import Tolerances
+    from edgecls.verification import parity
 
     model, spec = digits_model
     _, calib, val, _ = digits_data
-    source = ExportSource(model, spec, tmp_path, _onnx=digits_onnx, onnx_opset=18, validation=val)
+    # accuracy control chooses on one half of the held-out digits; the verdict is on the other
+    select, verify = val.split(calib_size=200, val_size=200, seed=7)
+    assert not select.keys() & verify.keys()
+    source = ExportSource(model, spec, tmp_path, _onnx=digits_onnx, onnx_opset=18,
+                          validation=select)
     calibration = CalibrationSet.from_source(calib, spec)
     options = OpenVINOOptions.parse({}, "int8", "openvino")
     ir_spec = spec.derive(format="openvino", precision="int8")
     tuner = OpenVINOTuner(ov.convert_model(str(digits_onnx)), source, ir_spec, calibration,
                           targets.resolve("auto"), options,
                           lambda m, s, out: _finish(m, s, out, precision="int8", options=options))
-    [controlled] = tuner.fallbacks(tuner.bases()[0], Tolerance(max_drop=0.5))
+    [controlled] = tuner.fallbacks(tuner.bases()[0], Tolerances(0.99, 0.02, max_top1_drop=0.5))
+    assert controlled.settings["max_drop"] == 0.5
     out = tmp_path / "ac.xml"
     tuner.build(controlled, out)
     assert read_spec(out).quantization["method"] == "nncf-ptq-accuracy-control"
-    report = parity([out], data=val, reference=model, reference_spec=spec, sqnr=False,
+    report = parity([out], data=verify, reference=model, reference_spec=spec, sqnr=False,
                     progress=False)
-    assert report.results[0].top1_drop <= 0.5
+    # 200 images the control never saw: one image is 0.5 points, so allow one more miss there
+    assert report.results[0].top1_drop <= 1.0
 
 
 def test_tflite_float_ops_only_when_allowed(digits_model, digits_data, tmp_path):

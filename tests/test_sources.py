@@ -297,11 +297,13 @@ def test_timm_and_torchvision_names_outside_the_zoo(tmp_path, capsys, caplog):
     """A timm model with its own (160 px, bicubic) preprocessing and a fine-tuned checkpoint;
     a torchvision classifier with random weights. parity rebuilds both from their specs, and
     warns when the checkpoint changed since."""
-    import timm
-    import torch
-
     from edgecls import zoo
     from edgecls.formats import read_spec
+    from edgecls.zoo.torchvision_shim import import_torchvision
+    import_torchvision()                       # before timm, which imports torchvision itself
+
+    import timm
+    import torch
     assert not any(e.source == "timm" and e.builder.startswith("test_efficientnet")
                    for e in zoo.list_models())
     torch.manual_seed(3)

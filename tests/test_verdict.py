@@ -112,3 +112,24 @@ def test_labelled_drop_is_non_inferiority():
     lenient = v.verdict(ref, cand, v.Tolerances(0.0, 10.0, 10.0), labels=labels,
                         groups=np.arange(n) // 4)
     assert next(c for c in lenient.criteria if c.name.startswith("top-1")).outcome == v.PASS
+
+
+def test_no_decisive_input_leaves_the_verdict_to_the_distance():
+    """A reference that is unsure everywhere (an untrained model): agreement on decisive
+    inputs is measured on nothing, so it decides nothing; KL still does - a copy passes, a
+    distorted copy fails. All criteria n/a would be no pass."""
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(40, 10)) * 0.01                  # margins of about 0.001
+    assert (v.margins(ref) < v.DECISIVE).all()
+    same = v.verdict(ref, ref.copy(), v.TOLERANCES["fp32"], groups=np.arange(40) // 4)
+    assert same.criteria[0].outcome == v.NOT_APPLICABLE and same.criteria[0].n == 0
+    assert same.outcome == v.PASS
+    assert "n/a" in same.criteria[0].describe()
+    far = v.verdict(ref, rng.normal(size=(40, 10)) * 3, v.TOLERANCES["fp32"],
+                    groups=np.arange(40) // 4)
+    assert far.outcome == v.FAIL and far.criteria[1].outcome == v.FAIL
+    assert v.combine([v.NOT_APPLICABLE]) == v.INCONCLUSIVE
+
+
+def test_exit_status_per_outcome_is_distinct():
+    assert v.EXIT_STATUS == {v.PASS: 0, v.FAIL: 1, v.INCONCLUSIVE: 3}
