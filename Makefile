@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) -m edgecls demo
 
+# every core (pytest-xdist), one worker per test file so module fixtures are built once;
+# files that share a session fixture share a worker (tests/conftest.py: SHARED_WORKER)
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadgroup
 
 clean:
 	rm -rf $(VENV) out reports .pytest_cache

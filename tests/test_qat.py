@@ -10,7 +10,7 @@ import onnx
 import pytest
 from conftest import digits_spec
 
-pytest.importorskip("torchao")
+import torchao  # noqa: E402,F401  (a dev dependency: missing fails, never skips)
 
 from edgecls.calibration.datasets import ImageSet, load_part, photo_of  # noqa: E402
 from edgecls.errors import DataError, UnsupportedOptionError  # noqa: E402

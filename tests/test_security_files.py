@@ -82,7 +82,6 @@ def test_existing_onnx_is_kept_without_force_and_replaced_with_it(theirs, tmp_pa
 @pytest.mark.parametrize("present", [("m.xml", "m.bin"), ("m.bin",), ("m.xml",)],
                          ids=["xml-and-bin", "bin-only", "xml-only"])
 def test_existing_openvino_files_are_kept_without_force(theirs, tmp_path, present):
-    pytest.importorskip("openvino")
     out = tmp_path / "ir"
     out.mkdir()
     for name in present:
@@ -175,7 +174,6 @@ def umask():
 
 @pytest.mark.parametrize("mask,expected", [(0o022, 0o644), (0o027, 0o640)], ids=["022", "027"])
 def test_written_files_follow_the_umask(theirs, tmp_path, umask, mask, expected):
-    pytest.importorskip("openvino")
     umask(mask)
     out = tmp_path / "out"
     proc = run_cli("export", theirs, "--to", "onnx,openvino", "-o", out, cwd=tmp_path)

@@ -101,8 +101,8 @@ def _forget_ray_token() -> None:
 def test_local_ray_listens_on_loopback_only_with_a_private_token(tmp_path, monkeypatch):
     """Starts Ray the way `edgecls sweep` does (its own function) from a folder holding a
     planted module; fails if any Ray process listens on a non-loopback address."""
-    ray = pytest.importorskip("ray")
-    psutil = pytest.importorskip("psutil")
+    import psutil
+    import ray
     from edgecls.sweep.runner import _start_ray
     if ray.is_initialized():
         ray.shutdown()
