@@ -321,7 +321,7 @@ def check_int8(path: Path, name: str, source: ExportSource, calibration, strict:
     fmt = format_for_path(path)
     recipe = fmt.read_spec(path).quantization or {}
     measured_with = recipe.get("search", {}).get("measured_with", {})
-    report = parity([path, *alongside.values()], data=held_out.images,
+    report = parity([path, *alongside.values()], data=_judged_on(calibration, source, held_out),
                     reference=source.reference, reference_spec=spec, max_drop=source.max_drop,
                     sqnr=False, progress=False, device=fmt.default_device(),
                     options=measured_with)
@@ -333,6 +333,17 @@ def check_int8(path: Path, name: str, source: ExportSource, calibration, strict:
         if strict:
             raise ParityFailedError(message + " (--strict: nothing was written)")
         log.error("%s - the artifact is written anyway; inspect it with `edgecls parity`", message)
+
+
+def _judged_on(calibration, source: ExportSource, held_out) -> Any:
+    """The images the INT8 check reports on. With the built-in photos and no --data: the
+    verification photos, which neither calibrated nor selected the recipe. Otherwise the
+    selection images the recipe was chosen on (the table's title names them; `edgecls
+    parity --data` with other images is the verdict)."""
+    from edgecls.calibration.datasets import load_part
+    if str(getattr(calibration, "source", None)) == "photos" and source.validation is None:
+        return load_part("photos", source.spec, "verify")
+    return held_out.images
 
 
 def refuse_ptq_options(options: ExportOptions, fmt: Format) -> None:
