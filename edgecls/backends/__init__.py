@@ -19,7 +19,7 @@ from edgecls.backends.base import Format
 from edgecls.errors import first_line
 
 ENTRY_POINT_GROUP = "edgecls.backends"
-BUILTIN = ("onnx", "openvino", "tflite", "tensorrt", "torch")
+BUILTIN = ("onnx", "openvino", "tflite", "tensorrt", "torch", "executorch")
 
 log = logging.getLogger("edgecls")
 
