@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test check lint venv clean
 
 venv: $(STAMP)
 
@@ -20,10 +20,22 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) -m edgecls demo
 
+# the layers (import-linter contracts in pyproject.toml) and ruff's small rule set
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/ruff check --no-cache edgecls tests benchmarks fuzz
+
 # every core (pytest-xdist), one worker per test file so module fixtures are built once;
 # files that share a session fixture share a worker (tests/conftest.py: SHARED_WORKER)
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest -q -n auto --dist loadgroup
+
+# the inner loop: lint and the tests without the whole-zoo export, QAT, the sweep and the
+# EfficientNet-Lite0 INT8 searches (what `make test` adds; see the README)
+check: lint
+	$(PY) -m pytest -q -n auto --dist loadgroup -m "not slow" --ignore=tests/test_qat.py \
+		--ignore=tests/test_sweep.py --ignore=tests/test_onnx_int8.py \
+		--ignore=tests/test_int8_targets.py --ignore=tests/test_executorch.py
 
 clean:
 	rm -rf $(VENV) out reports .pytest_cache

@@ -18,7 +18,7 @@ _LAZY = {
     "EdgeclsError": "edgecls.errors",
     # Not edgecls/export.py and edgecls/parity.py: importing a submodule binds its name on
     # the package, which would shadow the functions edgecls.export() and edgecls.parity().
-    "export": "edgecls.exporting",
+    "export": "edgecls.api",
     "parity": "edgecls.verification",
     "ParityReport": "edgecls.verification",
     "open_session": "edgecls.formats",

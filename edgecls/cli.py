@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgecls.backends.base import Declared
+from edgecls.options import Declared
 from edgecls.errors import EdgeclsError, UnsupportedOptionError
 from edgecls.formats import DEVICES, FORMATS
 
@@ -59,7 +59,8 @@ def cmd_formats(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from edgecls.exporting import export, options_for, output_for
+    from edgecls.api import export
+    from edgecls.exporting import options_for, output_for
     from edgecls.source_kinds import parse_kwargs
     precision = "int8" if args.int8 or args.qat else "fp16" if args.fp16 else "fp32"
     options = {name: getattr(args, name) for name in args.format_options}

@@ -154,22 +154,13 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
     """Export a model source (a zoo name, "timm:NAME", "torchvision:NAME", a .pt2 program,
     "module:function" with `model_kwargs`, an FP32 .onnx file) or a torch module (with
     `spec`) to one artifact. `preprocessing` overrides the model's own (PreprocessingOptions:
-    input_size, resize, mean, std, interpolation, channel_order, channels). `to="best"`: the
-    fastest artifact within tolerance of every backend installed here (edgecls.best).
+    input_size, resize, mean, std, interpolation, channel_order, channels). `to` is one format
+    (`to="best"` is edgecls.api.export's, above this module).
     `out`: the artifact's path, or a folder for the default name (an existing one, or a path
     ending in a separator). An `out` that exists is refused unless `force` (one that is an
     input, always)."""
-    from edgecls.best import BEST
     from edgecls.qat_training.student import QATStudent
     from edgecls.source_kinds import SourceRequest, kind_of, refuse_format, resolve
-
-    if to == BEST:
-        from edgecls.best import export_best
-        return export_best(model, out, precision=precision, weights=weights,
-                           num_classes=num_classes, labels=labels, calib=calib,
-                           calib_size=calib_size, options=options, spec=spec,
-                           preprocessing=preprocessing, model_kwargs=model_kwargs,
-                           trust_remote_code=trust_remote_code, force=force)
 
     fmt = get_format(to)
     fmt.check_precision(precision)
@@ -224,8 +215,12 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
                 atomic_paths(*finals, overwrite=force) as temps:
             source = make_source(Path(work))
             source.validation, source.max_drop = checking.data, checking.max_drop
-            exporter(source, spec_out, temps[0], precision=precision, calibration=calibration,
-                     options=backend_options)
+            tuner = exporter(source, spec_out, temps[0], precision=precision,
+                             calibration=calibration, options=backend_options)
+            if tuner is not None:     # an INT8 recipe to measure, search and write
+                from edgecls.search import export_int8
+                export_int8(tuner, source, calibration, temps[0],
+                            search=not getattr(backend_options, "no_search", False))
             if check and precision != "int8":
                 report_check(check_against_reference(temps[0], source), spec_out)
             if check and precision == "int8":

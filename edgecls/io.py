@@ -57,6 +57,16 @@ def atomic_paths(*finals: Path, overwrite: bool = True) -> Iterator[list[Path]]:
                     path.rmdir()
 
 
+def write_texts(folder: Path, texts: dict[str, str]) -> dict[str, Path]:
+    """The files `texts` names (file name -> text, rendered beforehand) in `folder`, all or
+    none: renamed into place together by atomic_paths. The one writer of report files."""
+    paths = {name: Path(folder) / name for name in texts}
+    with atomic_paths(*paths.values()) as temps:
+        for tmp, text in zip(temps, texts.values()):
+            tmp.write_text(text, encoding="utf-8")
+    return paths
+
+
 def _reserve(first: Path) -> tuple[Path, int]:
     """A new empty temporary sibling of `first`, created with mode 0o666 so the umask (and a
     default ACL) applies as to any new file (mkstemp's 0o600 would survive the rename), and

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from edgecls.backends.base import ExportOptions, option
+from edgecls.options import ExportOptions, option
 from edgecls.errors import UnsupportedOptionError
 from edgecls.spec import ModelSpec
 

@@ -8,17 +8,8 @@ neighbours, so nothing is assumed additive. Of the candidates that meet the tole
 fastest on this machine wins (timed against the FP32 artifact in the same run); when none
 does, the most accurate one is kept and the export says so.
 
-A backend takes part through a Tuner:
-
-    tuner.bases()            -> [Recipe]   the target's recipe(s)
-    tuner.remedies(recipe)   -> [Remedy]   ranked layers, and what changing one of them means
-    tuner.fallbacks(recipe, tolerance)     (optional) whole recipes to try when the remedies
-                             -> [Recipe]   fail, e.g. NNCF's accuracy-controlled quantization
-    tuner.build(recipe, out) -> None       write the artifact for a recipe
-    tuner.keep(candidate, out, record)     the chosen candidate, with the search in its spec
-    tuner.session_options    -> dict       how to open artifacts so that they compute the
-                                           target's numbers (e.g. ORT's exact INT8 kernels)
-    tuner.suffix             -> str        of the artifacts it writes
+A backend takes part through a Tuner (edgecls.backends.recipes): its INT8 exporter returns
+one, and export_int8() below runs it.
 """
 from __future__ import annotations
 
@@ -26,70 +17,17 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from edgecls import verdict
+from edgecls.backends.recipes import HeldOut, Recipe, Remedy, Tuner  # noqa: F401  (re-exported)
 
 log = logging.getLogger("edgecls")
 
 #: most layers one remedy may change before the search gives up on it
 MAX_STEPS = 12
-
-
-@dataclass(frozen=True)
-class Recipe:
-    base: str                                   # the target recipe it started from
-    settings: dict[str, Any]                    # backend-specific, recorded in the spec
-    changed: tuple[tuple[str, str], ...] = ()   # (remedy, layer) in the order applied
-
-    @property
-    def label(self) -> str:
-        counts: dict[str, int] = {}
-        for remedy, _ in self.changed:
-            counts[remedy] = counts.get(remedy, 0) + 1
-        return " + ".join([self.base] + [f"{name} x{n}" for name, n in counts.items()])
-
-    def with_layer(self, remedy: "Remedy", layer: str) -> "Recipe":
-        return Recipe(self.base, remedy.apply(self.settings, layer),
-                      self.changed + ((remedy.name, layer),))
-
-
-@dataclass(frozen=True)
-class Remedy:
-    name: str                                   # "u8u8 weights", "float"
-    # the layers, most harmful first: called only when the search gets to this remedy
-    # (a ranking may cost a probe per layer)
-    rank: Callable[[], Sequence[str]]
-    apply: Callable[[dict[str, Any], str], dict[str, Any]]
-
-
-class Tuner(Protocol):
-    suffix: str                                 # of the artifacts it builds
-    session_options: dict[str, Any]
-    measures_target: bool                       # can this CPU compute the target's numbers?
-
-    def bases(self) -> list[Recipe]: ...
-    def remedies(self, recipe: Recipe) -> list[Remedy]: ...
-    def build(self, recipe: Recipe, out: Path, search: dict[str, Any] | None = None) -> None:
-        """Write the artifact; `search` (what export_int8 found) goes into its spec."""
-
-    def keep(self, candidate: Path, out: Path, search: dict[str, Any]) -> None:
-        """Write the measured candidate to `out` with `search` added to its spec."""
-
-
-@dataclass
-class HeldOut:
-    """The images a search is judged on, and the FP32 reference's answers on them."""
-    name: str
-    pixels: np.ndarray                          # N x H x W x 3 uint8 crops
-    reference: np.ndarray                       # reference logits
-    labels: np.ndarray | None = None
-    images: Any = None                          # the ImageSet, for the final parity check
-
-    def __len__(self) -> int:
-        return len(self.pixels)
 
 
 @dataclass

@@ -95,7 +95,7 @@ class ExportSource:
         Without calibration (FP32/FP16 candidates of `--to best`): --data alone."""
         if self._held_out is None and self.spec.trained:
             from edgecls.calibration.datasets import load_part
-            from edgecls.search import HeldOut
+            from edgecls.backends.recipes import HeldOut
             images = (calibration.held_out(self.validation, self.spec) if calibration is not None
                       else None if self.validation is None
                       else load_part(self.validation, self.spec, "val").subset(500))

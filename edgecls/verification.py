@@ -28,7 +28,8 @@ from edgecls.calibration.datasets import check_source, load_part, photo_of
 from edgecls.calibration.preprocess import to_model_input
 from edgecls.errors import ArtifactError, DataError, UnknownFormatError, first_line
 from edgecls.formats import format_for_path, get_format, open_session, read_spec
-from edgecls.report.model import ArtifactResult, ParityReport
+from edgecls.report import ParityReport
+from edgecls.report.model import ArtifactResult
 from edgecls.source_kinds import kind_of
 from edgecls.sources import ExportSource
 from edgecls.spec import ModelSpec

@@ -135,7 +135,7 @@ def test_upstream_fuse_batch_norm_defect_still_needs_the_wrapper():
     upstream fix has landed: drop named()."""
     import torch
 
-    from edgecls.backends.executorch.export import lower_program
+    from edgecls.backends.executorch.program import lower_program
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
     program = torch.export.export(model, (torch.zeros(1, 3, 8, 8),))
     with pytest.raises(Exception, match="FuseBatchNormPass") as e:
@@ -152,7 +152,7 @@ def test_ptq_annotates_the_same_without_the_conv_bn_patterns():
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    from edgecls.backends.executorch.export import quantizer
+    from edgecls.backends.executorch.quantize import quantizer
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8),
                               torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()
     x = (torch.randn(1, 3, 16, 16),)
@@ -180,7 +180,7 @@ def test_relu6_output_gets_its_own_range_not_the_convolutions():
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from edgecls.backends.executorch.export import quantizer
+    from edgecls.backends.executorch.quantize import quantizer
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU6(),
                               torch.nn.Conv2d(8, 4, 1)).eval()

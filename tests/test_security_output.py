@@ -16,7 +16,6 @@ import json
 import re
 import shutil
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 from conftest import run_cli
@@ -221,8 +220,9 @@ def _sweep_table():
 def test_sweep_renderers_escape_every_field(tmp_path):
     from rich.console import Console
 
+    from edgecls.sweep.files import write_sweep
     table = _sweep_table()
-    paths = table.write(tmp_path)
+    paths = write_sweep(table, tmp_path)
     assert sorted(paths) == ["sweep.csv", "sweep.html", "sweep.json", "sweep.md"]
     page = paths["sweep.html"].read_text(encoding="utf-8")
     assert_safe_html(page)

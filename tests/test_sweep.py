@@ -30,8 +30,6 @@ def _write_images(items, folder, labelled: bool):
 
 @pytest.fixture(scope="module")
 def ray_local():
-    import ray
-
     from edgecls.sweep.runner import TIMING_RESOURCE
     ray.init(num_cpus=2, resources={TIMING_RESOURCE: 1}, include_dashboard=False,
              log_to_driver=False, object_store_memory=256 * 2 ** 20)
@@ -196,6 +194,19 @@ def test_sweep_cli_user_errors_are_one_line(capsys, tmp_path):
     assert main(["sweep", "mobilenet_v2", "--precision", "int8", "-o", str(tmp_path)]) == 2
     assert "int8 cells need calibration images" in capsys.readouterr().err
     assert main(["sweep", "--families", "lenet", "-o", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("flag", ["--strict", "--no-check"])
+def test_best_refuses_the_options_it_does_not_use(flag, capsys, tmp_path):
+    """--to best always judges its candidates and writes only a passing one: --strict and
+    --no-check would change nothing, so they are refused (before any model is built), as on
+    every other path."""
+    from edgecls.cli import main
+    code = main(["export", "mobilenet_v3_small", "--to", "best", "--int8", "--calib", "photos",
+                 flag, "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{flag}: --to best always judges its candidates" in err, err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
 def test_best_picks_the_fastest_of_those_that_pass(digits_model, digits_folders, tmp_path):

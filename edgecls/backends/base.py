@@ -9,15 +9,12 @@ error that names its pip extra.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.util
 import logging
 import threading
-import types
-import typing
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -25,86 +22,18 @@ import numpy as np
 
 from edgecls.errors import (ArtifactError, DeviceUnavailableError, MissingDependencyError,
                             UnknownFormatError, UnsupportedOptionError)
+from edgecls.options import Declared, ExportOptions, flag_of, option  # noqa: F401
 from edgecls.spec import ModelSpec
 
 if TYPE_CHECKING:
+    from edgecls.backends.recipes import HeldOut, Tuner
     from edgecls.calibration.datasets import CalibrationSet
-    from edgecls.sources import ExportSource
 
 DEVICES = ("cpu", "gpu", "npu", "auto")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-# -- export options ------------------------------------------------------------------------
-def option(help: str, *, int8_only: bool = False, default: Any = None, **cli: Any) -> Any:
-    """One export option of a backend: its help text, whether only --int8 uses it, and the
-    argparse settings its type alone does not imply (nargs, const)."""
-    return field(default=default, metadata={"help": help, "int8_only": int8_only, "cli": cli})
-
-
-@dataclass(frozen=True)
-class Declared:
-    """An export option as the CLI and the checks see it."""
-    name: str
-    kind: type                 # int, float, str, bool, tuple (of str) or object (as given)
-    help: str
-    int8_only: bool
-    cli: dict[str, Any]
-
-    @property
-    def flag(self) -> str:
-        return flag_of(self.name)
-
-
-def flag_of(name: str) -> str:
-    """The command-line flag of an option name (calib_method -> --calib-method)."""
-    return "--" + name.replace("_", "-")
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """A backend's export options, declared once as the fields of a frozen subclass (made
-    with option()). `parse` turns the user's dict into it; the CLI makes its flags from
-    `declared()`. This base class is the row of a backend that takes none."""
-
-    @classmethod
-    def declared(cls) -> list[Declared]:
-        hints = typing.get_type_hints(cls)
-        return [Declared(f.name, _kind(hints[f.name]), f.metadata["help"],
-                         f.metadata["int8_only"], f.metadata["cli"])
-                for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def names(cls) -> set[str]:
-        return {f.name for f in dataclasses.fields(cls)}
-
-    @classmethod
-    def parse(cls, values: dict[str, Any], precision: str, fmt: str) -> "ExportOptions":
-        """The user's options checked and typed, once: None, False and empty lists mean
-        "not given"; an unknown option names its flag; an --int8 option without --int8 is
-        refused; then the backend's own check() of the values."""
-        given = {k: v for k, v in values.items() if not _absent(v)}
-        declared = {d.name: d for d in cls.declared()}
-        unknown = sorted(set(given) - set(declared))
-        if unknown:
-            flags = ", ".join(flag_of(u) for u in unknown)
-            raise UnsupportedOptionError(f"--to {fmt} does not take {flags}")
-        misplaced = sorted(k for k in given if declared[k].int8_only and precision != "int8")
-        if misplaced:
-            raise UnsupportedOptionError(f"option(s) {', '.join(misplaced)} apply only to --int8")
-        options = cls(**{k: _convert(declared[k], v) for k, v in given.items()})
-        options.check(precision)
-        return options
-
-    def given(self) -> list[Declared]:
-        """The options that were set (not None, False or empty)."""
-        return [d for d in self.declared() if not _absent(getattr(self, d.name))]
-
-    def check(self, precision: str) -> None:
-        """The backend's rules on values (choices, ranges, combinations with the precision):
-        UnsupportedOptionError before any model is built."""
-
-
+# -- export options: declared in edgecls.options (the CLI and export() read them too) ----
 @dataclass(frozen=True)
 class TargetedOptions(ExportOptions):
     """The INT8 options every CPU backend takes (edgecls.targets, edgecls.search): which kind
@@ -117,43 +46,33 @@ class TargetedOptions(ExportOptions):
                              int8_only=True, default=False)
 
 
-def _absent(value: Any) -> bool:
-    return value is None or value is False or (isinstance(value, (list, tuple)) and not value)
-
-
-def _kind(hint: Any) -> type:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        present = [a for a in typing.get_args(hint) if a is not type(None)]
-        hint = present[0] if len(present) == 1 else object
-    if typing.get_origin(hint) is tuple:
-        return tuple
-    return hint if hint in (int, float, str, bool) else object
-
-
-_KIND_NAMES = {int: "an integer", float: "a number", str: "text"}
-
-
-def _convert(option: Declared, value: Any) -> Any:
-    if option.kind is tuple:
-        return (value,) if isinstance(value, str) else tuple(value)
-    if option.kind in _KIND_NAMES:
-        try:
-            return option.kind(value)
-        except (TypeError, ValueError):
-            raise UnsupportedOptionError(f"{option.name} must be {_KIND_NAMES[option.kind]}, "
-                                         f"not {value!r}") from None
-    return bool(value) if option.kind is bool else value
-
-
 # -- exporting -----------------------------------------------------------------------------
+class ExportContext(Protocol):
+    """What an exporter may ask of the model it exports (edgecls.sources.ExportSource, a
+    service above the backends, fills it): the torch model or a QAT student, the FP32 ONNX
+    made from it at most once, the work folder of this export and the INT8 selection images."""
+    model: Any                  # a torch module; None when the source is an ONNX file
+    spec: ModelSpec
+    workdir: Path               # lives as long as this export
+    onnx_opset: int | None
+
+    @property
+    def student(self) -> Any: ...              # the QATStudent being exported, or None
+    def onnx(self, opset: int | None = None) -> Path: ...
+    def qat_onnx(self) -> Path: ...
+    def held_out(self, calibration: Any = None) -> HeldOut | None: ...
+
+
 class Exporter(Protocol):
     """What a row's `exporter` names. It writes one artifact to `out` (a temporary sibling
     of the final path, renamed by export() once the artifact passed its check) and fills in
     `spec` (tools, layout, quantization recipe ...) before embedding it. `calibration` is
-    given exactly when precision is "int8"; `options` is the row's options class, parsed."""
+    given exactly when precision is "int8"; `options` is the row's options class, parsed.
+    A PTQ INT8 exporter writes nothing: it returns its Tuner (edgecls.backends.recipes), and
+    the recipe search (edgecls.search) measures, chooses and writes with it."""
 
-    def __call__(self, source: ExportSource, spec: ModelSpec, out: Path, *, precision: str,
-                 calibration: CalibrationSet | None, options: ExportOptions) -> None: ...
+    def __call__(self, source: ExportContext, spec: ModelSpec, out: Path, *, precision: str,
+                 calibration: CalibrationSet | None, options: ExportOptions) -> Tuner | None: ...
 
 
 # -- the format row ------------------------------------------------------------------------

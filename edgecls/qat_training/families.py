@@ -139,7 +139,7 @@ def executorch_quantizer(seven_bit: bool):
     """ExecuTorch's XNNPACKQuantizer (int8 asymmetric activations, int8 symmetric per-channel
     weights) with the global min/max fake-quantize modules. XNNPACK widens before it adds,
     so no 7-bit weights are needed on any CPU."""
-    from edgecls.backends.executorch.export import quantizer
+    from edgecls.backends.executorch.quantize import quantizer
     return quantizer(fake_quant=_fake_quant)
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from edgecls import hardware, metrics, targets
 from edgecls.errors import UnsupportedOptionError
-from edgecls.qat_training import data as qdata
+import edgecls.qat_training.data as qdata
 from edgecls.qat_training.families import Family, require, resolve
 from edgecls.qat_training.student import QATStudent
 from edgecls.spec import ModelSpec, safe_name

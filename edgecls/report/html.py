@@ -9,7 +9,7 @@ import numpy as np
 
 from edgecls.errors import first_line
 from edgecls.report.escape import html_text, plain_text_plots, plot_text
-from edgecls.report.model import WORST_LAYER_COLUMNS, ParityReport, columns, machine, rows
+from edgecls.report.model import WORST_LAYER_COLUMNS, ParityResults, columns, machine, rows
 
 log = logging.getLogger("edgecls")
 
@@ -88,7 +88,7 @@ def html_table(head: list[str], rows_html: list[str]) -> str:
             + "".join(rows_html) + "</table>")
 
 
-def render_html(report: ParityReport) -> str:
+def render_html(report: ParityResults) -> str:
     """Every value that came from a file (names, labels, paths, notes, errors) goes through
     html_text; only the template's own markup is not escaped."""
     d, ref = report.data, report.reference

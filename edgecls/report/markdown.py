@@ -3,7 +3,7 @@ md_text (or md_code, for names shown as code): no HTML, link or table cell of it
 from __future__ import annotations
 
 from edgecls.report.escape import md_code, md_text
-from edgecls.report.model import WORST_LAYER_COLUMNS, ParityReport, columns, machine, rows
+from edgecls.report.model import WORST_LAYER_COLUMNS, ParityResults, columns, machine, rows
 
 
 def _table(head: list[str], body: list[list[str]]) -> list[str]:
@@ -14,7 +14,7 @@ def _table(head: list[str], body: list[list[str]]) -> list[str]:
     return [row([md_text(h) for h in head]), "|" + "---|" * len(head)] + [row(c) for c in body]
 
 
-def render_markdown(report: ParityReport) -> str:
+def render_markdown(report: ParityResults) -> str:
     d, ref = report.data, report.reference
     t = md_text
     lines = [f"# Parity report: {t(ref['name'])}", "",

@@ -3,7 +3,6 @@ defined here once; the terminal, Markdown and HTML renderers only lay them out."
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from edgecls.verdict import DECISIVE, FAIL, INCONCLUSIVE, PASS, combine
@@ -53,7 +52,9 @@ class ArtifactResult:
 
 
 @dataclass
-class ParityReport:
+class ParityResults:
+    """The data of a parity report; edgecls.report.ParityReport adds its renderers (the
+    data never imports them)."""
     data: dict[str, Any]
     reference: dict[str, Any]
     results: list[ArtifactResult]
@@ -81,13 +82,6 @@ class ParityReport:
                 "reference": self.reference,
                 "results": [asdict(r) for r in self.results]}
 
-    def print(self, console: Any = None) -> None:
-        from edgecls.report.terminal import print_report
-        print_report(self, console)
-
-    def write(self, folder: str | Path) -> dict[str, Path]:
-        from edgecls.report import write_all
-        return write_all(self, Path(folder))
 
 
 # -- the table -----------------------------------------------------------------------------
@@ -156,11 +150,11 @@ class Row:
     outcome: str | None = None                 # pass | fail | inconclusive; None: reference
 
 
-def columns(report: ParityReport) -> list[Column]:
+def columns(report: ParityResults) -> list[Column]:
     return [c for c in COLUMNS if report.data["labelled"] or not c.labelled_only]
 
 
-def rows(report: ParityReport) -> list[Row]:
+def rows(report: ParityResults) -> list[Row]:
     """The reference first (with labels: it has an accuracy), then one row per artifact."""
     shown = columns(report)
     out = []
@@ -173,7 +167,7 @@ def rows(report: ParityReport) -> list[Row]:
     return out
 
 
-def machine(report: ParityReport) -> str:
+def machine(report: ParityResults) -> str:
     """The CPU the numbers come from (INT8 results differ between CPU kinds)."""
     m = report.data.get("machine")
     if not m:
@@ -182,7 +176,7 @@ def machine(report: ParityReport) -> str:
     return f"{m['cpu']}, {m['cores']} cores, {m['int8_isa']}{note}"
 
 
-def title(report: ParityReport) -> str:
+def title(report: ParityResults) -> str:
     d, ref = report.data, report.reference
     return (f"parity on {d['name']} ({d['n']} images, "
             f"{'labelled' if d['labelled'] else 'unlabelled'}) vs {ref['kind']} reference "

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from edgecls.report.escape import term_markup, term_text
-from edgecls.report.model import ParityReport, columns, rows, title
+from edgecls.report.model import ParityResults, columns, rows, title
 from edgecls.verdict import DECISIVE
 
 _VERDICT = {"pass": "[green]pass[/green]", "fail": "[red]FAIL[/red]",
             "inconclusive": "[yellow]inconclusive[/yellow]"}
 
 
-def print_report(report: ParityReport, console: Any = None) -> None:
+def print_report(report: ParityResults, console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text

@@ -22,166 +22,13 @@ spec.reference where the FP32 reference comes from, so that parity can build it 
 """
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from edgecls.errors import SourceError, UnsupportedOptionError
-from edgecls.preprocessing import FIELDS, PreprocessingOptions
-from edgecls.spec import ModelSpec
-
-
-@dataclass(frozen=True)
-class SourceKind:
-    name: str
-    example: str
-    description: str
-    resolver: str                        # "module:function": (text, SourceRequest) -> Resolved
-    prefix: str = ""
-    suffixes: tuple[str, ...] = ()       # a file of this kind
-    pattern: str = ""                    # a regular expression the whole text matches
-    input: str = "torch"                 # what the exporters get: a torch module, or "onnx"
-    takes_weights: bool = False          # an architecture: --weights pretrained|none|PATH
-    # parity may build it again from an artifact's spec alone: loading it runs no code that
-    # the spec names (a module:function or a pickle must be named by the user again)
-    rebuildable: bool = True
-    # what a text of this kind must look like when the kind is recorded rather than guessed
-    # from the text (an artifact's spec.reference): a regular expression the whole text
-    # matches, besides matches(); and "module:function" (text) -> bool, a table it must be in
-    shape: str = r"[^\x00-\x1f]{1,4096}"
-    known: str = ""
-
-    def matches(self, text: str) -> bool:
-        if self.prefix:
-            return text.startswith(self.prefix)
-        if self.suffixes:
-            return text.lower().endswith(self.suffixes)
-        return re.fullmatch(self.pattern, text) is not None
-
-    def accepts(self, text: str) -> bool:
-        """Whether `text` really is a source of this kind: what a recorded kind's text is
-        checked with before it is resolved as that kind (never as whatever its shape says)."""
-        if not (self.matches(text) and re.fullmatch(self.shape, text)):
-            return False
-        from edgecls.backends.base import _import
-        return not self.known or bool(_import(self.known)(text))
-
-    @property
-    def is_file(self) -> bool:
-        return bool(self.suffixes)
-
-
-_TORCH = "edgecls.source_kinds.torch_models"
-_PLAIN = r"[A-Za-z0-9_][A-Za-z0-9_.]{0,199}"      # a library's model name: no path, no ':'
-KINDS: tuple[SourceKind, ...] = (
-    SourceKind("timm", "timm:mobilenetv4_conv_small",
-               "any timm classifier (preprocessing from its pretrained_cfg)",
-               f"{_TORCH}:timm_model", prefix="timm:", takes_weights=True,
-               shape=f"timm:{_PLAIN}"),
-    SourceKind("torchvision", "torchvision:regnet_y_400mf",
-               "any torchvision classifier (preprocessing from its weights' transforms)",
-               f"{_TORCH}:torchvision_model", prefix="torchvision:", takes_weights=True,
-               shape=f"torchvision:{_PLAIN}"),
-    SourceKind("program", "model.pt2", "a torch.export program (torch.export.save)",
-               f"{_TORCH}:program", suffixes=(".pt2",)),
-    SourceKind("onnx", "their_model.onnx", "an FP32 ONNX file; parity's reference runs it in "
-               "ONNX Runtime", "edgecls.source_kinds.onnx_file:onnx_file", suffixes=(".onnx",),
-               input="onnx"),
-    SourceKind("module-file", "model.pt",
-               "TorchScript or a pickled torch module: loading it runs code from the file, so "
-               "only with --trust-remote-code", f"{_TORCH}:module_file",
-               suffixes=(".pt", ".pth", ".pkl", ".pickle", ".jit", ".ts", ".ptl", ".torchscript"),
-               rebuildable=False),
-    SourceKind("factory", "mypkg.models:build",
-               "a function returning a torch module, called with --kwargs JSON",
-               f"{_TORCH}:factory", pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", takes_weights=True,
-               rebuildable=False),
-    SourceKind("zoo", "mobilenet_v3_small", "an edgecls zoo name (`edgecls models`)",
-               f"{_TORCH}:zoo_model", pattern=r".+", takes_weights=True, shape=_PLAIN,
-               known=f"{_TORCH}:in_zoo"),
-)
-#: a torch module handed to edgecls.export() in Python, with its spec
-MODULE = SourceKind("module", "export(module, spec=ModelSpec(...))",
-                    "a torch module given in Python", f"{_TORCH}:given_module",
-                    takes_weights=False, rebuildable=False)
-BY_NAME = {k.name: k for k in KINDS + (MODULE,)}
-
-
-def kind_of(model: Any) -> SourceKind:
-    if not isinstance(model, (str, Path)):
-        return MODULE
-    text = str(model)
-    return next(k for k in KINDS if k.matches(text))
-
-
-@dataclass(frozen=True)
-class SourceRequest:
-    """What the user said about the model besides its name."""
-    weights: str = "pretrained"
-    num_classes: int | None = None
-    labels: list[str] | None = None
-    kwargs: dict[str, Any] | None = None
-    trust_remote_code: bool = False
-    preprocessing: PreprocessingOptions = field(default_factory=PreprocessingOptions)
-    spec: ModelSpec | None = None        # the spec of a torch module given in Python
-    like: ModelSpec | None = None        # parity's rebuild: the artifact's spec to match
-
-    @classmethod
-    def of(cls, *, weights: str = "pretrained", num_classes: int | None = None,
-           labels: list[str] | None = None, model_kwargs: dict[str, Any] | None = None,
-           trust_remote_code: bool = False, preprocessing: dict[str, Any] | None = None,
-           spec: ModelSpec | None = None) -> "SourceRequest":
-        """The request from export()'s own arguments (the names export, --to best and --qat
-        share)."""
-        return cls(weights=weights, num_classes=num_classes, labels=labels, kwargs=model_kwargs,
-                   trust_remote_code=trust_remote_code, spec=spec,
-                   preprocessing=PreprocessingOptions.of(preprocessing))
-
-    def check_for(self, kind: SourceKind, text: str) -> None:
-        """Options that do not apply to this kind of source are refused, never ignored."""
-        if self.kwargs is not None and kind.name != "factory":
-            raise UnsupportedOptionError(f"--kwargs applies to module:function sources, not to "
-                                         f"{text}")
-        if not kind.takes_weights and self.weights != "pretrained":
-            raise UnsupportedOptionError(f"--weights does not apply to {text}: its weights are "
-                                         "inside it")
-
-
-def parse_kwargs(text: str | None) -> dict[str, Any] | None:
-    """--kwargs: a JSON object of keyword arguments for a module:function source."""
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError as e:
-        raise UnsupportedOptionError(f"--kwargs is not valid JSON ({e})") from None
-    if not isinstance(value, dict):
-        raise UnsupportedOptionError(f"--kwargs must be a JSON object ({{\"name\": value, ...}}), "
-                                     f"not {type(value).__name__}")
-    return value
-
-
-@dataclass
-class Resolved:
-    """A model source, resolved: the torch module (or, for ONNX, see onnx_file), its spec
-    and what it was made from."""
-    kind: SourceKind
-    spec: ModelSpec
-    model: Any = None
-    file: Path | None = None             # the source file, for file kinds
-
-    def finish(self, request: SourceRequest) -> None:
-        """Check the model against its final spec: one forward pass gives the classes."""
-        from edgecls.source_kinds.torch_models import probe
-        classes = probe(self.model, self.spec)
-        self.spec = fit_classes(self.spec, classes, request)
-
-    def source(self, workdir: Path):
-        """The ExportSource the exporters start from."""
-        from edgecls.sources import ExportSource
-        return ExportSource(self.model, self.spec, workdir)
+from edgecls.preprocessing import FIELDS
+from edgecls.source_kinds.kinds import (BY_NAME, KINDS, MODULE, Resolved, SourceKind,  # noqa: F401
+                                        SourceRequest, fit_classes, kind_of, parse_kwargs,
+                                        record)
 
 
 def resolve(model: Any, request: SourceRequest | None = None,
@@ -204,22 +51,8 @@ def resolve(model: Any, request: SourceRequest | None = None,
                            **{f: getattr(request.like, f) for f in FIELDS})
     resolved.spec = request.preprocessing.apply(spec)
     resolved.finish(request)
-    from edgecls.source_kinds.reference import record
     resolved.spec.reference = record(resolved, text, request)
     return resolved
-
-
-def fit_classes(spec: ModelSpec, classes: int, request: SourceRequest) -> ModelSpec:
-    """num_classes and labels from the model's output size, --num-classes and --labels."""
-    if request.num_classes is not None and request.num_classes != classes:
-        raise SourceError(f"{spec.name} outputs {classes} classes, not --num-classes "
-                          f"{request.num_classes}")
-    labels = request.labels if request.labels is not None else spec.labels
-    if request.labels is not None and len(labels) != classes:
-        raise SourceError(f"{len(labels)} labels given for a model with {classes} classes")
-    if len(labels) != classes:
-        labels = [str(i) for i in range(classes)]
-    return spec.derive(num_classes=classes, labels=list(labels))
 
 
 _WHAT = {"torch": "a torch model", "onnx": "an ONNX file"}

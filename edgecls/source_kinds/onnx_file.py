@@ -32,7 +32,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from edgecls.errors import ArtifactError, MissingDependencyError, SourceError, first_line
-from edgecls.source_kinds import BY_NAME, Resolved, SourceRequest, fit_classes
+from edgecls.source_kinds.kinds import BY_NAME, Resolved, SourceRequest, fit_classes
 from edgecls.sources import ExportSource
 from edgecls.spec import SPEC_KEY, ModelSpec, safe_name
 

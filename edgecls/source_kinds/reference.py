@@ -24,34 +24,14 @@ from typing import Any, Sequence
 
 from edgecls.errors import ArtifactError, DataError, EdgeclsError, first_line
 from edgecls.io import sha256
-from edgecls.source_kinds import (BY_NAME, MODULE, Resolved, SourceKind, SourceRequest,
-                                  kind_of, resolve)
+from edgecls.source_kinds import resolve
+from edgecls.source_kinds.kinds import (BY_NAME, HASH_CHARS, MODULE, SourceKind, SourceRequest,
+                                        kind_of)
 from edgecls.spec import ModelSpec
 
 log = logging.getLogger("edgecls")
-HASH_CHARS = 16
 #: what a weights file given as --reference looks like to the table (.pt/.pth, or no kind)
 WEIGHTS_LIKE = ("module-file", "zoo")
-
-
-def record(resolved: Resolved, text: str, request: SourceRequest) -> dict[str, Any]:
-    """spec.reference for a source just resolved."""
-    kind = resolved.kind
-    rec: dict[str, Any] = {"kind": kind.name}
-    if resolved.file is not None:
-        rec.update(source=str(resolved.file), sha256=sha256(resolved.file, HASH_CHARS))
-    elif kind is not MODULE:
-        rec["source"] = text
-    if kind.takes_weights:
-        weights = request.weights
-        if weights not in ("pretrained", "none"):
-            path = Path(weights).resolve()
-            weights = str(path)
-            rec["weights_sha256"] = sha256(path, HASH_CHARS)
-        rec["weights"] = weights
-    if request.kwargs:
-        rec["kwargs"] = request.kwargs
-    return rec
 
 
 def rebuild(spec: ModelSpec, given: Sequence[str] = (), workdir: Path | None = None,

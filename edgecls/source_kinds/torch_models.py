@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecls.errors import ArtifactError, SourceError, UnknownModelError, first_line
-from edgecls.source_kinds import BY_NAME, Resolved, SourceRequest
+from edgecls.source_kinds.kinds import BY_NAME, Resolved, SourceRequest
 from edgecls.spec import ModelSpec, safe_name
 
 log = logging.getLogger("edgecls")
@@ -237,23 +237,5 @@ def _unknown_preprocessing(name: str, architecture: str, request: SourceRequest)
 
 
 # -- the check every torch source gets -----------------------------------------------------------
-def probe(model, spec: ModelSpec) -> int:
-    """One forward pass at the spec's input shape: the model must take it and give logits
-    (N x classes). Returns the number of classes."""
-    import torch
-    shape = spec.derive(layout="NCHW").input_shape(1)
-    try:
-        with torch.no_grad():
-            out = model(torch.zeros(shape))
-    except Exception as e:  # any failure of the model's own forward
-        raise SourceError(f"{spec.name} does not run on a {'x'.join(map(str, shape[1:]))} input "
-                          f"({type(e).__name__}: {first_line(e, 200)}); check --input-size and "
-                          "--channels") from None
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise SourceError(f"{spec.name} returns {got}, not logits (N x classes)")
-    return int(out.shape[1])
-
-
 __all__ = ["in_zoo", "zoo_model", "timm_model", "torchvision_model", "factory", "given_module", "program",
-           "module_file", "probe"]
+           "module_file"]

@@ -122,7 +122,8 @@ def sweep(models: Sequence[Any] = (), to: Sequence[str] = ("onnx",),
                                            "seconds": seconds, "where": where,
                                            "cells_run": len(todo),
                                            "cells_cached": len(results) - len(todo)})
-    table.write(Path(out))
+    from edgecls.sweep.files import write_sweep
+    write_sweep(table, Path(out))
     return table
 
 

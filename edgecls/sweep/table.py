@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
-from edgecls.io import atomic_paths
 from edgecls.report.escape import md_text, term_text
 from edgecls.sweep.plan import BASELINE
 
@@ -172,17 +169,6 @@ class SweepTable:
                           "accuracy_ci": r.accuracy_ci, "labelled": r.labelled,
                           "requested": r.requested, "artifact": r.artifact, "timing": r.timing}
                          for r in self.rows]}
-
-    def write(self, folder: Path) -> dict[str, Path]:
-        from edgecls.sweep.html import render_html
-        texts = {"sweep.md": self.markdown(), "sweep.csv": self.csv(),
-                 "sweep.json": json.dumps(self.to_dict(), indent=1, default=float),
-                 "sweep.html": render_html(self)}
-        paths = {name: folder / name for name in texts}   # all four or none
-        with atomic_paths(*paths.values()) as temps:
-            for tmp, text in zip(temps, texts.values()):
-                tmp.write_text(text, encoding="utf-8")
-        return paths
 
     def print(self, console: Any = None) -> None:
         from rich.console import Console

@@ -11,7 +11,7 @@ import torch
 
 from edgecls.errors import WeightsError, first_line
 from edgecls.spec import ModelSpec
-from edgecls.zoo import PACKAGED_WEIGHTS, ZooEntry
+from edgecls.zoo.entries import PACKAGED_WEIGHTS, ZooEntry
 from edgecls.zoo.offline import require_url_weights, weights_unavailable
 from edgecls.zoo.torchvision_shim import import_torchvision
 

@@ -24,9 +24,10 @@ from typing import Any
 
 from edgecls import hardware, targets
 from edgecls.backends.executorch import OBSERVERS
-from edgecls.backends.executorch import export as ex
+from edgecls.backends.executorch import program
+from edgecls.backends.executorch import quantize as ex
 from edgecls.backends.executorch.container import copy_with_spec, read_spec
-from edgecls.search import Recipe, Remedy
+from edgecls.backends.recipes import Recipe, Remedy
 from edgecls.spec import ModelSpec
 
 log = logging.getLogger("edgecls")
@@ -78,8 +79,8 @@ class ExecuTorchTuner:
         spec.quantization = {**targets.record(self.target, hardware.cpu().int8_isa, True),
                              "recipe": recipe.label, **recipe_facts,
                              **({"search": search} if search is not None else {})}
-        ex.warn_if_partial(spec.name, facts)
-        Path(out).write_bytes(ex.finish(edge, spec))
+        program.warn_if_partial(spec.name, facts)
+        Path(out).write_bytes(program.finish(edge, spec))
 
     def keep(self, candidate: Path, out: Path, search: dict[str, Any]) -> None:
         spec = read_spec(candidate)

@@ -6,13 +6,16 @@ dimension, onnx.checker, and the ModelSpec in metadata_props.
 from __future__ import annotations
 
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgecls.backends.onnx import DEFAULT_OPSET, OnnxOptions
 from edgecls.backends.onnx.container import write_spec
 from edgecls.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from edgecls.backends.onnx.tuning import OnnxTuner
 
 
 def export_fp32(model, spec: ModelSpec, out: Path, opset: int = DEFAULT_OPSET) -> None:
@@ -59,10 +62,11 @@ def export_fp16(fp32_path: Path, spec: ModelSpec, out: Path) -> None:
 
 
 def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
-           options: OnnxOptions) -> None:
+           options: OnnxOptions) -> OnnxTuner | None:
     """The format table's exporter for "onnx". Every precision starts from the source's FP32
     ONNX (exported from torch at --opset, or the ONNX file the source is); a QAT student
-    from its own QDQ graph."""
+    from its own QDQ graph. INT8 returns the Tuner the recipe search runs (nothing written
+    here)."""
     opset = options.opset
     if source.student is not None:       # QAT: the trained scales, nothing to calibrate
         export_qat(source.student, spec, out, opset or DEFAULT_OPSET)
@@ -74,15 +78,16 @@ def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
     elif precision == "fp16":
         export_fp16(source.onnx(opset), spec, out)
     else:
-        export_int8(source.onnx(opset), source, spec, out, calibration, options)
+        return int8_tuner(source.onnx(opset), source, spec, calibration, options)
+    return None
 
 
-def export_int8(fp32: Path, source, spec: ModelSpec, out: Path, calibration,
-                options: OnnxOptions) -> None:
-    """ORT QDQ with the target's recipe, measured and, where it misses, searched."""
-    from edgecls import search, targets
+def int8_tuner(fp32: Path, source, spec: ModelSpec, calibration, options: OnnxOptions) -> OnnxTuner:
+    """ORT QDQ with the target's recipe, for the search to measure and, where it misses,
+    change; its calibration cache lives in the export's own work folder."""
+    from edgecls import targets
     from edgecls.backends.onnx.tuning import OnnxTuner
-    with tempfile.TemporaryDirectory(prefix="edgecls-q-") as work:
-        tuner = OnnxTuner(fp32, spec, calibration, targets.resolve(options.target), Path(work),
-                          calib_method=options.calib_method, exclude=options.exclude)
-        search.export_int8(tuner, source, calibration, out, search=not options.no_search)
+    work = Path(source.workdir) / "ort-quantize"
+    work.mkdir(exist_ok=True)
+    return OnnxTuner(fp32, spec, calibration, targets.resolve(options.target), work,
+                     calib_method=options.calib_method, exclude=options.exclude)

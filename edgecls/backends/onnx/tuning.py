@@ -25,7 +25,7 @@ import numpy as np
 
 from edgecls import hardware, saturation, targets
 from edgecls.backends.onnx.quantize import OrtQuantizer, gemm_layers
-from edgecls.search import Recipe, Remedy
+from edgecls.backends.recipes import Recipe, Remedy
 from edgecls.spec import ModelSpec
 
 log = logging.getLogger("edgecls")
@@ -109,7 +109,7 @@ class OnnxTuner:
         """GEMM layers ranked by how much quantizing each ALONE moves the logits (KL against
         FP32 on calibration images, through the kernels the target runs)."""
         from edgecls.calibration.preprocess import to_model_input
-        from edgecls.formats import open_session
+        from edgecls.backends.onnx.runtime import OnnxRuntimeSession as open_session
         from edgecls.metrics import kl_divergence
 
         fixed = set(settings.get("kept_in_float", [])) | set(settings.get("u8u8_weights", []))

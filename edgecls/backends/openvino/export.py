@@ -30,24 +30,24 @@ COMPRESS_TO_FP16 = {"fp32": False, "fp16": True, "int8": False}
 
 
 def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
-           options: OpenVINOOptions) -> None:
-    """The format table's exporter for "openvino": writes `out` and out.with_suffix(".bin")."""
+           options: OpenVINOOptions):
+    """The format table's exporter for "openvino": writes `out` and out.with_suffix(".bin");
+    INT8 returns the Tuner (NNCF) the recipe search runs."""
     finish = functools.partial(_finish, precision=precision, options=options)
     if source.student is not None:   # QAT: the QDQ ONNX's trained scales become FakeQuantize
         import openvino as ov
         model, spec.exported_from = ov.convert_model(str(source.qat_onnx())), "onnx"
         source.student.record(spec, "openvino")
         finish(model, spec, out)
-        return
+        return None
     model, spec.exported_from = convert(source, spec)
     if precision != "int8":
         finish(model, spec, out)
-        return
-    from edgecls import search, targets
+        return None
+    from edgecls import targets
     from edgecls.backends.openvino.tuning import OpenVINOTuner
-    tuner = OpenVINOTuner(model, source, spec, calibration, targets.resolve(options.target),
-                          options, finish)
-    search.export_int8(tuner, source, calibration, out, search=not options.no_search)
+    return OpenVINOTuner(model, source, spec, calibration, targets.resolve(options.target),
+                         options, finish)
 
 
 def _finish(model, spec: ModelSpec, out: Path, *, precision: str, options: OpenVINOOptions) -> None:

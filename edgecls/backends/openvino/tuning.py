@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from edgecls import hardware, targets
 from edgecls.backends.openvino import quantize as q
-from edgecls.search import Recipe, Remedy
+from edgecls.backends.recipes import Recipe, Remedy
 from edgecls.spec import ModelSpec
 
 class OpenVINOTuner:

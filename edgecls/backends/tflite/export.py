@@ -15,15 +15,12 @@ runs a batch as a loop over samples. The ModelSpec is a TFLite metadata entry
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
-import os
-import warnings
 from pathlib import Path
 
 from edgecls.backends.tflite import TFLiteOptions, io_type
 from edgecls.backends.tflite.container import embed_spec
+from edgecls.backends.tflite.quantize import quiet
 from edgecls.errors import DataError, UnsupportedOptionError
 from edgecls.spec import ModelSpec
 
@@ -31,8 +28,9 @@ log = logging.getLogger("edgecls")
 
 
 def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
-           options: TFLiteOptions) -> None:
-    """The format table's exporter for "tflite"."""
+           options: TFLiteOptions):
+    """The format table's exporter for "tflite"; INT8 returns the Tuner the recipe search
+    runs (full-integer by ai-edge-quantizer)."""
     int8_io = io_type(options.int8_io)
     spec.layout = "NHWC"
     spec.exported_from = "torch"
@@ -49,15 +47,14 @@ def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
         spec.quantization = {"method": "weight-only", "weights": "float16",
                              "tool": "ai-edge-quantizer"}
     elif precision == "int8" and source.student is None:
-        from edgecls import search, targets
+        from edgecls import targets
         from edgecls.backends.tflite.tuning import TFLiteTuner
         if not len(calibration):
             raise DataError("the calibration set is empty")
-        tuner = TFLiteTuner(model, spec, calibration, targets.resolve(options.target), int8_io,
-                            options.allow_float_ops)
-        search.export_int8(tuner, source, calibration, out, search=not options.no_search)
-        return
+        return TFLiteTuner(model, spec, calibration, targets.resolve(options.target), int8_io,
+                           options.allow_float_ops)
     Path(out).write_bytes(embed_spec(model, spec))
+    return None
 
 
 def _versions() -> dict[str, str]:
@@ -85,26 +82,6 @@ def _nhwc(model):
             return self.inner(x.permute(0, 3, 1, 2))
 
     return NHWCInput(model).eval()
-
-
-@contextlib.contextmanager
-def quiet():
-    """litert-torch prints a progress tree and absl/XLA chatter; keep the CLI clean."""
-    saved = {k: os.environ.get(k) for k in ("LITERT_TORCH_SHOW_PROGRESS", "TF_CPP_MIN_LOG_LEVEL",
-                                            "TQDM_DISABLE")}
-    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
-    os.environ["TQDM_DISABLE"] = "1"       # ai-edge-quantizer's calibration progress bar
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def convert_fp32(model, spec: ModelSpec) -> bytes:

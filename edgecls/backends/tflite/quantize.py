@@ -13,8 +13,12 @@ full-integer check that export runs and the tests repeat).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import os
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -183,3 +187,23 @@ def float_ops(model: bytes, allow_boundary: bool = True) -> list[str]:
         if any(t not in _INTEGER_TYPES for t in ins + outs):
             bad.append(f"{name}({','.join(ins)}->{','.join(outs)})")
     return bad
+
+
+@contextlib.contextmanager
+def quiet():
+    """litert-torch prints a progress tree and absl/XLA chatter; keep the CLI clean."""
+    saved = {k: os.environ.get(k) for k in ("LITERT_TORCH_SHOW_PROGRESS", "TF_CPP_MIN_LOG_LEVEL",
+                                            "TQDM_DISABLE")}
+    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
+    os.environ["TQDM_DISABLE"] = "1"       # ai-edge-quantizer's calibration progress bar
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

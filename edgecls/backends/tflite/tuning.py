@@ -20,9 +20,10 @@ import numpy as np
 
 from edgecls import hardware, targets
 from edgecls.backends.tflite import quantize as q
+from edgecls.backends.tflite.quantize import quiet
 from edgecls.backends.tflite.container import copy_with_spec, embed_spec, read_spec
 from edgecls.errors import UnsupportedOptionError
-from edgecls.search import Recipe, Remedy
+from edgecls.backends.recipes import Recipe, Remedy
 from edgecls.spec import ModelSpec
 
 log = logging.getLogger("edgecls")
@@ -38,7 +39,6 @@ class TFLiteTuner:
 
     def __init__(self, float_model: bytes, spec: ModelSpec, calibration, target: targets.Target,
                  int8_io: str | None, allow_float_ops: bool):
-        from edgecls.backends.tflite.export import quiet
         self.float_model, self.spec, self.calibration = float_model, spec, calibration
         self.target, self.int8_io, self.allow_float_ops = target, int8_io, allow_float_ops
         samples = [x for batch in calibration.batches(spec) for x in batch]
@@ -57,7 +57,6 @@ class TFLiteTuner:
                        lambda settings, op: {"float_ops": settings["float_ops"] + [op]})]
 
     def build(self, recipe: Recipe, out: Path, search: dict[str, Any] | None = None) -> None:
-        from edgecls.backends.tflite.export import quiet
         kept = list(recipe.settings["float_ops"])
         with quiet():
             model, facts = self.quantizer.quantize(kept)
@@ -83,7 +82,6 @@ class TFLiteTuner:
         """Weighted ops, the one whose float version lowers KL most first."""
         from ai_edge_litert.interpreter import Interpreter
 
-        from edgecls.backends.tflite.export import quiet
         from edgecls.backends.tflite.runtime import dequantize, quantize
         from edgecls.calibration.preprocess import to_model_input
         from edgecls.metrics import kl_divergence
