@@ -92,7 +92,7 @@ def int8_recipes(artifacts: list[Path], console) -> None:
         search = q.get("search", {})
         if read_spec(path).precision != "int8" or "chosen" not in search:
             continue
-        chosen = next(c for c in search["candidates"] if c["recipe"] == search["chosen"])
+        chosen = search["candidates"][search["chosen_index"]]
         table.add_row(path.name, q["target"], search["chosen"], f"{100 * chosen['agreement']:.1f}%",
                       f"{chosen['speedup_vs_fp32']:.2f}x" if chosen["speedup_vs_fp32"] else "-",
                       search["reason"])

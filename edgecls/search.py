@@ -42,7 +42,8 @@ class Trial:
     speedup: float | None = None                # FP32 latency / this latency
 
     def row(self) -> dict[str, Any]:
-        return {"recipe": self.recipe.label, "agreement": round(self.agreement, 4),
+        return {"recipe": self.recipe.label, "changed": [list(c) for c in self.recipe.changed],
+                "agreement": round(self.agreement, 4),
                 "kl": round(self.kl, 5), "top1_drop": self.top1_drop, "passed": self.passed,
                 "latency_ms": self.latency_ms, "speedup_vs_fp32": self.speedup}
 
@@ -57,7 +58,10 @@ class Outcome:
 
     def record(self, held_out: HeldOut, tolerance: str) -> dict[str, Any]:
         """What the artifact's spec keeps about the search."""
+        # labels repeat (a remedy tried on one layer, undone, then on another: "float x1"
+        # twice), so the chosen candidate is also named by its place in the list
         return {"chosen": self.chosen.recipe.label, "reason": self.reason,
+                "chosen_index": self.trials.index(self.chosen),
                 "tolerance": tolerance, "selected_on": f"{held_out.name} ({len(held_out)} images)",
                 "fp32_latency_ms": self.fp32_latency_ms,
                 "candidates": [t.row() for t in self.trials]}
