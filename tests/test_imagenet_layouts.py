@@ -89,3 +89,19 @@ def test_cli_names_a_missing_label_file(tmp_path, capsys):
     code = cli.main(["parity", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "nope.csv")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
+
+
+def test_builtin_photo_roles_never_share_a_photo():
+    """Calibration, selection and verification images of the built-in `photos` come from
+    different photos (views of one photo are not independent), and the verification set is
+    the 39 multi-scale crops of each of its 9 photos."""
+    from edgecls.calibration.datasets import load_part, photo_of
+    roles = {r: load_part("photos", None, r) for r in ("calib", "select", "verify")}
+    photos = {r: {photo_of(i) for i in s.items} for r, s in roles.items()}
+    assert not photos["calib"] & photos["select"]
+    assert not photos["calib"] & photos["verify"]
+    assert not photos["select"] & photos["verify"]
+    assert len(photos["verify"]) == 9 and len(roles["verify"]) == 9 * 39
+    # no two roles hold the same pixels under other names either
+    digests = {r: {i.digest() for i in s.items} for r, s in roles.items()}
+    assert not digests["calib"] & digests["verify"] and not digests["select"] & digests["verify"]
