@@ -25,15 +25,17 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check --no-cache edgecls tests benchmarks fuzz
 
-# every core (pytest-xdist), one worker per test file so module fixtures are built once;
-# files that share a session fixture share a worker (tests/conftest.py: SHARED_WORKER)
+# every core (pytest-xdist), tests handed out one by one. Not --dist loadgroup: with pytest
+# 9 xdist 3.8 cannot tag a test with its group (it sets Item._nodeid, which pytest 9 no longer
+# reads), so every test would be its own group anyway; a worker builds the session fixtures
+# it needs itself.
 test: lint
-	$(PY) -m pytest -q -n auto --dist loadgroup
+	$(PY) -m pytest -q -n auto --dist load
 
 # the inner loop: lint and the tests without the whole-zoo export, QAT, the sweep and the
 # EfficientNet-Lite0 INT8 searches (what `make test` adds; see the README)
 check: lint
-	$(PY) -m pytest -q -n auto --dist loadgroup -m "not slow" --ignore=tests/test_qat.py \
+	$(PY) -m pytest -q -n auto --dist load -m "not slow" --ignore=tests/test_qat.py \
 		--ignore=tests/test_sweep.py --ignore=tests/test_onnx_int8.py \
 		--ignore=tests/test_int8_targets.py --ignore=tests/test_executorch.py
 

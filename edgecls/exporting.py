@@ -323,11 +323,15 @@ def check_int8(path: Path, name: str, source: ExportSource, calibration, strict:
     for result, shown in zip(report.results, [name, *alongside]):
         result.name = shown
     report.print()
-    if not report.results[0].passed:
-        message = f"INT8 parity failed: {'; '.join(report.results[0].failures)}"
+    result = report.results[0]
+    if not result.passed:       # fail, or inconclusive: both named with their criteria
+        failed = result.outcome == "fail"
+        message = (f"INT8 parity {'failed' if failed else 'inconclusive'}: "
+                   f"{'; '.join(result.failures if failed else result.undecided)}")
         if strict:
             raise ParityFailedError(message + " (--strict: nothing was written)")
-        log.error("%s - the artifact is written anyway; inspect it with `edgecls parity`", message)
+        (log.error if failed else log.warning)(
+            "%s - the artifact is written anyway; inspect it with `edgecls parity`", message)
 
 
 def _judged_on(calibration, source: ExportSource, held_out) -> Any:

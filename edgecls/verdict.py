@@ -41,6 +41,8 @@ DECISIVE = 0.1
 #: the margin strata agreement is reported for
 STRATA = (0.0, 0.05, 0.1, 0.2)
 N_BOOT = 2000
+#: beyond this many images "would decide it" means the estimate sits on the tolerance
+MANY_IMAGES = 1_000_000
 LEVEL = 0.95
 
 
@@ -129,7 +131,9 @@ class Criterion:
             return f"{self.name} {side} {self.tolerance:g}: n/a (measured on no input)"
         text = (f"{self.name} {self.value:.4g} [{self.ci[0]:.4g}, {self.ci[1]:.4g}] "
                 f"{side} {self.tolerance:g}: {self.outcome}")
-        if self.images_to_decide:
+        if self.images_to_decide and self.images_to_decide > MANY_IMAGES:
+            text += " (its estimate sits on the tolerance: no number of images would decide it)"
+        elif self.images_to_decide:
             text += f" (about {self.images_to_decide} images would likely decide it)"
         return text
 

@@ -59,19 +59,7 @@ def assert_user_error(proc, *fragments: str, only_line: bool = True) -> str:
     return errors_[0]
 
 
-#: test files that share an expensive session fixture run in one xdist worker (`make test`
-#: runs `-n auto --dist loadgroup`): EfficientNet-Lite0 INT8 made for this CPU (minutes)
-SHARED_WORKER = {"test_onnx_int8.py": "effl0-int8", "test_int8_targets.py": "effl0-int8"}
-#: files whose tests go to whichever worker is free: the whole-zoo export (~45 models, a
-#: third of the suite's CPU time; its module fixtures take seconds)
-ANY_WORKER = {"test_zoo_export.py"}
-
-
 def pytest_collection_modifyitems(config, items):
-    for item in items:   # one group per file (its module fixtures are built once), or shared
-        if item.path.name not in ANY_WORKER:
-            item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(item.path.name,
-                                                                      item.path.name)))
     if importlib.util.find_spec("tensorrt") is None:
         skip = pytest.mark.skip(reason="TensorRT is not installed (needs an NVIDIA GPU and "
                                        "pip install 'edgecls[tensorrt]')")

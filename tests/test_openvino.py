@@ -26,7 +26,8 @@ from edgecls.spec import SPEC_KEY  # noqa: E402
 
 # -- helpers -------------------------------------------------------------------------------
 def make_ir(model, spec, onnx_path: Path, out: Path, precision="fp32", calib=None, **options):
-    """The OpenVINO exporter on a source whose FP32 ONNX file already exists."""
+    """The OpenVINO exporter on a source whose FP32 ONNX file already exists; an INT8
+    export's Tuner is run by the recipe search, as export() does."""
     from edgecls.backends.onnx import DEFAULT_OPSET
     from edgecls.backends.openvino import OpenVINOOptions
     from edgecls.backends.openvino.export import export
@@ -37,8 +38,12 @@ def make_ir(model, spec, onnx_path: Path, out: Path, precision="fp32", calib=Non
     calibration = CalibrationSet.from_source(calib, spec) if calib is not None else None
     derived = spec.derive(format="openvino", precision=precision, tools=dict(spec.tools),
                           notes=dict(spec.notes))
-    export(source, derived, out, precision=precision, calibration=calibration,
-           options=OpenVINOOptions.parse(options, precision, "openvino"))
+    parsed = OpenVINOOptions.parse(options, precision, "openvino")
+    tuner = export(source, derived, out, precision=precision, calibration=calibration,
+                   options=parsed)
+    if tuner is not None:
+        from edgecls.search import export_int8
+        export_int8(tuner, source, calibration, out, search=not parsed.no_search)
     return out
 
 

@@ -90,7 +90,11 @@ def nncf_quantize(model, spec: ModelSpec, calibration, settings: dict[str, Any],
     advanced = _advanced(calib_method, settings.get("overflow_fix"))
     dataset = nncf.Dataset(list(calibration.batches(spec, batch_size=1)))
     if not settings.get("accuracy_control"):
-        return nncf.quantize(model, dataset, advanced_parameters=advanced, **kwargs)
+        # full bias correction, not NNCF's fast default: on EfficientNet-Lite0 (AMD EPYC with
+        # VNNI, 84 calibration crops) it halved the mean KL to FP32 on the verification photos
+        # (0.074 -> 0.035) and on the selection photos (0.131 -> 0.082), for 11 s instead of 5
+        return nncf.quantize(model, dataset, advanced_parameters=advanced,
+                             fast_bias_correction=False, **kwargs)
     from edgecls.calibration.preprocess import to_model_input
     x = to_model_input(validation.pixels, spec)
     labels = (validation.labels if validation.labels is not None
@@ -111,6 +115,7 @@ def describe(quantized, calibration, settings: dict[str, Any], preset: str,
         log.debug("OpenVINO INT8: kept in floating point: %s", ", ".join(kept))
     method = "nncf-ptq-accuracy-control" if settings.get("accuracy_control") else "nncf-ptq"
     return {**calibration.recipe(), "method": method, "preset": preset,
+            "bias_correction": "full" if method == "nncf-ptq" else "nncf-default",
             "calib_method": calib_method or "nncf-default",
             "overflow_fix": settings.get("overflow_fix"),
             "ignored_scope": list(settings.get("ignored", [])),
