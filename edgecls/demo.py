@@ -45,8 +45,11 @@ def demo(out: Path = Path("out/demo")) -> int:
             continue
         path = default_output(spec, fmt, precision, out)
         console.rule(f"export {MODEL} -> {fmt_name} {precision}")
-        artifacts.append(export(model, to=fmt_name, out=path, precision=precision, spec=spec,
-                                calib="photos" if precision == "int8" else None))
+        # by its zoo name, so each artifact records a reference `edgecls parity` can rebuild
+        # on its own (a module in memory would need --reference); the demo folder is the
+        # demo's own: a second `make demo` replaces what the first wrote there
+        artifacts.append(export(MODEL, to=fmt_name, out=path, precision=precision,
+                                calib="photos" if precision == "int8" else None, force=True))
 
     int8_recipes(artifacts, console)
     photos = photo_originals()
@@ -114,7 +117,7 @@ def qat_row(model, spec, report, out: Path, console) -> Path | None:
     console.rule(f"QAT for {worst.format}: its PTQ artifact agrees on {worst.agreement:.1%}")
     student = qat(model, spec, calib="photos", to=worst.format, epochs=3,
                   checkpoint=out / f"{spec.name}.{worst.format}-qat.pt")
-    return export(student, to=worst.format, out=out, precision="int8", spec=spec)
+    return export(student, to=worst.format, out=out, precision="int8", spec=spec, force=True)
 
 
 __all__ = ["demo"]
