@@ -12,7 +12,15 @@ import stat
 from pathlib import Path
 from typing import Iterator
 
-from edgecls.errors import OutputError
+from edgecls.errors import ArtifactError, OutputError
+
+
+def read_artifact(path: Path) -> bytes:
+    """An artifact's bytes; a file that cannot be read is a one-line ArtifactError."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot read it ({e.strerror or e})") from None
 
 
 @contextlib.contextmanager

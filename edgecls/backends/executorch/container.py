@@ -24,6 +24,7 @@ import struct
 from pathlib import Path
 
 from edgecls.errors import REEXPORT, ArtifactError
+from edgecls.io import read_artifact
 from edgecls.spec import ModelSpec
 
 FILE_IDENTIFIER = b"ET12"
@@ -140,13 +141,6 @@ def spec_text(buf: bytes, source: str, method: str = SPEC_METHOD) -> str | None:
     return None
 
 
-def read_file(path: Path) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise ArtifactError(f"{path}: cannot read it ({e.strerror or e})") from None
-
-
 def spec_of(buf: bytes, path: Path) -> ModelSpec:
     """The spec in a .pte's bytes."""
     text = spec_text(buf, str(path))
@@ -157,7 +151,7 @@ def spec_of(buf: bytes, path: Path) -> ModelSpec:
 
 
 def read_spec(path: Path) -> ModelSpec:
-    return spec_of(read_file(path), path)
+    return spec_of(read_artifact(path), path)
 
 
 def with_spec(buf: bytes, spec: ModelSpec, source: str = "program") -> bytes:
@@ -183,8 +177,8 @@ def with_spec(buf: bytes, spec: ModelSpec, source: str = "program") -> bytes:
 
 def copy_with_spec(src: Path, dst: Path, spec: ModelSpec) -> None:
     """The program `src` written to `dst`, carrying `spec` instead of its own."""
-    Path(dst).write_bytes(with_spec(read_file(Path(src)), spec, str(src)))
+    Path(dst).write_bytes(with_spec(read_artifact(Path(src)), spec, str(src)))
 
 
 __all__ = ["SPEC_METHOD", "read_spec", "spec_of", "spec_text", "with_spec", "copy_with_spec",
-           "check_header", "read_file"]
+           "check_header"]

@@ -29,8 +29,9 @@ import numpy as np
 
 from edgecls.backends.base import Session
 from edgecls.backends.executorch import FORMAT
-from edgecls.backends.executorch.container import read_file, spec_of
+from edgecls.backends.executorch.container import spec_of
 from edgecls.errors import REEXPORT, ArtifactError, DeviceUnavailableError, first_line
+from edgecls.io import read_artifact
 
 #: serialises threadpool resets against every execute of this module's sessions
 _POOL = threading.RLock()
@@ -73,7 +74,7 @@ class ExecuTorchSession(Session):
     thread_safe = False      # a Method's planned memory is its own: one caller at a time
 
     def _open(self) -> None:
-        data = read_file(self.path)          # read once: the spec, then the program
+        data = read_artifact(self.path)          # read once: the spec, then the program
         self.spec = spec_of(data, self.path)
         if self.device in ("gpu", "npu"):
             message = (f"{self.path.name} is lowered for XNNPACK, a CPU delegate; ExecuTorch "

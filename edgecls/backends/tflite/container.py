@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecls.errors import REEXPORT, ArtifactError
+from edgecls.io import read_artifact
 from edgecls.spec import MAX_SPEC_BYTES, SPEC_KEY, ModelSpec
 
 FILE_IDENTIFIER = b"TFL3"
@@ -133,12 +134,6 @@ def read_metadata(buf: bytes, source: str, key: str = SPEC_KEY) -> bytes | None:
     return None
 
 
-def read_file(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise ArtifactError(f"{path}: cannot read it ({e.strerror or e})") from None
-
 
 def spec_of(model: bytes, path: Path) -> ModelSpec:
     """The spec in a TFLite model's bytes."""
@@ -150,7 +145,7 @@ def spec_of(model: bytes, path: Path) -> ModelSpec:
 
 
 def read_spec(path: Path) -> ModelSpec:
-    return spec_of(read_file(path), path)
+    return spec_of(read_artifact(path), path)
 
 
 def embed_spec(model: bytes, spec: ModelSpec, key: str = SPEC_KEY) -> bytes:
@@ -173,7 +168,7 @@ def embed_spec(model: bytes, spec: ModelSpec, key: str = SPEC_KEY) -> bytes:
 
 def copy_with_spec(src: Path, dst: Path, spec: ModelSpec) -> None:
     """The model `src` written to `dst`, carrying `spec` instead of its own."""
-    Path(dst).write_bytes(embed_spec(read_file(Path(src)), spec))
+    Path(dst).write_bytes(embed_spec(read_artifact(Path(src)), spec))
 
 
 def _name(value: Any) -> str:

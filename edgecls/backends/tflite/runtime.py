@@ -26,9 +26,10 @@ import numpy as np
 
 from edgecls.backends.base import Session
 from edgecls.backends.tflite import FORMAT
-from edgecls.backends.tflite.container import read_file, spec_of
+from edgecls.backends.tflite.container import spec_of
 from edgecls.errors import (REEXPORT, ArtifactError, DeviceUnavailableError,
                             UnsupportedOptionError, first_line)
+from edgecls.io import read_artifact
 
 DEFAULT_INTERPRETERS = 1
 
@@ -68,7 +69,7 @@ class TFLiteSession(Session):
     # -- opening ----------------------------------------------------------------------------
     def _open(self, delegate: str | None = None, delegate_options: dict[str, Any] | None = None,
               interpreters: int | None = None) -> None:
-        self._content = read_file(self.path)
+        self._content = read_artifact(self.path)
         self.spec = spec_of(self._content, self.path)
         self._tfl = _interpreter_module()
         self._delegate_path = delegate
