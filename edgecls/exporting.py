@@ -31,8 +31,10 @@ from edgecls.backends.base import ExportOptions, Format, option
 from edgecls.errors import ExportMismatchError, OutputError, UnsupportedOptionError
 from edgecls.formats import format_for_path, get_format, open_session
 from edgecls.io import atomic_paths
+from edgecls.search import export_int8
 from edgecls.sources import ExportSource
 from edgecls.spec import ModelSpec
+from edgecls.verdict import FAIL
 
 log = logging.getLogger("edgecls")
 
@@ -218,7 +220,6 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
             tuner = exporter(source, spec_out, temps[0], precision=precision,
                              calibration=calibration, options=backend_options)
             if tuner is not None:     # an INT8 recipe to measure, search and write
-                from edgecls.search import export_int8
                 export_int8(tuner, source, calibration, temps[0],
                             search=not getattr(backend_options, "no_search", False))
             if check and precision != "int8":
@@ -325,7 +326,7 @@ def check_int8(path: Path, name: str, source: ExportSource, calibration, strict:
     report.print()
     result = report.results[0]
     if not result.passed:       # fail, or inconclusive: both named with their criteria
-        failed = result.outcome == "fail"
+        failed = result.outcome == FAIL
         message = (f"INT8 parity {'failed' if failed else 'inconclusive'}: "
                    f"{'; '.join(result.failures if failed else result.undecided)}")
         if strict:

@@ -131,9 +131,7 @@ class Criterion:
             return f"{self.name} {side} {self.tolerance:g}: n/a (measured on no input)"
         text = (f"{self.name} {self.value:.4g} [{self.ci[0]:.4g}, {self.ci[1]:.4g}] "
                 f"{side} {self.tolerance:g}: {self.outcome}")
-        if self.images_to_decide and self.images_to_decide > MANY_IMAGES:
-            text += " (its estimate sits on the tolerance: no number of images would decide it)"
-        elif self.images_to_decide:
+        if self.images_to_decide:
             text += f" (about {self.images_to_decide} images would likely decide it)"
         return text
 
@@ -156,12 +154,13 @@ def decide(ci: tuple[float, float], tolerance: float, higher_is_better: bool) ->
 def images_to_decide(value: float, ci: tuple[float, float], tolerance: float, n: int) -> int | None:
     """Roughly how many inputs would narrow the interval enough to put it on one side of the
     tolerance, if the point estimate held: a half-width shrinks as 1/sqrt(n). None when the
-    estimate sits on the tolerance (no sample size decides it)."""
+    estimate sits on the tolerance (no realistic sample size decides it)."""
     gap = abs(value - tolerance)
     half = (ci[1] - ci[0]) / 2
     if n <= 0 or gap < 1e-12 or math.isnan(half):
         return None
-    return int(math.ceil(n * (half / gap) ** 2))
+    needed = int(math.ceil(n * (half / gap) ** 2))
+    return needed if needed <= MANY_IMAGES else None
 
 
 # -- the verdict -------------------------------------------------------------------------------
