@@ -2,10 +2,12 @@
 
 The INT8 recipe search (edgecls.search) one level up: the candidates are whole artifacts,
 one per installed backend that runs on this CPU (each INT8 one already the recipe its
-backend's search chose here). Every candidate is judged on the same held-out images with
+backend's search chose here). Every candidate is ranked on the same selection images with
 the same tolerance (verification.tolerance_for), and timed alone in a fresh process
-(edgecls.timing) next to ONNX Runtime FP32 of the same model. Of those within tolerance the
-fastest is written; its spec records every candidate and why it won (notes["best"]).
+(edgecls.timing) next to ONNX Runtime FP32 of the same model. The fastest within tolerance
+is then judged on the verification images, which chose nothing (--data; the verification
+photos by default with the built-in photos): pass or inconclusive, it is written, its spec
+recording every candidate, why it won and its verdict (notes["best"]); fail, nothing is.
 
     edgecls export efficientnet_lite0 --to best --int8 --calib photos --max-drop 1
 """
@@ -20,7 +22,9 @@ from edgecls import hardware
 from edgecls.errors import ParityFailedError, UnsupportedOptionError, one_line
 from edgecls.formats import FORMATS, Format
 from edgecls.io import atomic_paths
+from edgecls.calibration.datasets import selection_for, verification_for
 from edgecls.search import Outcome, Recipe, Trial, print_trials, score
+from edgecls.verdict import FAIL, INCONCLUSIVE
 
 log = logging.getLogger("edgecls")
 
@@ -69,7 +73,7 @@ def export_best(model: Any, out: str | Path | None = None, *, precision: str = "
     from edgecls.verification import tolerance_for
 
     given = dict(options or {})
-    data, max_drop = given.pop("data", None), given.pop("max_drop", None)
+    select, data, max_drop = (given.pop(k, None) for k in ("select", "data", "max_drop"))
     starts = kind_of(model).input       # an ONNX file cannot become a TFLite model
     chosen = [f for f in candidates(precision, formats) if starts in f.starts_from]
     if not chosen:
@@ -86,14 +90,17 @@ def export_best(model: Any, out: str | Path | None = None, *, precision: str = "
     base = resolved.spec
     for fmt in chosen:          # before calibrating and racing: the winner's files may be any
         check_output(_destination(out, base, fmt, precision), fmt, force=force,
-                     inputs=(model, weights, calib, data))
+                     inputs=(model, weights, calib, select, data))
     calibration = (CalibrationSet.from_source(calib, base, size=calib_size or DEFAULT_CALIB_SIZE)
                    if precision == "int8" else None)
+    # FP32/FP16 have no calibration source: the built-in photos' roles then
+    images_from = calib if calibration is not None else "photos"
     with tempfile.TemporaryDirectory(prefix="edgecls-best-") as tmp:
         work = Path(tmp)
         source = resolved.source(work)
         source.max_drop = max_drop
-        source.validation = data if data is not None or calibration else "photos"
+        source.selection = selection_for(select, images_from)
+        source.verification = verification_for(data, images_from)
         held_out = source.held_out(calibration)
         tolerance = (tolerance_for(precision, max_drop)
                      if held_out is not None else None)
@@ -102,11 +109,12 @@ def export_best(model: Any, out: str | Path | None = None, *, precision: str = "
         for fmt in chosen:
             own = {k: v for k, v in given.items() if k in fmt.options.names()}
             if precision == "int8":
-                own.update({"data": data, "max_drop": max_drop})
+                own.update({"select": select, "max_drop": max_drop})
             path = work / fmt.name / f"{base.name}{fmt.suffixes[0]}"
             try:   # each candidate resolves the source again: its spec records the source
+                # INT8 candidates are judged below, the winner alone on verification images
                 export(model, to=fmt.name, out=path, precision=precision, calib=calibration,
-                       options=own, **source_args)
+                       options=own, check=precision != "int8", **source_args)
                 trials.append(_trial(fmt, path, held_out, tolerance, baseline.p50_ms,
                                      threads, seconds))
             except Exception as e:    # one backend failing leaves the others in the race
@@ -115,12 +123,42 @@ def export_best(model: Any, out: str | Path | None = None, *, precision: str = "
         if not trials:
             raise UnsupportedOptionError(f"--to best: every candidate failed ({'; '.join(failed)})")
         outcome = _choose(trials, tolerance, baseline.p50_ms)
-        print_trials(outcome, title=f"--to best: {precision} artifacts tried on "
-                                    f"{hardware.cpu().summary()}")
+        where = f"selection images {held_out.name}, " if held_out is not None else ""
+        print_trials(outcome, title=f"--to best: {precision} artifacts ranked on the "
+                                    f"{where}{hardware.cpu().summary()}")
         if not outcome.chosen.passed:
-            raise ParityFailedError(f"--to best: no candidate met {tolerance.describe()}; "
-                                    "nothing was written")
-        return _write(outcome, held_out, tolerance, failed, base, precision, out, force)
+            raise ParityFailedError(f"--to best: no candidate met {tolerance.describe()} on the "
+                                    "selection images; nothing was written")
+        verdict = _verify(outcome.chosen, source, max_drop)
+        return _write(outcome, held_out, tolerance, failed, base, precision, out, force, verdict)
+
+
+def _verify(chosen: Trial, source, max_drop) -> dict[str, Any] | None:
+    """The winner's verdict on the verification images (which chose nothing): printed,
+    recorded in its spec, and fatal when it fails - a fail means the selection images
+    misled the race, and nothing is written. None without verification images or with
+    random weights (nothing to judge)."""
+    from edgecls.verification import parity
+    if source.verification is None or not source.spec.trained:
+        log.warning("--to best: no verification images (--data): the winner is not judged "
+                    "beyond the selection images; judge it with `edgecls parity`")
+        return None
+    options = (chosen.recipe.settings or {}).get("session_options") or {}
+    report = parity([chosen.path], data=source.verification, reference=source.reference,
+                    reference_spec=source.spec, max_drop=max_drop, sqnr=False, progress=False,
+                    options=options)
+    report.results[0].name = chosen.recipe.label
+    report.print()
+    result = report.results[0]
+    if result.outcome == FAIL:
+        raise ParityFailedError(f"--to best: the winner {chosen.recipe.label} failed on the "
+                                f"verification images: {'; '.join(result.failures)}; nothing "
+                                "was written")
+    if result.outcome == INCONCLUSIVE:
+        log.warning("--to best: the winner's verdict on the verification images is "
+                    "inconclusive: %s", "; ".join(result.undecided))
+    return {"outcome": result.outcome, "images": f"{report.data['name']} ({result.n} images)",
+            "decisive_agreement": result.decisive_agreement, "kl": result.kl_mean}
 
 
 def _trial(fmt: Format, path: Path, held_out, tolerance, fp32_ms: float, threads, seconds) -> Trial:
@@ -161,7 +199,8 @@ def _destination(out: str | Path | None, base, fmt: Format, precision: str) -> P
 
 
 def _write(outcome: Outcome, held_out, tolerance, failed: list[str], base, precision: str,
-           out: str | Path | None, force: bool = False) -> Path:
+           out: str | Path | None, force: bool = False,
+           verified: dict[str, Any] | None = None) -> Path:
     from edgecls.formats import get_format
     fmt = get_format(outcome.chosen.recipe.settings["format"])
     out = _destination(out, base, fmt, precision)
@@ -171,7 +210,8 @@ def _write(outcome: Outcome, held_out, tolerance, failed: list[str], base, preci
                "fp32_latency_ms": outcome.fp32_latency_ms,
                "candidates": [t.row() for t in outcome.trials]})
     spec.notes = {**spec.notes, "best": {**record, "machine": hardware.cpu().summary(),
-                                         "failed": failed, "fp32_baseline": "onnxruntime fp32"}}
+                                         "failed": failed, "fp32_baseline": "onnxruntime fp32",
+                                         "verification": verified}}
     finals = [out] + [out.with_suffix(s) for s in fmt.companions]
     with atomic_paths(*finals, overwrite=force) as temps:
         fmt.copy_with_spec(outcome.chosen.path, temps[0], spec)

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from edgecls.backends.base import ExportOptions, Format, option
+from edgecls.calibration.datasets import selection_for, verification_for
 from edgecls.errors import ExportMismatchError, OutputError, UnsupportedOptionError
 from edgecls.formats import format_for_path, get_format, open_session
 from edgecls.io import atomic_paths
@@ -47,10 +48,16 @@ MODEL_TOLERANCE = {"vgg19": 5e-3, "vgg19_bn": 5e-3, "densenet201": 5e-3, "incept
 
 @dataclass(frozen=True)
 class CheckOptions(ExportOptions):
-    """export()'s own options, for the INT8 check of every format. A backend that uses one
-    too (OpenVINO's accuracy control) declares it as well, and then receives it."""
-    data: Any = option("INT8: held-out images the recipe is measured and checked on (a folder, "
-                       "photos, digits); default: what --calib leaves", int8_only=True)
+    """export()'s own options: the images of the two roles calibration does not play, and
+    the INT8 tolerance. A backend that uses one too (OpenVINO's accuracy control) declares
+    it as well, and then receives it."""
+    select: Any = option("INT8: selection images - the recipe search and the layers kept in "
+                         "float are ranked on them, nothing is judged on them (a folder, "
+                         "photos-select, digits); default: what --calib leaves (with --calib "
+                         "photos: the selection photos)", int8_only=True)
+    data: Any = option("INT8: verification images - the finished artifact is judged on them "
+                       "and no choice sees them (a folder, labelled for accuracy; photos-verify); "
+                       "default with --calib photos: the verification photos", int8_only=True)
     max_drop: float | None = option("INT8: the drop allowed, in points: of top-1 accuracy with "
                                     "labelled --data, of agreement with FP32 without",
                                     int8_only=True)
@@ -182,12 +189,12 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
     elif precision == "int8" and calib is None:
         raise UnsupportedOptionError("--int8 needs calibration images: --calib DIR "
                                      "(or a built-in set: photos, digits)")
-    inputs = (model, weights, calib, checking.data)
+    inputs = (model, weights, calib, checking.select, checking.data)
     if out is not None and not _is_folder(out, fmt):  # fails before any model work
         check_output(Path(out), fmt, force=force, inputs=inputs)
     if precision == "int8":
         from edgecls.calibration.datasets import check_source
-        for images in (calib, checking.data):
+        for images in (calib, checking.select, checking.data):
             check_source(images)
     exporter = fmt.load_exporter()
     if student is not None:   # the teacher is the reference; its training images calibrated
@@ -216,7 +223,10 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
         with tempfile.TemporaryDirectory(prefix="edgecls-") as work, \
                 atomic_paths(*finals, overwrite=force) as temps:
             source = make_source(Path(work))
-            source.validation, source.max_drop = checking.data, checking.max_drop
+            source.max_drop = checking.max_drop
+            source.selection = selection_for(checking.select, calib)
+            source.verification = (verification_for(checking.data, calib) if student is None
+                                   else checking.data or student.split.verification)
             tuner = exporter(source, spec_out, temps[0], precision=precision,
                              calibration=calibration, options=backend_options)
             if tuner is not None:     # an INT8 recipe to measure, search and write
@@ -297,10 +307,11 @@ def check_output(out: Path, fmt: Format, *, force: bool = False, inputs: Iterabl
 def check_int8(path: Path, name: str, source: ExportSource, calibration, strict: bool,
                alongside: dict[str, Path] | None = None) -> None:
     """Parity of a fresh INT8 artifact against the source's reference (the torch module, or
-    the FP32 ONNX file the source is) on the held-out images its recipe was judged on, opened
-    as its recipe was measured (e.g. with exact kernels for a VNNI target made on an AVX2
-    CPU); loud on failure, fatal with strict. The artifacts `alongside` (by the name to
-    show) share its table, for comparison; only the fresh one is judged."""
+    the FP32 ONNX file the source is) on the verification images (source.verification),
+    opened as its recipe was measured (e.g. with exact kernels for a VNNI target made on an
+    AVX2 CPU); loud on failure, fatal with strict. Without verification images it reports on
+    the selection images, and says that those chose the recipe. The artifacts `alongside`
+    (by the name to show) share its table, for comparison; only the fresh one is judged."""
     alongside = alongside or {}
     from edgecls.errors import ParityFailedError
     from edgecls.verification import parity
@@ -310,14 +321,21 @@ def check_int8(path: Path, name: str, source: ExportSource, calibration, strict:
         # between FP32 and INT8 would measure nothing
         log.warning("%s has random weights (--weights none): INT8 parity check skipped", spec.name)
         return
-    held_out = source.held_out(calibration)
-    if held_out is None:
-        log.warning("no held-out images to check the INT8 artifact on: pass --data DIR")
-        return
+    if source.verification is not None:
+        data, role = source.verification, "verification"
+    else:
+        held_out = source.held_out(calibration)
+        if held_out is None:
+            log.warning("no images to check the INT8 artifact on: pass --data DIR")
+            return
+        data, role = held_out.images, "selection"
+        log.warning("no verification images (--data): the INT8 check below reports on the "
+                    "selection images %s, which chose the recipe - optimistic, not a verdict; "
+                    "judge it with `edgecls parity %s --data DIR`", held_out.name, name)
     fmt = format_for_path(path)
     recipe = fmt.read_spec(path).quantization or {}
     measured_with = recipe.get("search", {}).get("measured_with", {})
-    report = parity([path, *alongside.values()], data=_judged_on(calibration, source, held_out),
+    report = parity([path, *alongside.values()], data=data, role=role,
                     reference=source.reference, reference_spec=spec, max_drop=source.max_drop,
                     sqnr=False, progress=False, device=fmt.default_device(),
                     options=measured_with)
@@ -327,23 +345,12 @@ def check_int8(path: Path, name: str, source: ExportSource, calibration, strict:
     result = report.results[0]
     if not result.passed:       # fail, or inconclusive: both named with their criteria
         failed = result.outcome == FAIL
-        message = (f"INT8 parity {'failed' if failed else 'inconclusive'}: "
-                   f"{'; '.join(result.failures if failed else result.undecided)}")
+        message = (f"INT8 parity {'failed' if failed else 'inconclusive'} on the {role} "
+                   f"images: {'; '.join(result.failures if failed else result.undecided)}")
         if strict:
             raise ParityFailedError(message + " (--strict: nothing was written)")
         (log.error if failed else log.warning)(
             "%s - the artifact is written anyway; inspect it with `edgecls parity`", message)
-
-
-def _judged_on(calibration, source: ExportSource, held_out) -> Any:
-    """The images the INT8 check reports on. With the built-in photos and no --data: the
-    verification photos, which neither calibrated nor selected the recipe. Otherwise the
-    selection images the recipe was chosen on (the table's title names them; `edgecls
-    parity --data` with other images is the verdict)."""
-    from edgecls.calibration.datasets import load_part
-    if str(getattr(calibration, "source", None)) == "photos" and source.validation is None:
-        return load_part("photos", source.spec, "verify")
-    return held_out.images
 
 
 def refuse_ptq_options(options: ExportOptions, fmt: Format) -> None:

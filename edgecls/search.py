@@ -63,6 +63,7 @@ class Outcome:
         return {"chosen": self.chosen.recipe.label, "reason": self.reason,
                 "chosen_index": self.trials.index(self.chosen),
                 "tolerance": tolerance, "selected_on": f"{held_out.name} ({len(held_out)} images)",
+                "selection_ids": held_out.ids(),
                 "fp32_latency_ms": self.fp32_latency_ms,
                 "candidates": [t.row() for t in self.trials]}
 
@@ -75,7 +76,8 @@ def export_int8(tuner: Tuner, source, calibration, out: Path, *, search: bool = 
     if held_out is None:
         why = ("this CPU cannot compute the target's INT8 numbers, so the recipe is the "
                "target's, unmeasured" if not tuner.measures_target else
-               "no held-out images to measure recipes on (pass --data DIR)" if source.spec.trained
+               "no selection images to measure recipes on (pass --select DIR, or more --calib "
+               "images than --calib-size)" if source.spec.trained
                else "random weights (--weights none): nothing to measure")
         log.info("INT8 recipe not measured: %s", why)
         tuner.build(tuner.bases()[0], out, {"searched": False, "why": why})

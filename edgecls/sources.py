@@ -1,8 +1,9 @@
 """ExportSource: what every exporter starts from - the torch model, its spec, the FP32 ONNX
 file made from it at most once (OpenVINO, TensorRT and parity's SQNR diagnostics all start
-from it), the reference its artifacts are checked against, and for INT8 the held-out images
-recipes are judged on with the reference's answers on them (made once, shared by the recipe
-search and the final parity check).
+from it), the reference its artifacts are checked against, and for INT8 the images of two
+roles: the selection images every choice is ranked on (with the reference's answers on
+them, made once for the whole search) and the verification images the finished artifact is
+judged on, which no choice ever saw.
 
 Model sources (zoo names, timm:/torchvision: names, .pt2 programs, factories, ONNX files)
 are resolved into one by edgecls.source_kinds; an FP32 ONNX file gives an OnnxFileSource
@@ -27,7 +28,8 @@ class ExportSource:
     spec: ModelSpec
     workdir: Path
     onnx_opset: int | None = None
-    validation: Any = None                 # --data: the INT8 check's images (else calibration's rest)
+    selection: Any = None                  # --select: what recipes are ranked on (else calibration's rest)
+    verification: Any = None               # --data: what the INT8 check judges on (or None)
     max_drop: float | None = None          # --max-drop: the INT8 tolerance, in points
     _onnx: Path | None = field(default=None, repr=False)
     _held_out: Any = field(default=None, repr=False)
@@ -87,18 +89,19 @@ class ExportSource:
             return np.concatenate([session.run(to_model_input(pixels[i:i + batch], session.spec))
                                    for i in range(0, len(pixels), batch)])
 
-    # -- INT8: the images recipes are judged on -------------------------------------------------
+    # -- INT8: the images recipes are ranked on ------------------------------------------------
     def held_out(self, calibration=None) -> Any:
-        """search.HeldOut: --data, or what the calibration source has left (never a
-        calibration image), with the reference's logits; None when there is nothing to judge
-        on, or when random weights (--weights none) would make agreement meaningless.
-        Without calibration (FP32/FP16 candidates of `--to best`): --data alone."""
+        """search.HeldOut of the selection images: --select, or what the calibration source
+        has left (never a calibration image), with the reference's logits; None when there is
+        nothing to rank on, or when random weights (--weights none) would make agreement
+        meaningless. Without calibration (FP32/FP16 candidates of `--to best`): --select
+        alone."""
         if self._held_out is None and self.spec.trained:
             from edgecls.calibration.datasets import load_part
             from edgecls.backends.recipes import HeldOut
-            images = (calibration.held_out(self.validation, self.spec) if calibration is not None
-                      else None if self.validation is None
-                      else load_part(self.validation, self.spec, "val").subset(500))
+            images = (calibration.held_out(self.selection, self.spec) if calibration is not None
+                      else None if self.selection is None
+                      else load_part(self.selection, self.spec, "select").subset(500))
             if images is not None and len(images):
                 pixels = images.crops(self.spec)
                 self._held_out = HeldOut(images.name, pixels, self.reference_logits(pixels),

@@ -107,6 +107,7 @@ _KEYS: dict[tuple[str, ...], tuple[Any, ...]] = {
     ("quantization", "search", "measured_with"): (dict,),
     ("quantization", "search", "candidates"): (list,),
     ("quantization", "search", "reason"): (str,),
+    ("quantization", "search", "selection_ids"): (list,),
     ("reference", "kind"): (str,), ("reference", "source"): (str,),
     ("reference", "sha256"): (str, None), ("reference", "weights"): (str,),
     ("reference", "weights_sha256"): (str, None), ("reference", "kwargs"): (dict,),
@@ -132,9 +133,12 @@ def _keys_problem(values: dict[str, Any]) -> str | None:
         low, high = _BOUNDS.get(path, (None, None))
         if low is not None and value is not None and not _whole(value, low, high):
             return f"{where} must be a whole number within {low}..{high}, not {value!r}"
-    ids = (values.get("quantization") or {}).get("calibration_ids", [])
-    if not all(isinstance(i, str) for i in ids):
-        return "quantization.calibration_ids must be a list of strings"
+    quantization = values.get("quantization") or {}
+    search = quantization.get("search") if isinstance(quantization.get("search"), dict) else {}
+    for where, ids in (("calibration_ids", quantization.get("calibration_ids", [])),
+                       ("search.selection_ids", search.get("selection_ids", []))):
+        if not all(isinstance(i, str) for i in ids):
+            return f"quantization.{where} must be a list of strings"
     tools = values.get("tools", {})
     if not all(isinstance(v, str) for v in tools.values()):
         return "tools must map each tool to its version (strings)"

@@ -138,11 +138,14 @@ def parity(artifacts: Sequence[str | Path], data: Any = "photos", reference: Any
            calib: Any = None, device: str | None = None, threads: int | None = None,
            reference_spec: ModelSpec | None = None, progress: bool = True,
            sqnr: bool = True, max_pixels: int | None = None,
-           options: dict[str, Any] | None = None, trust_remote_code: bool = False) -> ParityReport:
+           options: dict[str, Any] | None = None, trust_remote_code: bool = False,
+           role: str = "verification") -> ParityReport:
     """Every artifact is opened once: the first one before the reference (its spec names
     the reference unless `reference_spec` does), the others in turn. Images of `data` and
     `calib` over `max_pixels` are refused before they are decoded (see load_rgb). `options`
     are session options, each given to the backends that take it (e.g. precise_int8).
+    `role`: what `data` is to the artifacts - "verification" (no choice saw it) unless the
+    caller says "selection" (an export without verification images), which the report shows.
 
     `reference`: a torch module, an FP32 artifact, or what the reference recorded in the
     spec is built from (a model source and/or a weights file, as a list for both); by
@@ -166,7 +169,7 @@ def parity(artifacts: Sequence[str | Path], data: Any = "photos", reference: Any
                                  trust_remote_code)
         stack.enter_context(ref.session)
         return _parity(artifacts, first, ref, data, max_drop, limit, out, calib, opener,
-                       progress, sqnr, max_pixels)
+                       progress, sqnr, max_pixels, role)
 
 
 def _open_artifact(path: str | Path, device: str | None, threads: int | None,
@@ -177,7 +180,7 @@ def _open_artifact(path: str | Path, device: str | None, threads: int | None,
 
 
 def _parity(artifacts, first, ref: Reference, data, max_drop, limit, out, calib, opener,
-            progress, sqnr, max_pixels) -> ParityReport:
+            progress, sqnr, max_pixels, role) -> ParityReport:
     images = load_part(data, ref.spec, "val", max_pixels)
     if limit:
         images = images.subset(limit)
@@ -194,7 +197,7 @@ def _parity(artifacts, first, ref: Reference, data, max_drop, limit, out, calib,
     groups = [photo_of(i) for i in images.items]
     data_info: dict[str, Any] = {"name": images.name, "n": len(images), "labelled": labels is not None,
                                  "source": str(data), "machine": hardware.describe(),
-                                 "role": "verification", "photos": len(set(groups))}
+                                 "role": role, "photos": len(set(groups))}
     if calib is not None:
         calib_set = load_part(calib, ref.spec, "calib", max_pixels)
         data_info["calib_overlap"] = calib_set.overlap(images)
@@ -280,7 +283,9 @@ def _compare(session: Session, pixels, ref_logits, labels, max_drop, digests, gr
     result = verdict.verdict(ref_logits, logits, tol, labels=labels, groups=groups)
     ids = verdict.group_ids(groups, len(agree))
     decisive = verdict.margins(ref_logits) >= verdict.DECISIVE
-    calib_ids = set((spec.quantization or {}).get("calibration_ids", []))
+    recipe = spec.quantization or {}
+    calib_ids = set(recipe.get("calibration_ids", []))
+    selection_ids = set((recipe.get("search") or {}).get("selection_ids", []))
     res = ArtifactResult(
         name=Path(session.path).name, path=str(session.path), format=spec.format,
         precision=spec.precision, backend=session.backend, device=session.device_used,
@@ -297,7 +302,8 @@ def _compare(session: Session, pixels, ref_logits, labels, max_drop, digests, gr
         disagreements=[int(i) for i in np.flatnonzero(~agree)],
         sure_disagreements=[int(i) for i in np.flatnonzero(~agree & decisive)],
         sample_abs_error=[float(e) for e in abs_err],
-        calibration_overlap=sum(d in calib_ids for d in digests))
+        calibration_overlap=sum(d in calib_ids for d in digests),
+        selection_overlap=sum(d in selection_ids for d in digests))
     if labels is not None:
         ref_hits = metrics.topk_hits(ref_logits, labels, 1)
         hits = metrics.topk_hits(logits, labels, 1)
@@ -312,6 +318,9 @@ def _compare(session: Session, pixels, ref_logits, labels, max_drop, digests, gr
     if res.calibration_overlap:
         log.warning("%s: %d validation image(s) were used to calibrate it", res.name,
                     res.calibration_overlap)
+    if res.selection_overlap:
+        log.warning("%s: %d validation image(s) chose its INT8 recipe: its figures on them are "
+                    "optimistic", res.name, res.selection_overlap)
     return res, logits
 
 

@@ -177,7 +177,7 @@ def test_forced_targets_are_recorded(digits_model, digits_data, tmp_path, target
     model, spec = digits_model
     _, calib, val, _ = digits_data
     path = export(model, to="onnx", out=tmp_path / f"{target}.onnx", spec=spec, precision="int8",
-                  calib=calib, options={"target": target, "data": val})
+                  calib=calib, options={"target": target, "select": val})
     q = read_spec(path).quantization
     row = targets.TARGETS[target]
     assert q["target"] == target and q["saturation_safe"] == row.saturation_safe
@@ -199,7 +199,7 @@ def test_the_fastest_recipe_that_passes_wins(digits_model, digits_data, tmp_path
 
     model, spec = digits_model
     _, calib, val, _ = digits_data
-    source = ExportSource(model, spec, tmp_path, validation=val)
+    source = ExportSource(model, spec, tmp_path, selection=val)
     calibration = CalibrationSet.from_source(calib, spec)
 
     class TwoRecipes(OnnxTuner):
@@ -282,7 +282,7 @@ def test_openvino_accuracy_control_meets_its_target(digits_model, digits_onnx, d
     select, verify = val.split(calib_size=200, val_size=200, seed=7)
     assert not select.keys() & verify.keys()
     source = ExportSource(model, spec, tmp_path, _onnx=digits_onnx, onnx_opset=18,
-                          validation=select)
+                          selection=select)
     calibration = CalibrationSet.from_source(calib, spec)
     options = OpenVINOOptions.parse({}, "int8", "openvino")
     ir_spec = spec.derive(format="openvino", precision="int8")

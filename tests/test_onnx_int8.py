@@ -153,3 +153,35 @@ def test_efficientnet_lite0_fp16_passes_and_int8_is_judged_on_photos_no_choice_s
     # a VNNI EPYC) is 100x further from FP32 than FP16 (5e-5), and far from broken
     assert 100 * fp16_r.kl_mean < int8_r.kl_mean < 0.2, (fp16_r.kl_mean, int8_r.kl_mean)
     assert int8_r.worst_layers and int8_r.worst_layers[0]["module"]
+
+def test_verdicts_hold_on_two_disjoint_halves_of_the_verification_photos(
+        effl0_onnx, effl0_int8_auto, tmp_path):
+    """The verdict measures the artifact, not the images: the demo's FP16 and INT8 artifacts
+    get the same outcome on either half of the verification photos (split by photo)."""
+    from edgecls.calibration.datasets import ImageSet, load_part, photo_of
+    verify = load_part("photos", None, "verify")
+    photos = sorted({photo_of(i) for i in verify.items})
+    halves = [ImageSet(f"half{k}", [i for i in verify.items if photo_of(i) in photos[k::2]])
+              for k in (0, 1)]
+    assert not {photo_of(i) for i in halves[0].items} & {photo_of(i) for i in halves[1].items}
+    fp16 = export("efficientnet_lite0", to="onnx", out=tmp_path / "e.fp16.onnx", precision="fp16")
+    outcomes = [[r.outcome for r in parity([fp16, effl0_int8_auto], data=half, reference=effl0_onnx,
+                                           sqnr=False, progress=False).results]
+                for half in halves]
+    assert outcomes[0] == outcomes[1], outcomes
+    assert outcomes[0][0] == "pass"
+
+
+def test_the_spec_names_the_selection_images_and_parity_finds_them(effl0_int8_auto):
+    """The INT8 spec records the ids of the images that chose its recipe; they are none of
+    the verification photos, and parity on the selection photos says it was chosen on them."""
+    from edgecls.calibration.datasets import load_part
+    from edgecls.formats import read_spec
+    search = read_spec(effl0_int8_auto).quantization["search"]
+    chosen_on = set(search["selection_ids"])
+    verify = {i.digest()[:12] for i in load_part("photos", None, "verify").items}
+    assert len(chosen_on) == 72 and not chosen_on & verify      # 6 photos x 12 views
+    on_selection = parity([effl0_int8_auto], data="photos-select", sqnr=False, progress=False)
+    assert on_selection.results[0].selection_overlap == 72
+    on_verification = parity([effl0_int8_auto], data="photos", limit=40, sqnr=False, progress=False)
+    assert on_verification.results[0].selection_overlap == 0

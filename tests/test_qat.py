@@ -57,15 +57,25 @@ def test_photos_stay_what_ptq_is_judged_on_and_photos_all_adds_three():
     assert len(load_part("photos-all", None, "calib")) == 66
 
 
-def test_qat_split_never_shows_a_photo_on_both_sides():
+def test_qat_split_never_shows_a_photo_in_two_roles():
+    """From the built-in photos: training on the calibration photos, the epochs chosen on the
+    selection photos, the artifact judged on the verification photos - three disjoint sets."""
     spec = digits_spec()
     s = split("photos", None, None, spec, size=300, seed=0)
     train, val = {photo_of(i) for i in s.train.items}, {photo_of(i) for i in s.validation.items}
-    assert not train & val and len(train) >= 6 and len(val) >= 3
-    assert len(train | val) == 11                     # built-in photos -> photos-all
+    verify = {photo_of(i) for i in load_part(s.verification, None, "verify").items}
+    assert s.verification == "photos-verify"
+    assert not train & val and not train & verify and not val & verify
+    assert len(train) == 7 and len(val) == 6 and len(verify) == 9
     facts = s.describe()
     assert sorted(facts["validation"]["photo_names"]) == sorted(p.split(":")[1] for p in val)
     assert facts["train"]["size"] == 12 * len(train) and facts["train"]["hash"]
+    assert facts["verification"] == "photos-verify"
+    # any other source: split by photo into training and selection; --data is verification
+    mine = ImageSet("mine", [i for i in ImageSet.load("photos-all").items])
+    s = split(mine, None, "photos-verify", spec, size=300, seed=0)
+    train, val = {photo_of(i) for i in s.train.items}, {photo_of(i) for i in s.validation.items}
+    assert not train & val and len(train | val) == 11 and s.verification == "photos-verify"
     with pytest.raises(DataError, match="at least 2 photos"):
         split(ImageSet("one", s.train.items[:12]), None, None, spec, size=300, seed=0)
     with pytest.raises(DataError, match="labelled"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -213,11 +214,13 @@ def test_best_picks_the_fastest_of_those_that_pass(digits_model, digits_folders,
     from edgecls.best import export_best
     from edgecls.formats import read_spec
     model, spec = digits_model
-    _, val = digits_folders
-    out = export_best(model, spec=spec, out=tmp_path / "digits.onnx",
-                      formats=["onnx", "openvino"], options={"data": val}, seconds=SECONDS)
+    calib, val = digits_folders     # FP32: the race is ranked on one folder, judged on the other
+    out = export_best(model, spec=spec, out=tmp_path / "digits.onnx", formats=["onnx", "openvino"],
+                      options={"select": calib, "data": val}, seconds=SECONDS)
     record = read_spec(out).notes["best"]
     tried = record["candidates"]
+    assert record["verification"]["outcome"] == "pass"     # judged on the folder it was not ranked on
+    assert record["verification"]["images"].startswith(Path(val).name)
     assert [c["recipe"].split()[0] for c in tried] == ["onnx", "openvino"]
     assert all(c["passed"] and c["agreement"] == 1.0 for c in tried)
     fastest = min(tried, key=lambda c: c["latency_ms"])

@@ -74,6 +74,10 @@ class HeldOut:
     def __len__(self) -> int:
         return len(self.pixels)
 
+    def ids(self) -> list[str]:
+        """Short content ids of the images (as the calibration ids are made): parity finds
+        verification images that also selected the recipe by them, whatever their names."""
+        return [] if self.images is None else sorted(i.digest()[:12] for i in self.images.items)
 
 
 __all__ = ["Recipe", "Remedy", "Tuner", "HeldOut"]

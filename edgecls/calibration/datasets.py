@@ -488,6 +488,30 @@ PHOTO_ROLES = {
 }
 ROLE_OF_PART = {"calib": "calib", "select": "select", "verify": "verify", "val": "verify"}
 ROLE_SETS = {"photos-calib": "calib", "photos-select": "select", "photos-verify": "verify"}
+#: calibration sources whose selection and verification photos are their own role sets
+ROLE_SPLIT = ("photos", "photos-calib")
+
+
+def verification_for(data: Any, calib: Any) -> Any:
+    """The images an export judges its artifact on: `data` (--data); without it, for the
+    built-in photos, their verification photos (no calibration or selection image shows
+    one of them); otherwise None - a folder of the user's has no images that no choice saw."""
+    if data is not None:
+        return data
+    return "photos-verify" if _name(calib) in ROLE_SPLIT else None
+
+
+def selection_for(select: Any, calib: Any) -> Any:
+    """The images every choice is ranked on when the calibration source is split by photo
+    role: `select` (--select), else the built-in selection photos; None for other sources
+    (whose selection images are what calibration leaves: CalibrationSet.held_out)."""
+    if select is not None:
+        return select
+    return "photos-select" if _name(calib) in ROLE_SPLIT else None
+
+
+def _name(source: Any) -> str | None:
+    return source if isinstance(source, str) else None
 #: verification crops: (side as a fraction of the photo's shorter side, grid positions per
 #: axis); 1 + 4 + 9 + 9 + 16 = 39 crops a photo, every other one flipped
 _SCALES = ((1.0, 1), (0.8, 2), (0.65, 3), (0.5, 3), (0.4, 4))

@@ -1,11 +1,12 @@
-"""The images a student trains on and is judged on: never the same photo on both sides.
+"""The images a student trains on, is steered by and is judged on: never one photo in two roles.
 
-The built-in `photos` halves (even views calibrate, odd views validate) are views of the
-SAME photos: harmless for PTQ, which only measures ranges, leakage for anything that trains.
-So QAT splits by photo: every view of a photo lands on one side. From `photos` (or
-`photos-all`) it uses `photos-all`, the 8 photos plus the other 3 natural colour photos that
-scikit-image and matplotlib ship, so that both sides keep several photos. A folder of
-images is split by file (one file, one photo), unless validation images are given (--data).
+Three roles, as for PTQ (edgecls.calibration.datasets): the student trains on one set, its
+epochs are chosen on selection images (the `validation` side here: early stopping, the best
+epoch), and the artifact is judged on verification images that neither saw. From the
+built-in `photos` each role has its own photos (PHOTO_ROLES): training on the calibration
+photos, selection on the selection photos, verification on the verification photos. Any
+other source is split by photo (a folder: by file, one file, one photo) into training and
+selection, unless selection images are given (--select); verification is --data.
 
 Training images are streamed: decoded, augmented and preprocessed a batch at a time, so
 memory does not grow with the training set. Validation images (at most VALIDATION_SIZE)
@@ -18,12 +19,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from edgecls.calibration.datasets import ImageSet, load_part, photo_of
+from edgecls.calibration.datasets import (ROLE_SPLIT, ImageSet, load_part, photo_of,
+                                          verification_for)
 from edgecls.calibration.preprocess import resize_crop, to_model_input
 from edgecls.errors import DataError
 from edgecls.spec import ModelSpec
 
-#: share of the photos held out for validation when no --data is given
+#: share of the photos held out for selection when no --select is given
 VALIDATION_SHARE = 1 / 3
 VALIDATION_SIZE = 500
 PHOTO_SETS = ("photos", "photos-all")
@@ -34,14 +36,16 @@ CROP_SCALE = (0.6, 1.0)
 @dataclass
 class Split:
     train: ImageSet          # what the student learns from (labelled in supervised mode)
-    validation: ImageSet     # never trained on: early stopping, then the export's parity
+    validation: ImageSet     # selection: never trained on; early stopping, the best epoch
     calibration: ImageSet    # the initial ranges, measured before training
     how: str                 # how the two sides were made
+    verification: Any = None  # what the export judges the artifact on (--data; or None)
 
     def describe(self) -> dict[str, Any]:
         """What the spec and the report record about the split."""
         return {"how": self.how, "train": _describe(self.train),
                 "validation": _describe(self.validation),
+                "verification": None if self.verification is None else str(self.verification),
                 "calibration": {"source": self.calibration.name, "size": len(self.calibration),
                                 "hash": self.calibration.digest()}}
 
@@ -55,12 +59,15 @@ def _describe(images: ImageSet) -> dict[str, Any]:
     return facts
 
 
-def split(calib: Any, train: Any, data: Any, spec: ModelSpec, size: int, seed: int) -> Split:
-    """Training and validation images for QAT, disjoint by photo.
+def split(calib: Any, train: Any, data: Any, spec: ModelSpec, size: int, seed: int,
+          select: Any = None) -> Split:
+    """Training, selection and verification images for QAT, disjoint by photo.
 
-    Supervised (`train` given): a labelled image set; validation is `data` or a share of
-    its photos. Distillation: the calibration images; validation is `data`, or a share of
-    their photos."""
+    Supervised (`train` given): a labelled image set. Distillation: the calibration images
+    (from the built-in photos, the calibration photos). Selection is `select`, the built-in
+    selection photos, or a share of the training source's photos; verification is `data`,
+    or the built-in verification photos."""
+    builtin = train is None and isinstance(calib, str) and calib in ROLE_SPLIT
     if train is not None:
         pool = _whole(train, spec)
         if not pool.labelled:
@@ -70,22 +77,23 @@ def split(calib: Any, train: Any, data: Any, spec: ModelSpec, size: int, seed: i
         raise DataError("QAT needs images to learn from: --calib DIR (or photos), or a labelled "
                         "--train DIR")
     else:
-        pool = _whole("photos-all" if str(calib) in PHOTO_SETS else calib, spec)
-    if data is not None:
-        validation = _whole(data, spec)
-        how = f"validation from {validation.name}"
+        pool = load_part(calib, spec, "calib") if builtin else _whole(calib, spec)
+    if select is not None or builtin:
+        validation = _whole(select, spec) if select is not None else load_part(calib, spec, "select")
+        how = f"selection from {validation.name}"
     else:
         validation = by_photo(pool, VALIDATION_SHARE, seed)
         how = f"by photo: {len(by_photos(validation))} of {len(by_photos(pool))} photos held out"
     held = {photo_of(i) for i in validation.items}
     kept = [i for i in pool.items if photo_of(i) not in held]
     if not kept:
-        raise DataError(f"{pool.name}: no training images left once the validation photos are "
+        raise DataError(f"{pool.name}: no training images left once the selection photos are "
                         "taken out")
     training = ImageSet(pool.name, kept, pool.class_names).subset(size, seed=seed)
     calibration = training if train is None or calib is None else \
         load_part(calib, spec, "calib").subset(size, seed=seed, exclude=validation)
-    return Split(training, validation.subset(VALIDATION_SIZE, seed=seed), calibration, how)
+    return Split(training, validation.subset(VALIDATION_SIZE, seed=seed), calibration, how,
+                 verification_for(data, calib))
 
 
 def _whole(source: Any, spec: ModelSpec) -> ImageSet:
@@ -100,12 +108,12 @@ def by_photo(images: ImageSet, share: float, seed: int) -> ImageSet:
     """The images of a seeded `share` of the photos (at least one; never all)."""
     photos = sorted(by_photos(images))
     if len(photos) < 2:
-        raise DataError(f"{images.name}: QAT validates on photos it never trained on, so it "
-                        "needs images of at least 2 photos (or validation images: --data DIR)")
+        raise DataError(f"{images.name}: QAT chooses its epochs on photos it never trained on, "
+                        "so it needs images of at least 2 photos (or selection images: --select DIR)")
     order = np.random.default_rng(seed).permutation(len(photos))
     count = min(len(photos) - 1, max(1, round(len(photos) * share)))
     held = {photos[i] for i in order[:count]}
-    return ImageSet(f"{images.name}-validation",
+    return ImageSet(f"{images.name}-selection",
                     [i for i in images.items if photo_of(i) in held], images.class_names)
 
 

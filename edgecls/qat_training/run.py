@@ -43,14 +43,16 @@ def export_with_qat(model: Any, to: str | Sequence[str], out: str | Path | None 
     outs = {fmt: planned_output(destination, get_format(fmt), spec, "int8-qat") for fmt in to}
     for fmt, out in outs.items():      # before any training
         check_output(out, get_format(fmt), force=force,
-                     inputs=(source, weights, calib, train, options.get("data")))
+                     inputs=(source, weights, calib, train, options.get("select"),
+                             options.get("data")))
     students: dict[str, Any] = {}
     written = []
     for fmt in to:
         family, _ = resolve(fmt, target)
         if family.name not in students:
             students[family.name] = qat(
-                model, spec, calib=calib, train=train, data=options.get("data"), to=fmt,
+                model, spec, calib=calib, train=train, data=options.get("data"),
+                select=options.get("select"), to=fmt,
                 target=target, epochs=epochs, lr=lr, seed=seed, resume=resume, size=calib_size,
                 checkpoint=default_checkpoint(spec, family, outs[fmt].parent))
         written.append(export(students[family.name], to=fmt, out=outs[fmt], precision="int8",

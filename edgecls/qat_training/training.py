@@ -50,21 +50,23 @@ DEFAULT_LR = 5e-6
 
 
 def qat(model: Any, spec: ModelSpec, calib: Any = "photos", train: Any = None, *,
-        data: Any = None, to: str = "onnx", target: str | None = None, epochs: int = 3,
+        data: Any = None, select: Any = None, to: str = "onnx", target: str | None = None, epochs: int = 3,
         lr: float = DEFAULT_LR, seed: int = 0, resume: bool = False,
         checkpoint: str | Path | None = None, size: int = 300,
         progress: bool = True) -> QATStudent:
     """Train a fake-quantized copy of `model` (FP32, with its `spec`) for the backends of
     `to` on `target`; see the module docstring. `calib`: images to learn from without
-    labels (distillation), `train`: a labelled set (supervised), `data`: validation images
-    (default: a third of the photos, held out), `size`: at most this many training images."""
+    labels (distillation), `train`: a labelled set (supervised), `select`: the images the
+    best epoch is chosen on (default: the selection photos, or a third of the photos held
+    out), `data`: the verification images its artifacts are judged on (qat_training.data),
+    `size`: at most this many training images."""
     import torch
 
     family, chosen = resolve(to, target)
     require(family)
     if epochs < 1 or lr <= 0:
         raise UnsupportedOptionError("QAT needs epochs >= 1 and a positive learning rate")
-    split = qdata.split(calib, train, data, spec, size, seed)
+    split = qdata.split(calib, train, data, spec, size, seed, select)
     mode = "supervised" if train is not None else "distillation"
     path = Path(checkpoint) if checkpoint else default_checkpoint(spec, family)
     fingerprint = {"model": spec.name, "weights": spec.weights, "family": family.name,

@@ -9,7 +9,7 @@ import numpy as np
 
 from edgecls.errors import first_line
 from edgecls.report.escape import html_text, plain_text_plots, plot_text
-from edgecls.report.model import WORST_LAYER_COLUMNS, ParityResults, columns, machine, rows
+from edgecls.report.model import WORST_LAYER_COLUMNS, ParityResults, columns, machine, role, rows
 
 log = logging.getLogger("edgecls")
 
@@ -97,7 +97,7 @@ def render_html(report: ParityResults) -> str:
     parts = [f"<!doctype html><meta charset='utf-8'><title>parity: {e(ref['name'])}</title>",
              f"<style>{STYLE}</style><h1>Parity report: {e(ref['name'])}</h1>",
              f"<p>Data <b>{e(d['name'])}</b>, {e(d['n'])} images "
-             f"({'labelled' if d['labelled'] else 'unlabelled'}); "
+             f"({'labelled' if d['labelled'] else 'unlabelled'}; {e(role(report))}); "
              f"reference {e(ref['kind'])} ({e(ref['origin'])}); machine {e(machine(report))}. "
              f"Result: {verdict}</p>"]
     shown = columns(report)

@@ -3,7 +3,7 @@ md_text (or md_code, for names shown as code): no HTML, link or table cell of it
 from __future__ import annotations
 
 from edgecls.report.escape import md_code, md_text
-from edgecls.report.model import WORST_LAYER_COLUMNS, ParityResults, columns, machine, rows
+from edgecls.report.model import WORST_LAYER_COLUMNS, ParityResults, columns, machine, role, rows
 
 
 def _table(head: list[str], body: list[list[str]]) -> list[str]:
@@ -19,7 +19,7 @@ def render_markdown(report: ParityResults) -> str:
     t = md_text
     lines = [f"# Parity report: {t(ref['name'])}", "",
              f"Data: **{t(d['name'])}**, {t(d['n'])} images "
-             f"({'labelled' if d['labelled'] else 'unlabelled'}). "
+             f"({'labelled' if d['labelled'] else 'unlabelled'}; {role(report)}). "
              f"Reference: {t(ref['kind'])} ({t(ref['origin'])}). Machine: {t(machine(report))}.",
              "", f"**Result: {report.outcome.upper()}**", ""]
     shown = columns(report)

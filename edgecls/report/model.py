@@ -45,6 +45,7 @@ class ArtifactResult:
     top1_drop: float | None = None           # points, reference minus artifact
     mcnemar_p: float | None = None
     calibration_overlap: int = 0
+    selection_overlap: int = 0          # images that also chose its INT8 recipe (spec's ids)
     worst_layers: list[dict[str, Any]] = field(default_factory=list)
     worst_layers_note: str = ""
     disagreements: list[int] = field(default_factory=list)
@@ -179,5 +180,12 @@ def machine(report: ParityResults) -> str:
 def title(report: ParityResults) -> str:
     d, ref = report.data, report.reference
     return (f"parity on {d['name']} ({d['n']} images, "
-            f"{'labelled' if d['labelled'] else 'unlabelled'}) vs {ref['kind']} reference "
-            f"{ref['name']} - {machine(report)}")
+            f"{'labelled' if d['labelled'] else 'unlabelled'}, {role(report)}) vs {ref['kind']} "
+            f"reference {ref['name']} - {machine(report)}")
+
+
+def role(report: ParityResults) -> str:
+    """What the images were to the artifacts: every renderer says it next to their name."""
+    if report.data.get("role") == "selection":
+        return "selection images: they chose the INT8 recipe, so this is no verdict"
+    return "verification images"

@@ -37,6 +37,9 @@ def print_report(report: ParityResults, console: Any = None) -> None:
         if r.calibration_overlap:
             console.print(f"  [yellow]{m(r.name)}: {r.calibration_overlap} validation images "
                           "were used for its calibration[/yellow]")
+        if r.selection_overlap:
+            console.print(f"  [yellow]{m(r.name)}: {r.selection_overlap} validation images "
+                          "chose its INT8 recipe: its figures on them are optimistic[/yellow]")
     if report.data.get("calib_overlap"):
         console.print(f"[yellow]{m(report.data['calib_overlap'])} validation images are also in "
                       "--calib[/yellow]")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from edgecls.io import atomic_paths
+from edgecls.verdict import OUTCOMES as OUTCOMES_OF_A_VERDICT
 
 log = logging.getLogger("edgecls")
 
@@ -156,6 +157,10 @@ def _count(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 53
 
 
+def _outcome(v: Any) -> bool:
+    return v in OUTCOMES_OF_A_VERDICT
+
+
 def _flag(v: Any) -> bool:
     return isinstance(v, bool)
 
@@ -200,7 +205,8 @@ SCHEMAS: dict[str, dict[str, tuple[Check, bool]]] = {
                "agreement_ci": (_optional(_interval), False),
                "top1_drop": (_optional(_number), False),
                "reference_top1": (_optional(_fraction), False),
-               "passed": (_flag, True), "tolerance": (_optional(_text), False),
+               "passed": (_flag, True), "outcome": (_optional(_outcome), False),
+               "kl": (_optional(_number), False), "tolerance": (_optional(_text), False),
                "failures": (_texts, True)},
     "timing": {"artifact": (_text, True), "backend": (_text, True), "precision": (_text, True),
                "threads": (_count, True), "batch": (_count, True), "p50_ms": (_positive, True),

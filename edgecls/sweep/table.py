@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from edgecls.report.escape import md_text, term_text
 from edgecls.sweep.plan import BASELINE
+from edgecls.verdict import FAIL, INCONCLUSIVE, PASS
 
 
 @dataclass
@@ -31,6 +32,8 @@ class Row:
     drop: float | None              # points: of top-1 (labelled), of agreement (unlabelled)
     passed: bool | None
     timing: dict[str, Any] | None
+    outcome: str | None = None      # the parity verdict: pass / fail / inconclusive
+    kl: float | None = None         # mean KL(reference || artifact) on the sweep's data
     speedup: float | None = None    # ORT FP32's p50 / this p50, same model, same machine
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)     # "<stage>: <one line>"
@@ -56,6 +59,10 @@ def _accuracy(r: Row) -> str:
         return "-"
     ci = f" [{100 * r.accuracy_ci[0]:.1f}, {100 * r.accuracy_ci[1]:.1f}]" if r.accuracy_ci else ""
     return f"{100 * r.accuracy:.1f}{ci}"
+
+
+#: the parity verdict as the table shows it (a fail in capitals: it is what a reader looks for)
+_VERDICTS = {PASS: "pass", FAIL: "FAIL", INCONCLUSIVE: "inconclusive"}
 
 
 @dataclass(frozen=True)
@@ -87,8 +94,8 @@ COLUMNS = (
     Column("size_mb", "size MB", lambda r: _num(r.t("size_mb"), ".1f"), lambda r: r.t("size_mb")),
     Column("peak_rss_mb", "peak RSS MB", lambda r: _num(r.t("peak_rss_mb"), ".0f"),
            lambda r: r.t("peak_rss_mb")),
-    Column("ok", "ok", lambda r: {True: "yes", False: "NO", None: "-"}[r.passed],
-           lambda r: r.passed),
+    Column("kl", "KL", lambda r: _num(r.kl, ".4f"), lambda r: r.kl),
+    Column("verdict", "verdict", lambda r: _VERDICTS.get(r.outcome, "-"), lambda r: r.outcome),
     Column("notes", "notes", lambda r: "; ".join(r.notes + r.errors),
            lambda r: "; ".join(r.notes + r.errors)),
 )
@@ -225,7 +232,16 @@ def _row(result, cache) -> Row:
     return Row(c.family, c.model, c.resolution, c.format, c.precision, c.recipe, c.requested,
                str(artifact) if artifact else None, accuracy, tuple(ci) if ci else None,
                labelled, checked.get("top5") if labelled else None, drop, checked.get("passed"),
-               timing if timing and "error" not in timing else None, notes=notes, errors=errors)
+               timing if timing and "error" not in timing else None,
+               outcome=_outcome(checked), kl=checked.get("kl"), notes=notes, errors=errors)
+
+
+def _outcome(checked: dict[str, Any]) -> str | None:
+    """The verdict of a parity entry; an entry cached before verdicts had three outcomes
+    has only passed / not passed."""
+    if "outcome" in checked:
+        return checked["outcome"]
+    return None if "passed" not in checked else PASS if checked["passed"] else FAIL
 
 
 __all__ = ["SweepTable", "Row", "COLUMNS", "machine_name"]

@@ -195,9 +195,10 @@ def _export(cell: Cell, torch_model, spec, settings: Settings, work: Path) -> di
     calib = _local(settings.calib, work) if int8 else None
     started = time.perf_counter()
     try:
+        # an INT8 cell is judged by the parity step below, on the sweep's verification data
         export(torch_model, spec=spec, to=cell.format, out=out, precision=cell.precision,
                calib=calib, calib_size=settings.calib_size if int8 else None,
-               options={"calib_method": cell.recipe} if cell.recipe else {})
+               options={"calib_method": cell.recipe} if cell.recipe else {}, check=not int8)
     except Exception as e:
         return {"error": one_line(e)}
     made = read_spec(out)
@@ -221,8 +222,8 @@ def _parity(path: Path, torch_model, spec, settings: Settings, work: Path) -> di
     return {"data": report.data["name"], "n": r.n, "labelled": report.data["labelled"],
             "top1": r.top1, "top1_ci": r.top1_ci, "top5": r.top5, "top5_ci": r.top5_ci,
             "agreement": r.agreement, "agreement_ci": r.agreement_ci, "top1_drop": r.top1_drop,
-            "reference_top1": ref.get("top1"), "passed": r.passed, "tolerance": r.tolerance,
-            "failures": r.failures}
+            "reference_top1": ref.get("top1"), "passed": r.passed, "outcome": r.outcome,
+            "kl": r.kl_mean, "tolerance": r.tolerance, "failures": r.failures}
 
 
 def _local(source: Any, work: Path) -> Any:
