@@ -8,15 +8,17 @@ and the search builds, measures and chooses with it.
                              -> [Recipe]   fail, e.g. NNCF's accuracy-controlled quantization
     tuner.build(recipe, out) -> None       write the artifact for a recipe
     tuner.keep(candidate, out, record)     the chosen candidate, with the search in its spec
+                                           (CandidateKeeper: the same for every backend)
     tuner.session_options    -> dict       how to open artifacts so that they compute the
                                            target's numbers (e.g. ORT's exact INT8 kernels)
     tuner.suffix             -> str        of the artifacts it writes
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import numpy as np
 
@@ -62,6 +64,20 @@ class Tuner(Protocol):
         """Write the measured candidate to `out` with `search` added to its spec."""
 
 
+class CandidateKeeper:
+    """Tuner.keep(), one implementation for every backend: the measured candidate itself is
+    copied to `out` with `search` added to its spec, never rebuilt (a rebuild could differ
+    from what was measured). A backend names its container module (its FORMAT.container,
+    an edgecls.backends.base.Container), imported only when a candidate is kept."""
+    container: ClassVar[str]
+
+    def keep(self, candidate: Path, out: Path, search: dict[str, Any]) -> None:
+        container = importlib.import_module(self.container)
+        spec = container.read_spec(candidate)
+        spec.quantization = {**spec.quantization, "search": search}
+        container.copy_with_spec(candidate, out, spec)
+
+
 @dataclass
 class HeldOut:
     """The images a search is judged on, and the FP32 reference's answers on them."""
@@ -80,4 +96,4 @@ class HeldOut:
         return [] if self.images is None else sorted(i.digest()[:12] for i in self.images.items)
 
 
-__all__ = ["Recipe", "Remedy", "Tuner", "HeldOut"]
+__all__ = ["Recipe", "Remedy", "Tuner", "CandidateKeeper", "HeldOut"]

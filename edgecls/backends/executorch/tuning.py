@@ -23,17 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from edgecls import hardware, targets
-from edgecls.backends.executorch import OBSERVERS
+from edgecls.backends.executorch import FORMAT, OBSERVERS
 from edgecls.backends.executorch import program
 from edgecls.backends.executorch import quantize as ex
-from edgecls.backends.executorch.container import copy_with_spec, read_spec
-from edgecls.backends.recipes import Recipe, Remedy
+from edgecls.backends.recipes import CandidateKeeper, Recipe, Remedy
 from edgecls.spec import ModelSpec
 
 log = logging.getLogger("edgecls")
 
 
-class ExecuTorchTuner:
+class ExecuTorchTuner(CandidateKeeper):
+    container = FORMAT.container
     suffix = ".pte"
     session_options: dict[str, Any] = {}
     measures_target = True
@@ -81,11 +81,6 @@ class ExecuTorchTuner:
                              **({"search": search} if search is not None else {})}
         program.warn_if_partial(spec.name, facts)
         Path(out).write_bytes(program.finish(edge, spec))
-
-    def keep(self, candidate: Path, out: Path, search: dict[str, Any]) -> None:
-        spec = read_spec(candidate)
-        spec.quantization = {**spec.quantization, "search": search}
-        copy_with_spec(candidate, out, spec)
 
 
 __all__ = ["ExecuTorchTuner"]

@@ -24,8 +24,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgecls import hardware, saturation, targets
+from edgecls.backends.onnx import FORMAT
 from edgecls.backends.onnx.quantize import OrtQuantizer, gemm_layers
-from edgecls.backends.recipes import Recipe, Remedy
+from edgecls.backends.recipes import CandidateKeeper, Recipe, Remedy
 from edgecls.spec import ModelSpec
 
 log = logging.getLogger("edgecls")
@@ -38,7 +39,8 @@ SATURATION_BLIND = 5e-3
 PROBE_IMAGES = 16
 
 
-class OnnxTuner:
+class OnnxTuner(CandidateKeeper):
+    container = FORMAT.container
     suffix = ".onnx"
 
     def __init__(self, fp32_path: Path, spec: ModelSpec, calibration, target: targets.Target,
@@ -89,12 +91,6 @@ class OnnxTuner:
                              "recipe": recipe.label,
                              **({"search": search} if search is not None else {})}
         self.quantizer.quantize(recipe.settings, out, spec)
-
-    def keep(self, candidate: Path, out: Path, search: dict[str, Any]) -> None:
-        from edgecls.backends.onnx.container import copy_with_spec, read_spec
-        spec = read_spec(candidate)
-        spec.quantization = {**spec.quantization, "search": search}
-        copy_with_spec(candidate, out, spec)
 
     # -- rankings ---------------------------------------------------------------------------
     def saturating(self, floor: float, settings: dict[str, list[str]] | None = None) -> list[str]:

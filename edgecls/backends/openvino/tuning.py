@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgecls import hardware, targets
+from edgecls.backends.openvino import FORMAT
 from edgecls.backends.openvino import quantize as q
-from edgecls.backends.recipes import Recipe, Remedy
+from edgecls.backends.recipes import CandidateKeeper, Recipe, Remedy
 from edgecls.spec import ModelSpec
 
-class OpenVINOTuner:
+class OpenVINOTuner(CandidateKeeper):
+    container = FORMAT.container
     suffix = ".xml"
     session_options: dict[str, Any] = {}
 
@@ -65,12 +67,6 @@ class OpenVINOTuner:
                          self.options.preset or "performance", self.options.calib_method),
             **({"search": search} if search is not None else {})}
         self.finish(quantized, spec, out)
-
-    def keep(self, candidate: Path, out: Path, search: dict[str, Any]) -> None:
-        from edgecls.backends.openvino.container import copy_with_spec, read_spec
-        spec = read_spec(candidate)
-        spec.quantization = {**spec.quantization, "search": search}
-        copy_with_spec(candidate, out, spec)
 
 
 __all__ = ["OpenVINOTuner"]

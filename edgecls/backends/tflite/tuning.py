@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 
 from edgecls import hardware, targets
+from edgecls.backends.tflite import FORMAT
 from edgecls.backends.tflite import quantize as q
 from edgecls.backends.tflite.quantize import quiet
-from edgecls.backends.tflite.container import copy_with_spec, embed_spec, read_spec
+from edgecls.backends.tflite.container import embed_spec
 from edgecls.errors import UnsupportedOptionError
-from edgecls.backends.recipes import Recipe, Remedy
+from edgecls.backends.recipes import CandidateKeeper, Recipe, Remedy
 from edgecls.spec import ModelSpec
 
 log = logging.getLogger("edgecls")
@@ -32,7 +33,8 @@ log = logging.getLogger("edgecls")
 PROBE_IMAGES = 16
 
 
-class TFLiteTuner:
+class TFLiteTuner(CandidateKeeper):
+    container = FORMAT.container
     suffix = ".tflite"
     session_options: dict[str, Any] = {}
     measures_target = True        # XNNPACK's int8 numbers are the same on every CPU kind
@@ -72,11 +74,6 @@ class TFLiteTuner:
                              "float_ops": leftover if kept else [],
                              **({"search": search} if search is not None else {})}
         Path(out).write_bytes(embed_spec(model, spec))
-
-    def keep(self, candidate: Path, out: Path, search: dict[str, Any]) -> None:
-        spec = read_spec(candidate)
-        spec.quantization = {**spec.quantization, "search": search}
-        copy_with_spec(candidate, out, spec)
 
     def sensitive(self) -> list[str]:
         """Weighted ops, the one whose float version lowers KL most first."""
