@@ -23,7 +23,7 @@ from edgecls.errors import ParityFailedError, UnsupportedOptionError, one_line
 from edgecls.formats import FORMATS, Format
 from edgecls.io import atomic_paths
 from edgecls.calibration.datasets import selection_for, verification_for
-from edgecls.search import Outcome, Recipe, Trial, print_trials, score
+from edgecls.search import Outcome, Reasons, Recipe, Trial, choose, print_trials, score
 from edgecls.verdict import FAIL, INCONCLUSIVE
 
 log = logging.getLogger("edgecls")
@@ -122,7 +122,7 @@ def export_best(model: Any, out: str | Path | None = None, *, precision: str = "
                 log.warning("--to best: %s %s failed: %s", fmt.name, precision, failed[-1])
         if not trials:
             raise UnsupportedOptionError(f"--to best: every candidate failed ({'; '.join(failed)})")
-        outcome = _choose(trials, tolerance, baseline.p50_ms)
+        outcome = choose(trials, _reasons(tolerance), round(baseline.p50_ms, 3))
         where = f"selection images {held_out.name}, " if held_out is not None else ""
         print_trials(outcome, title=f"--to best: {precision} artifacts ranked on the "
                                     f"{where}{hardware.cpu().summary()}")
@@ -176,16 +176,10 @@ def _trial(fmt: Format, path: Path, held_out, tolerance, fp32_ms: float, threads
                  kl, passed, drop, round(timing.p50_ms, 3), round(fp32_ms / timing.p50_ms, 2))
 
 
-def _choose(trials: list[Trial], tolerance, fp32_ms: float) -> Outcome:
-    passing = [t for t in trials if t.passed]
-    if not passing:
-        return Outcome(min(trials, key=lambda t: t.kl), trials, "no candidate met the tolerance",
-                       round(fp32_ms, 3))
-    chosen = min(passing, key=lambda t: t.latency_ms)
+def _reasons(tolerance) -> Reasons:
     within = f"within {tolerance.describe()}" if tolerance else "(random weights: not judged)"
-    reason = (f"the fastest of {len(passing)} candidates {within} on this machine"
-              if len(passing) > 1 else f"the only candidate {within}")
-    return Outcome(chosen, trials, reason, round(fp32_ms, 3))
+    return Reasons("the fastest of {n} candidates " + within + " on this machine",
+                   f"the only candidate {within}", "no candidate met the tolerance")
 
 
 def _destination(out: str | Path | None, base, fmt: Format, precision: str) -> Path:

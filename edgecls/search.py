@@ -118,7 +118,7 @@ def run(tuner: Tuner, held_out: HeldOut, tolerance, work: Path, *,
             for recipe in getattr(tuner, "fallbacks", lambda *a: [])(best.recipe, tolerance):
                 if attempt(recipe).passed:
                     break
-    return _choose(trials, tuner, fp32_artifact)
+    return _time_and_choose(trials, tuner, fp32_artifact)
 
 
 def _remedy(tuner: Tuner, start: Trial, attempt: Callable[[Recipe], Trial]) -> Trial:
@@ -154,18 +154,42 @@ def score(path: Path, held_out: HeldOut, tolerance,
     return m.agreement, m.kl, m.meets, m.top1_drop
 
 
-def _choose(trials: Sequence[Trial], tuner: Tuner, fp32_artifact: Path | None) -> Outcome:
+@dataclass(frozen=True)
+class Reasons:
+    """Why choose() chose, in its caller's words (a backend's "recipes", `--to best`'s
+    "candidates"): they are recorded in the artifact's spec."""
+    fastest: str            # several met the tolerance; "{n}" stands for how many
+    only: str               # one met it
+    none_met: str           # none did: the lowest KL is kept
+
+
+#: the recipe search's words
+RECIPE_REASONS = Reasons("the fastest of {n} recipes that met the tolerance",
+                         "the only recipe that met the tolerance",
+                         "no recipe met the tolerance: the most accurate one (lowest KL) is kept")
+
+
+def choose(trials: Sequence[Trial], reasons: Reasons, fp32_ms: float | None) -> Outcome:
+    """The one rule, for recipes and for `--to best`'s artifacts alike: the fastest of the
+    trials that met the tolerance (those are timed), else the most accurate (lowest KL)."""
     passing = [t for t in trials if t.passed]
-    timed = passing or [min(trials, key=lambda t: t.kl)]
-    fp32_ms = _time(timed, tuner, fp32_artifact)
-    if passing:
-        chosen = min(passing, key=lambda t: t.latency_ms or float("inf"))
-        reason = (f"the fastest of {len(passing)} recipes that met the tolerance"
-                  if len(passing) > 1 else "the only recipe that met the tolerance")
-    else:
-        chosen = timed[0]
-        reason = "no recipe met the tolerance: the most accurate one (lowest KL) is kept"
+    if not passing:
+        return Outcome(most_accurate(trials), list(trials), reasons.none_met, fp32_ms)
+    chosen = min(passing, key=lambda t: float("inf") if t.latency_ms is None else t.latency_ms)
+    reason = (reasons.fastest.replace("{n}", str(len(passing))) if len(passing) > 1
+              else reasons.only)
     return Outcome(chosen, list(trials), reason, fp32_ms)
+
+
+def most_accurate(trials: Sequence[Trial]) -> Trial:
+    return min(trials, key=lambda t: t.kl)
+
+
+def _time_and_choose(trials: Sequence[Trial], tuner: Tuner, fp32_artifact: Path | None) -> Outcome:
+    """choose(), after timing what it chooses from: the trials that met the tolerance, else
+    the most accurate one."""
+    timed = [t for t in trials if t.passed] or [most_accurate(trials)]
+    return choose(trials, RECIPE_REASONS, _time(timed, tuner, fp32_artifact))
 
 
 def _time(trials: Sequence[Trial], tuner: Tuner, fp32_artifact: Path | None) -> float | None:
@@ -204,5 +228,5 @@ def print_trials(outcome: Outcome, console: Any = None,
     console.print(f"chosen: {outcome.chosen.recipe.label} ({outcome.reason})")
 
 
-__all__ = ["Recipe", "Remedy", "Tuner", "HeldOut", "Trial", "Outcome", "export_int8", "run",
-           "score", "print_trials"]
+__all__ = ["Recipe", "Remedy", "Tuner", "HeldOut", "Trial", "Outcome", "Reasons", "export_int8",
+           "run", "choose", "score", "print_trials"]
