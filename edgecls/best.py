@@ -67,7 +67,7 @@ def export_best(model: Any, out: str | Path | None = None, *, precision: str = "
     race, every candidate's output is checked first: one that exists is refused unless
     `force`, one that is an input always."""
     from edgecls.calibration.datasets import CalibrationSet
-    from edgecls.exporting import DEFAULT_CALIB_SIZE, check_output, export
+    from edgecls.exporting import DEFAULT_CALIB_SIZE, check_output, export, planned_output
     from edgecls.source_kinds import SourceRequest, kind_of, resolve
     from edgecls.timing import in_subprocess
     from edgecls.verification import tolerance_for
@@ -89,8 +89,8 @@ def export_best(model: Any, out: str | Path | None = None, *, precision: str = "
     resolved = resolve(model, SourceRequest.of(**source_args))
     base = resolved.spec
     for fmt in chosen:          # before calibrating and racing: the winner's files may be any
-        check_output(_destination(out, base, fmt, precision), fmt, force=force,
-                     inputs=(model, weights, calib, select, data))
+        winner_out = planned_output(out, fmt, base, precision, format_decides_suffix=True)
+        check_output(winner_out, fmt, force=force, inputs=(model, weights, calib, select, data))
     calibration = (CalibrationSet.from_source(calib, base, size=calib_size or DEFAULT_CALIB_SIZE)
                    if precision == "int8" else None)
     # FP32/FP16 have no calibration source: the built-in photos' roles then
@@ -182,22 +182,13 @@ def _reasons(tolerance) -> Reasons:
                    f"the only candidate {within}", "no candidate met the tolerance")
 
 
-def _destination(out: str | Path | None, base, fmt: Format, precision: str) -> Path:
-    """Where the winner `fmt` is written for `out`: the default name in out/ or the folder
-    `out` names; `out` itself, given the winner's suffix."""
-    from edgecls.exporting import planned_output
-    path = planned_output(out, fmt, base, precision)
-    if path.suffix.lower() not in fmt.suffixes:      # the winner decides the suffix
-        path = path.with_suffix(fmt.suffixes[0])
-    return path
-
-
 def _write(outcome: Outcome, held_out, tolerance, failed: list[str], base, precision: str,
            out: str | Path | None, force: bool = False,
            verified: dict[str, Any] | None = None) -> Path:
+    from edgecls.exporting import planned_output
     from edgecls.formats import get_format
     fmt = get_format(outcome.chosen.recipe.settings["format"])
-    out = _destination(out, base, fmt, precision)
+    out = planned_output(out, fmt, base, precision, format_decides_suffix=True)
     spec = fmt.read_spec(outcome.chosen.path)
     record = (outcome.record(held_out, tolerance.describe()) if held_out is not None else
               {"chosen": outcome.chosen.recipe.label, "reason": outcome.reason,

@@ -69,22 +69,32 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EAC
                  errno.EPERM}
 
 
-def default_output(spec: ModelSpec, fmt: Format, precision: str, folder: Path = Path("out")) -> Path:
+#: the tag of a QAT artifact's default name (a PTQ one's is its precision: "int8")
+QAT_TAG = "int8-qat"
+
+
+def default_output(spec: ModelSpec, fmt: Format, tag: str, folder: Path = Path("out")) -> Path:
+    """The one naming rule of artifacts: <model>[.<tag>]<suffix> in `folder`, where the tag is
+    the precision ("fp16", "int8", QAT_TAG ...), and none for FP32."""
     name = str(spec.name)
     if not name or name in (".", "..") or Path(name).name != name or "/" in name or "\\" in name:
         # the spec's name becomes a file name: it must not lead out of the folder
         raise OutputError(f"the model's name {name!r} is not a plain file name; give the "
                           "artifact's path with -o")
-    tag = "" if precision == "fp32" else f".{precision}"
-    return Path(folder) / f"{name}{tag}{fmt.suffixes[0]}"
+    tagged = "" if tag == "fp32" else f".{tag}"
+    return Path(folder) / f"{name}{tagged}{fmt.suffixes[0]}"
 
 
-def planned_output(out: str | Path | None, fmt: Format, spec: ModelSpec, tag: str) -> Path:
+def planned_output(out: str | Path | None, fmt: Format, spec: ModelSpec, tag: str, *,
+                   format_decides_suffix: bool = False) -> Path:
     """The path export() writes for `out`: `out` itself, or the default name in the folder
     `out` names (an existing folder, or a path ending in a separator: made when the
-    artifact is written) - in out/ without `out`."""
+    artifact is written) - in out/ without `out`. With `format_decides_suffix` (`--to best`,
+    whose -o is given before the winning format is known) a file `out` takes fmt's suffix."""
     if out is None or _is_folder(out, fmt):
         return default_output(spec, fmt, tag, Path(out) if out else Path("out"))
+    if format_decides_suffix and Path(out).suffix.lower() not in fmt.suffixes:
+        return Path(out).with_suffix(fmt.suffixes[0])
     return Path(out)
 
 
@@ -210,7 +220,7 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
         calibration = None
 
     if out is None or _is_folder(out, fmt):  # the default name, in out/ or the folder given
-        out = planned_output(out, fmt, base_spec, "int8-qat" if student is not None else precision)
+        out = planned_output(out, fmt, base_spec, QAT_TAG if student is not None else precision)
         check_output(out, fmt, force=force, inputs=inputs)   # before calibrating
     if student is None and precision == "int8":
         from edgecls.calibration.datasets import CalibrationSet

@@ -24,7 +24,8 @@ def export_with_qat(model: Any, to: str | Sequence[str], out: str | Path | None 
     Every artifact's files are checked before training: one that exists is refused unless
     `force`, one that is an input always."""
     from edgecls.errors import UnsupportedOptionError
-    from edgecls.exporting import check_output, export, options_for, output_for, planned_output
+    from edgecls.exporting import (QAT_TAG, check_output, export, options_for, output_for,
+                                   planned_output)
     from edgecls.formats import get_format
     from edgecls.source_kinds import SourceRequest
     from edgecls.source_kinds import resolve as resolve_source
@@ -40,7 +41,7 @@ def export_with_qat(model: Any, to: str | Sequence[str], out: str | Path | None 
         raise UnsupportedOptionError(f"--qat trains a torch model, and {model} is an ONNX file; "
                                      "start from the torch model (or use PTQ: --int8)")
     source, model, spec = model, resolved.model, resolved.spec
-    outs = {fmt: planned_output(destination, get_format(fmt), spec, "int8-qat") for fmt in to}
+    outs = {fmt: planned_output(destination, get_format(fmt), spec, QAT_TAG) for fmt in to}
     for fmt, out in outs.items():      # before any training
         check_output(out, get_format(fmt), force=force,
                      inputs=(source, weights, calib, train, options.get("select"),

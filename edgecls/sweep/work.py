@@ -186,11 +186,9 @@ def _torch_model(model: Model, weights: str):
 
 
 def _export(cell: Cell, torch_model, spec, settings: Settings, work: Path) -> dict[str, Any]:
-    from edgecls.exporting import export
+    from edgecls.exporting import default_output, export
     from edgecls.formats import get_format, read_spec
-    fmt = get_format(cell.format)
-    tag = "" if cell.precision == "fp32" else f".{cell.precision}"
-    out = work / f"{spec.name}{tag}{fmt.suffixes[0]}"
+    out = default_output(spec, get_format(cell.format), cell.precision, work)
     int8 = cell.precision == "int8"       # calibration settings are refused elsewhere
     calib = _local(settings.calib, work) if int8 else None
     started = time.perf_counter()
