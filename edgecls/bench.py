@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -69,6 +70,7 @@ def bench(artifacts: Sequence[str | Path], batch_sizes: Sequence[int] = (1,), th
           options: dict[str, Any] | None = None) -> BenchResult:
     """`options` are session options, each given to the backends that take it."""
     from edgecls.formats import format_for_path, open_session
+    from edgecls.timing import timed_runs
     options = dict(options or {})
     if len(artifacts) > 1:
         # sessions sharing the process must not spin their idle threads: ORT's spinning
@@ -98,10 +100,7 @@ def bench(artifacts: Sequence[str | Path], batch_sizes: Sequence[int] = (1,), th
         deadline = time.perf_counter() + seconds * len(sessions)
         while time.perf_counter() < deadline:
             for s, x, acc in zip(sessions, inputs, samples):  # one burst each, round robin
-                for _ in range(3):
-                    t = time.perf_counter()
-                    s.run(x)
-                    acc.append(time.perf_counter() - t)
+                acc += timed_runs(partial(s.run, x), 3)
         for s, acc, mem in zip(sessions, samples, memory):
             a = np.array(acc) * 1000
             rows.append(BenchRow(s.path.name, s.backend, str(s.precision_used or s.spec.precision),

@@ -95,14 +95,23 @@ def sample(run: Callable[[], Any], seconds: float, *, min_runs: int = MIN_RUNS,
     times: list[float] = []
     start = time.perf_counter()
     while True:
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
+        times += timed_runs(run, 5)    # the stop rule is looked at every 5 runs
         elapsed = time.perf_counter() - start
-        if len(times) >= min_runs and elapsed >= seconds and len(times) % 5 == 0:
+        if len(times) >= min_runs and elapsed >= seconds:
             stable = median_halfwidth(times) <= STABLE
             if stable or elapsed >= limit * seconds:
                 return times, stable
+
+
+def timed_runs(run: Callable[[], Any], runs: int) -> list[float]:
+    """Seconds each of `runs` calls of `run` took: the one timing loop (sample() here,
+    `edgecls bench`'s bursts and parity's latency column all time through it)."""
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return times
 
 
 def median_halfwidth(times: Sequence[float]) -> float:

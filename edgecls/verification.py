@@ -15,7 +15,6 @@ import contextlib
 import functools
 import logging
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -261,13 +260,9 @@ def _batched(run, pixels: np.ndarray, batch: int = 16) -> np.ndarray:
 
 
 def _latency_ms(session, x1: np.ndarray, runs: int = 10) -> float:
+    from edgecls.timing import timed_runs
     session.run(x1)  # warm-up
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        session.run(x1)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1000)
+    return float(np.median(timed_runs(lambda: session.run(x1), runs)) * 1000)
 
 
 def _compare(session: Session, pixels, ref_logits, labels, max_drop, digests, groups):
