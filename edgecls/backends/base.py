@@ -103,13 +103,13 @@ class Format:
 
     def load_runtime(self) -> type[Session]:
         self._require(self.requires, f"the {self.name} runtime")
-        return _import(self.runtime)
+        return import_attribute(self.runtime)
 
     def load_exporter(self) -> Exporter:
         if self.exporter is None:
             raise UnknownFormatError(f"edgecls cannot export to {self.name}")
         self._require(self.export_requires, f"the {self.name} exporter")
-        return _import(self.exporter)
+        return import_attribute(self.exporter)
 
     def read_spec(self, path: Path) -> ModelSpec:
         """The spec embedded in an artifact, without running it (`edgecls info`)."""
@@ -126,7 +126,7 @@ class Format:
         copy(src, dst, spec)
 
     def load_int8_diagnostics(self) -> Any:
-        return _import(self.int8_diagnostics) if self.int8_diagnostics else None
+        return import_attribute(self.int8_diagnostics) if self.int8_diagnostics else None
 
     def default_device(self) -> str:
         return "cpu" if "cpu" in self.devices else "auto"
@@ -151,7 +151,9 @@ def _installed(module: str) -> bool:
     return any(importlib.util.find_spec(m) is not None for m in module.split("|"))
 
 
-def _import(target: str) -> Any:
+def import_attribute(target: str) -> Any:
+    """What a "module:attribute" string names: how the format rows (and the source kinds)
+    name code that is imported only when it is used."""
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
 

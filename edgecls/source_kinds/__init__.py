@@ -37,14 +37,14 @@ def resolve(model: Any, request: SourceRequest | None = None,
     request.spec) resolved, its spec final and its reference recorded. With `kind` (a
     recorded kind: parity's rebuild), the text is resolved as that kind, never as another
     its shape suggests, and must really be of it."""
-    from edgecls.backends.base import _import   # "module:attribute", as the format rows
+    from edgecls.backends.base import import_attribute   # "module:attribute", as the format rows
     request = request or SourceRequest()
     recorded, kind = kind is not None, kind or kind_of(model)
     text = str(model) if kind is not MODULE else "a torch module"
     if recorded and kind is not MODULE and not kind.accepts(text):
         raise SourceError(f"{text[:200]!r} is not a {kind.name} source ({kind.description})")
     request.check_for(kind, text)
-    resolved: Resolved = _import(kind.resolver)(model if kind is MODULE else text, request)
+    resolved: Resolved = import_attribute(kind.resolver)(model if kind is MODULE else text, request)
     spec = resolved.spec
     if request.like is not None:     # a rebuilt reference takes the artifact's preprocessing
         spec = spec.derive(name=request.like.name, labels=list(request.like.labels),

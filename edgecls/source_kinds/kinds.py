@@ -48,8 +48,8 @@ class SourceKind:
         checked with before it is resolved as that kind (never as whatever its shape says)."""
         if not (self.matches(text) and re.fullmatch(self.shape, text)):
             return False
-        from edgecls.backends.base import _import
-        return not self.known or bool(_import(self.known)(text))
+        from edgecls.backends.base import import_attribute
+        return not self.known or bool(import_attribute(self.known)(text))
 
     @property
     def is_file(self) -> bool:
