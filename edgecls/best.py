@@ -43,12 +43,14 @@ def candidates(precision: str, names: list[str] | None = None) -> list[Format]:
             continue
         try:
             fmt.load_exporter()
+            rewrites = fmt.load_container().REWRITES_SPEC
         except UnsupportedOptionError:
             continue
-        except Exception as e:     # an exporter that does not import here is not a candidate
+        except Exception as e:     # an exporter (or a container) that does not import here,
+            # or a third-party container short of the Container protocol, is not a candidate
             log.info("--to best: %s left out (%s)", fmt.name, one_line(e))
             continue
-        if _can_copy(fmt):
+        if rewrites:
             found.append(fmt)
     return found
 
@@ -202,11 +204,6 @@ def _write(outcome: Outcome, held_out, tolerance, failed: list[str], base, preci
         fmt.copy_with_spec(outcome.chosen.path, temps[0], spec)
     log.info("--to best: wrote %s (%s)", out, outcome.reason)
     return out
-
-
-def _can_copy(fmt: Format) -> bool:
-    import importlib
-    return hasattr(importlib.import_module(fmt.container), "copy_with_spec")
 
 
 __all__ = ["BEST", "candidates", "export_best"]

@@ -363,9 +363,9 @@ def _pt2_seed() -> bytes:
 @given(mutations(_pt2_seed(), focus=4096))
 def test_mutated_pt2_spec_members(data):
     import io
-    from edgecls.backends.torch.container import spec_in
+    from edgecls.backends.torch.container import spec_of
     from edgecls.spec import ModelSpec
-    works_or_user_error(lambda: spec_in(io.BytesIO(data), Path("fuzz.pt2")), ModelSpec)
+    works_or_user_error(lambda: spec_of(io.BytesIO(data), Path("fuzz.pt2")), ModelSpec)
 
 
 # -- ONNX metadata --------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The contracts every backend fills: its Format row, its export options, its Exporter and
-its Session.
+"""The contracts every backend fills: its Format row, its export options, its Exporter, its
+Container and its Session.
 
 A backend is a package whose __init__ defines FORMAT, a Format row. The row and the export
 options class import nothing heavy, so the format table, `edgecls formats` and the CLI's
@@ -75,6 +75,27 @@ class Exporter(Protocol):
                  calibration: CalibrationSet | None, options: ExportOptions) -> Tuner | None: ...
 
 
+# -- the container: how an artifact carries its spec --------------------------------------------
+class Container(Protocol):
+    """What the module a Format row's `container` names implements, every backend's with
+    the same names. It imports nothing heavy when imported (each function imports what it
+    needs), so the format table can ask it what it can do for free."""
+    #: whether copy_with_spec can give this format's artifacts a new spec (`--to best` writes
+    #: its winner with the record of its choice, so it races only such formats)
+    REWRITES_SPEC: bool
+
+    def read_spec(self, path: Path) -> ModelSpec:
+        """The spec embedded in the artifact at `path`, without running it (`edgecls info`)."""
+
+    def spec_of(self, loaded: Any, path: Path) -> ModelSpec:
+        """The spec in what the backend's runtime loaded from `path` (the file's bytes, an
+        ORT session, an ov.Model, an open file ...): opening an artifact reads it once."""
+
+    def copy_with_spec(self, src: Path, dst: Path, spec: ModelSpec) -> None:
+        """The artifact `src` (and its companions) written to `dst` carrying `spec` instead
+        of its own; an UnsupportedOptionError where REWRITES_SPEC is False."""
+
+
 # -- the format row ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Format:
@@ -85,7 +106,7 @@ class Format:
     runtime: str                       # "module:Class", a Session
     requires: tuple[str, ...]          # modules the runtime needs ("a|b": either one)
     extra: str                         # the pip extra that brings them
-    container: str                     # "module" whose read_spec(path) reads the embedded spec
+    container: str                     # "module", a Container: how the artifact carries its spec
     container_requires: tuple[str, ...] = ()   # without running the artifact
     exporter: str | None = None        # "module:function", an Exporter
     export_requires: tuple[str, ...] = ()
@@ -111,19 +132,20 @@ class Format:
         self._require(self.export_requires, f"the {self.name} exporter")
         return import_attribute(self.exporter)
 
+    def load_container(self) -> Container:
+        """The container module; importing it needs none of container_requires."""
+        return importlib.import_module(self.container)
+
     def read_spec(self, path: Path) -> ModelSpec:
         """The spec embedded in an artifact, without running it (`edgecls info`)."""
         self._require(self.container_requires, f"reading {self.name} artifacts")
-        return importlib.import_module(self.container).read_spec(path)
+        return self.load_container().read_spec(path)
 
     def copy_with_spec(self, src: Path, dst: Path, spec: ModelSpec) -> None:
         """Write the artifact `src` to `dst` (and its companions) carrying `spec` instead of
         its own, e.g. with why `--to best` chose it."""
         self._require(self.container_requires, f"writing {self.name} artifacts")
-        copy = getattr(importlib.import_module(self.container), "copy_with_spec", None)
-        if copy is None:
-            raise UnsupportedOptionError(f"{self.name} artifacts cannot be given a new spec")
-        copy(src, dst, spec)
+        self.load_container().copy_with_spec(src, dst, spec)
 
     def load_int8_diagnostics(self) -> Any:
         return import_attribute(self.int8_diagnostics) if self.int8_diagnostics else None

@@ -175,10 +175,14 @@ def with_spec(buf: bytes, spec: ModelSpec, source: str = "program") -> bytes:
                                       segment_alignment=128))
 
 
+#: copy_with_spec can give an artifact a new spec (edgecls.backends.base.Container)
+REWRITES_SPEC = True
+
+
 def copy_with_spec(src: Path, dst: Path, spec: ModelSpec) -> None:
     """The program `src` written to `dst`, carrying `spec` instead of its own."""
     Path(dst).write_bytes(with_spec(read_artifact(Path(src)), spec, str(src)))
 
 
-__all__ = ["SPEC_METHOD", "read_spec", "spec_of", "spec_text", "with_spec", "copy_with_spec",
+__all__ = ["SPEC_METHOD", "REWRITES_SPEC", "read_spec", "spec_of", "spec_text", "with_spec", "copy_with_spec",
            "check_header"]

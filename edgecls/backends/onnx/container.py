@@ -27,6 +27,10 @@ def write_spec(path: Path, spec: ModelSpec) -> None:
     onnx.save_model(proto, str(path))
 
 
+#: copy_with_spec can give an artifact a new spec (edgecls.backends.base.Container)
+REWRITES_SPEC = True
+
+
 def copy_with_spec(src: Path, dst: Path, spec: ModelSpec) -> None:
     """The artifact `src` written to `dst`, carrying `spec` instead of its own."""
     import shutil

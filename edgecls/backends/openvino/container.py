@@ -36,6 +36,10 @@ def _check_weights(model, path: Path, weights: Path) -> None:
                             "or damaged); copy the .xml and the .bin of one export together")
 
 
+#: copy_with_spec can give an artifact a new spec (edgecls.backends.base.Container)
+REWRITES_SPEC = True
+
+
 def copy_with_spec(src: Path, dst: Path, spec: ModelSpec) -> None:
     """The IR `src` (.xml + .bin) written to `dst` (and its .bin), carrying `spec`."""
     import openvino as ov

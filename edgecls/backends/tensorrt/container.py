@@ -16,8 +16,10 @@ Pure Python (no TensorRT, no numpy): `edgecls info` / `read_spec` work on any ma
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from pathlib import Path
+from typing import IO
 
 from edgecls.errors import REEXPORT, ArtifactError, first_line
 from edgecls.io import atomic_paths
@@ -76,39 +78,47 @@ def _read(path: Path, with_engine: bool) -> tuple[ModelSpec, bytes | None]:
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file")
     try:
-        size = path.stat().st_size
         with open(path, "rb") as f:
-            head = f.read(HEADER_SIZE)
-            if head[:len(MAGIC)] != MAGIC:
-                if len(head) < len(MAGIC) and MAGIC.startswith(head):
-                    raise ArtifactError(f"{path}: truncated ({size} bytes, not even an edgecls "
-                                        f"TensorRT header); {REEXPORT}")
-                raise ArtifactError(
-                    f"{path}: a TensorRT engine without an edgecls header (built elsewhere?), "
-                    "so its preprocessing and labels are unknown; export it with `edgecls "
-                    "export --to tensorrt`, or give it a spec with "
-                    "edgecls.backends.tensorrt.container.wrap_engine(path, spec, out)")
-            if len(head) < HEADER_SIZE:
-                raise ArtifactError(f"{path}: truncated inside the edgecls TensorRT header "
-                                    f"({size} of {HEADER_SIZE} bytes); {REEXPORT}")
-            version, n = _FIXED.unpack(head[len(MAGIC):])
-            if version > HEADER_VERSION:
-                raise ArtifactError(f"{path}: written by a newer edgecls (TensorRT header version "
-                                    f"{version}, this one reads {HEADER_VERSION}); upgrade edgecls")
-            if version < 1:
-                raise ArtifactError(f"{path}: invalid edgecls TensorRT header (version {version})")
-            if n > MAX_SPEC_BYTES:
-                raise ArtifactError(f"{path}: the header announces a {n}-byte spec, more than "
-                                    f"the {MAX_SPEC_BYTES} edgecls reads; {REEXPORT}")
-            if HEADER_SIZE + n > size:
-                raise ArtifactError(f"{path}: truncated: the header announces a {n}-byte spec but "
-                                    f"only {size - HEADER_SIZE} bytes follow it; {REEXPORT}")
-            spec = _parse_spec(f.read(n), path)
-            _check_engine_size(spec, size - HEADER_SIZE - n, path)
+            spec = spec_of(f, path)
             engine = f.read() if with_engine else None
     except OSError as e:
         raise ArtifactError(f"{path}: cannot read it ({e.strerror or e})") from None
     return spec, engine
+
+
+def spec_of(engine_file: IO[bytes], path: Path) -> ModelSpec:
+    """The spec in the header of an open .engine file (read from its start), checked against
+    the file's size; the file is left at the engine's first byte, for the runtime to read."""
+    size = engine_file.seek(0, os.SEEK_END)
+    engine_file.seek(0)
+    head = engine_file.read(HEADER_SIZE)
+    if head[:len(MAGIC)] != MAGIC:
+        if len(head) < len(MAGIC) and MAGIC.startswith(head):
+            raise ArtifactError(f"{path}: truncated ({size} bytes, not even an edgecls "
+                                f"TensorRT header); {REEXPORT}")
+        raise ArtifactError(
+            f"{path}: a TensorRT engine without an edgecls header (built elsewhere?), "
+            "so its preprocessing and labels are unknown; export it with `edgecls "
+            "export --to tensorrt`, or give it a spec with "
+            "edgecls.backends.tensorrt.container.wrap_engine(path, spec, out)")
+    if len(head) < HEADER_SIZE:
+        raise ArtifactError(f"{path}: truncated inside the edgecls TensorRT header "
+                            f"({size} of {HEADER_SIZE} bytes); {REEXPORT}")
+    version, n = _FIXED.unpack(head[len(MAGIC):])
+    if version > HEADER_VERSION:
+        raise ArtifactError(f"{path}: written by a newer edgecls (TensorRT header version "
+                            f"{version}, this one reads {HEADER_VERSION}); upgrade edgecls")
+    if version < 1:
+        raise ArtifactError(f"{path}: invalid edgecls TensorRT header (version {version})")
+    if n > MAX_SPEC_BYTES:
+        raise ArtifactError(f"{path}: the header announces a {n}-byte spec, more than "
+                            f"the {MAX_SPEC_BYTES} edgecls reads; {REEXPORT}")
+    if HEADER_SIZE + n > size:
+        raise ArtifactError(f"{path}: truncated: the header announces a {n}-byte spec but "
+                            f"only {size - HEADER_SIZE} bytes follow it; {REEXPORT}")
+    spec = _parse_spec(engine_file.read(n), path)
+    _check_engine_size(spec, size - HEADER_SIZE - n, path)
+    return spec
 
 
 def _parse_spec(raw: bytes, path: Path) -> ModelSpec:
@@ -146,11 +156,15 @@ def read_engine(path: str | Path) -> tuple[ModelSpec, bytes]:
     return spec, engine
 
 
+#: copy_with_spec can give an engine a new spec (edgecls.backends.base.Container)
+REWRITES_SPEC = True
+
+
 def copy_with_spec(src: str | Path, dst: str | Path, spec: ModelSpec) -> None:
     """The engine of `src` written to `dst` behind `spec` (its digest kept)."""
     _, engine = read_engine(src)
     write_engine(dst, spec, engine)
 
 
-__all__ = ["copy_with_spec", "MAGIC", "HEADER_VERSION", "HEADER_SIZE", "pack", "write_engine", "wrap_engine",
-           "read_spec", "read_engine", "engine_digest"]
+__all__ = ["copy_with_spec", "MAGIC", "HEADER_VERSION", "HEADER_SIZE", "REWRITES_SPEC", "pack",
+           "write_engine", "wrap_engine", "read_spec", "read_engine", "spec_of", "engine_digest"]

@@ -166,6 +166,10 @@ def embed_spec(model: bytes, spec: ModelSpec, key: str = SPEC_KEY) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
 
 
+#: copy_with_spec can give an artifact a new spec (edgecls.backends.base.Container)
+REWRITES_SPEC = True
+
+
 def copy_with_spec(src: Path, dst: Path, spec: ModelSpec) -> None:
     """The model `src` written to `dst`, carrying `spec` instead of its own."""
     Path(dst).write_bytes(embed_spec(read_artifact(Path(src)), spec))

@@ -7,7 +7,7 @@ import zlib
 from pathlib import Path
 from typing import IO
 
-from edgecls.errors import REEXPORT, ArtifactError, first_line
+from edgecls.errors import REEXPORT, ArtifactError, UnsupportedOptionError, first_line
 from edgecls.spec import MAX_SPEC_BYTES, SPEC_KEY, ModelSpec
 
 # torch.export.save puts extra files under "<archive root>/extra/"; the root folder is named
@@ -49,7 +49,7 @@ def spec_text(archive_file: IO[bytes], path: Path) -> str:
             from None
 
 
-def spec_in(archive_file: IO[bytes], path: Path) -> ModelSpec:
+def spec_of(archive_file: IO[bytes], path: Path) -> ModelSpec:
     """The spec in an open .pt2 file (left open, for torch.export.load to read next)."""
     text = spec_text(archive_file, path)
     if not text:
@@ -61,6 +61,15 @@ def spec_in(archive_file: IO[bytes], path: Path) -> ModelSpec:
 def read_spec(path: Path) -> ModelSpec:
     try:
         with open(path, "rb") as f:
-            return spec_in(f, path)
+            return spec_of(f, path)
     except OSError as e:
         raise ArtifactError(f"{path}: cannot read it ({e.strerror or e})") from None
+
+
+#: a .pt2 is not rewritten with another spec (edgecls.backends.base.Container): `--to best`
+#: leaves torch out, as it can only write its winner with the record of its choice
+REWRITES_SPEC = False
+
+
+def copy_with_spec(src: Path, dst: Path, spec: ModelSpec) -> None:
+    raise UnsupportedOptionError("torch artifacts cannot be given a new spec")

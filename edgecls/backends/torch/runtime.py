@@ -18,7 +18,7 @@ import numpy as np
 
 from edgecls.backends.base import Session
 from edgecls.backends.torch import FORMAT
-from edgecls.backends.torch.container import spec_in
+from edgecls.backends.torch.container import spec_of
 from edgecls.backends.torch.program import load_program
 from edgecls.errors import DeviceUnavailableError
 from edgecls.spec import ModelSpec
@@ -42,7 +42,7 @@ class TorchSession(Session):
 
     def _open(self) -> None:
         with open(self.path, "rb") as f:     # read once: the spec, then the program
-            self.spec = spec_in(f, self.path)
+            self.spec = spec_of(f, self.path)
             f.seek(0)
             program = load_program(f, self.path)
         self._start(program.module())
