@@ -66,10 +66,11 @@ def read_spec(path: Path) -> ModelSpec:
         raise ArtifactError(f"{path}: cannot read it ({e.strerror or e})") from None
 
 
-#: a .pt2 is not rewritten with another spec (edgecls.backends.base.Container): `--to best`
-#: leaves torch out, as it can only write its winner with the record of its choice
+#: a .pt2 is not given another spec (edgecls.backends.base.Container), so `--to best`, which
+#: writes its winner with the record of its choice, leaves torch out
 REWRITES_SPEC = False
 
 
 def copy_with_spec(src: Path, dst: Path, spec: ModelSpec) -> None:
+    """Refused: see REWRITES_SPEC."""
     raise UnsupportedOptionError("torch artifacts cannot be given a new spec")
