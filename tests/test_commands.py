@@ -125,19 +125,43 @@ def test_bench_cli_and_api(digits_onnx, digits_ir, tmp_path):
 
 
 # -- --calib-size ------------------------------------------------------------------------------------
+def _quantization_params(path: Path) -> dict[str, np.ndarray]:
+    """Every scale and zero point in a quantized ONNX file: what calibration decided."""
+    import onnx
+    from onnx import numpy_helper
+    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer
+            if i.name.endswith(("_scale", "_zero_point"))}
+
+
 def test_calib_size_limits_the_calibration_set(digits_model, tmp_path):
+    """--calib-size 24 calibrates on 24 digits - not more, not others: the 24 images the
+    spec names, given alone as the calibration set, give the very same quantization
+    parameters, and 64 images give other ones. (The target's recipe as it is, no search:
+    the parameters then depend on the calibration images only.)"""
+    from edgecls.calibration.datasets import ImageSet, digits
     from edgecls.exporting import export
     from edgecls.formats import read_spec
     model, spec = digits_model
-    sizes = {}
-    for size in (24, 64):
-        path = export(model, to="onnx", out=tmp_path / f"d{size}.onnx", spec=spec,
-                      precision="int8", calib="digits", calib_size=size, check=False)
-        q = read_spec(path).quantization
-        sizes[size] = q
-        assert q["calibration_size"] == size and len(q["calibration_ids"]) == size
-    # a subset of 24 is not the first 24 of the 64: both are stratified draws, all 10 classes
-    assert sizes[24]["calibration_hash"] != sizes[64]["calibration_hash"]
+
+    def int8(name, calib, size):
+        return export(model, to="onnx", out=tmp_path / f"{name}.onnx", spec=spec,
+                      precision="int8", calib=calib, calib_size=size, check=False,
+                      options={"no_search": True})
+
+    limited, more = int8("d24", "digits", 24), int8("d64", "digits", 64)
+    ids = read_spec(limited).quantization["calibration_ids"]
+    full = digits()
+    named = [i for i in full.items if i.digest()[:12] in ids]
+    assert len(named) == len(set(ids)) == 24           # 24 distinct, real digits images
+    # a stratified draw: every class, 2 or 3 images each
+    assert sorted(np.bincount([i.label for i in named], minlength=10)) == [2] * 6 + [3] * 4
+    alone = int8("named24", ImageSet("named", named), 24)
+    got, want = _quantization_params(alone), _quantization_params(limited)
+    assert got.keys() == want.keys() and len(want) > 4
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    other = _quantization_params(more)
+    assert any(not np.array_equal(other[n], want[n]) for n in want)
 
 
 # -- TFLite --int8-io through the command line -----------------------------------------------------------
