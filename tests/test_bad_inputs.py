@@ -12,12 +12,10 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
-import signal
 import struct
 import subprocess
 import sys
 import tempfile
-import time
 import zlib
 from pathlib import Path
 from typing import Callable
@@ -605,23 +603,42 @@ def test_disk_full(tmp_path):
     assert not list(work.glob("edgecls-*")), list(work.iterdir())
 
 
+#: `edgecls ARGS` with SIGINT sent to itself at a known point: once the export's temporary
+#: artifact is written whole, before it is renamed into place
+CTRL_C_AFTER_WRITING = """
+import contextlib, os, signal, sys
+from pathlib import Path
+import edgecls.exporting as exporting
+real = exporting.atomic_paths
+
+@contextlib.contextmanager
+def interrupted(*finals, **kwargs):
+    with real(*finals, **kwargs) as temps:
+        yield temps
+        print("written:", *sorted(p.name for p in Path(temps[0]).parent.iterdir()), flush=True)
+        os.kill(os.getpid(), signal.SIGINT)
+
+exporting.atomic_paths = interrupted
+sys.argv[0] = "edgecls"
+from edgecls.cli import run
+run()
+"""
+
+
 def test_ctrl_c_during_export(tmp_path):
-    """SIGINT while the artifact is being written: exit 130, nothing left behind."""
+    """SIGINT when the artifact is written but not yet in place: exit 130, nothing left
+    behind (neither the temporary artifact nor the folder made for it)."""
     out, work = tmp_path / "out", tmp_path / "tmp"
     work.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "edgecls", "export", "squeezenet1_1",
-                             "--weights", "none", "--fp16", "-o", str(out / "sq.onnx")],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "TMPDIR": str(work)})
-    deadline = time.monotonic() + 240
-    while not (out.exists() and any(out.iterdir())):     # the temporary artifact is there
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the export never started writing"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr and stderr.strip().endswith("edgecls: interrupted"), stderr
+    proc = subprocess.run([sys.executable, "-c", CTRL_C_AFTER_WRITING, "export", "squeezenet1_1",
+                           "--weights", "none", "--fp16", "-o", str(out / "sq.onnx")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TMPDIR": str(work)})
+    assert proc.returncode == 130, proc.stderr
+    written = proc.stdout.split("written:")[1].split()
+    assert len(written) == 1 and written[0].endswith(".onnx") and written[0] != "sq.onnx", written
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().endswith("edgecls: interrupted"), proc.stderr
     assert not out.exists(), _tree(out)
     assert not list(work.glob("edgecls-*")), list(work.iterdir())
 
