@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 
 import openvino  # noqa: E402,F401  (dev dependencies: a broken install fails, never skips)
@@ -211,7 +210,8 @@ def test_best_refuses_the_options_it_does_not_use(flag, capsys, tmp_path):
     assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
-def test_best_picks_the_fastest_of_those_that_pass(digits_model, digits_folders, tmp_path):
+def test_best_picks_the_fastest_of_those_that_pass(digits_model, digits_folders, digits_val,
+                                                   tmp_path):
     from edgecls.best import export_best
     from edgecls.formats import read_spec
     model, spec = digits_model
@@ -229,10 +229,13 @@ def test_best_picks_the_fastest_of_those_that_pass(digits_model, digits_folders,
     assert out.suffix == {"onnx": ".onnx", "openvino": ".xml"}[fastest["recipe"].split()[0]]
     assert "fastest of 2 candidates within agreement" in record["reason"]
     assert record["fp32_latency_ms"] > 0 and record["machine"]
-    # the written artifact is the winner and runs
+    # the written artifact is an FP32 copy of the digits CNN: torch's decisions on the
+    # held-out digits, from the crops as they are (uint8 pixels through the spec it carries)
     from edgecls.classifier import Classifier
+    crops, _, ref = digits_val
     with Classifier(out) as clf:
-        assert clf.predict(np.zeros((32, 32, 3), np.uint8))[0].label in spec.labels
+        # (one near-tie of 400 may round the other way in another runtime's float sums)
+        assert (clf.probabilities(list(crops)).argmax(1) != ref.argmax(1)).sum() <= 1
 
 
 class FakeClock:
