@@ -42,7 +42,6 @@ def test_int8_isa_classes(flags, arch, isa):
 def _u8s8_dot(precise: bool) -> np.ndarray:
     """ONNX Runtime's u8 x s8 kernel (MatMulInteger, weights constant as in a quantized model)
     on a hand-made case: 64 activations of 255 times 64 weights of 127, 16 outputs."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -138,10 +137,45 @@ def effl0_calibration(effl0_onnx):
     return CalibrationSet.from_source("photos", spec, size=48), spec
 
 
+def test_emulation_on_a_hand_computed_layer(tmp_path):
+    """Two MatMul layers on inputs of 0 or 1 (u8 0 or 255; weights s8 127 or 0 or -127),
+    worked out by hand. Layer "pairs": output 0 has all weights 127, output 1 has 127, -127,
+    127, -127. Input [1, 1, 1, 1]: output 0's pairs are 2 x 255 x 127 = 64770 each, clamped to
+    32767 (32003 lost, twice); every other pair sum stays within int16. Exact outputs
+    129540, 0 (row 1) and 64770, 64770 (row [1, 0, 1, 0]): relative error 64006 / 259080,
+    one output of four clamped. Layer "singles" (one non-zero weight per pair) never clamps.
+    On every CPU; test_this_cpu_is_classified_from_its_own_flags shows the kernels clamp
+    exactly so where they saturate."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    pairs = np.array([[1, 1], [1, -1], [1, 1], [1, -1]], np.float32)      # (in 4, out 2)
+    singles = np.array([[1, 0], [0, 1], [1, 0], [0, 1]], np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["h"], name="relu"),
+         helper.make_node("MatMul", ["h", "w_pairs"], ["y1"], name="pairs"),
+         helper.make_node("MatMul", ["h", "w_singles"], ["y2"], name="singles")], "hand",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y1", TensorProto.FLOAT, ["n", 2]),
+         helper.make_tensor_value_info("y2", TensorProto.FLOAT, ["n", 2])],
+        [numpy_helper.from_array(pairs, "w_pairs"), numpy_helper.from_array(singles, "w_singles")])
+    path = tmp_path / "hand.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    x = np.array([[1, 1, 1, 1], [1, 0, 1, 0]], np.float32)
+    ranked = saturation.rank_layers(path, [x])
+    assert [(r.node, r.op) for r in ranked] == [("pairs", "MatMul"), ("singles", "MatMul")]
+    assert ranked[0].relative_error == pytest.approx(64006 / 259080)
+    assert ranked[0].clamped_fraction == 0.25
+    assert ranked[1].relative_error == 0.0 and ranked[1].clamped_fraction == 0.0
+
+
 def test_emulation_predicts_what_this_cpus_kernels_do(effl0_onnx, effl0_calibration, tmp_path):
     """Quantize one layer alone with ONNX Runtime and run it on this CPU's default kernels and
     on its exact (U8U8) ones: on an AVX2-only CPU the layer the emulation ranks first loses
-    far more than one it ranks last; on a VNNI CPU the two kernels agree for every layer."""
+    far more than one it ranks last; on a VNNI CPU the two kernels agree for every layer (no
+    saturating kernel there to compare with: the emulation itself is checked by hand on
+    every CPU in test_emulation_on_a_hand_computed_layer, and the kernels' clamping in
+    test_this_cpu_is_classified_from_its_own_flags)."""
     from edgecls.backends.onnx.quantize import OrtQuantizer
     from edgecls.calibration.preprocess import to_model_input
 
@@ -361,7 +395,7 @@ def test_openvino_accuracy_control_meets_its_target(digits_model, digits_onnx, d
     assert report.results[0].top1_drop <= 2.0
 
 
-def test_tflite_float_ops_only_when_allowed(digits_model, digits_data, tmp_path):
+def test_tflite_float_ops_only_when_allowed(digits_model, digits_data, digits_val, tmp_path):
     from edgecls.backends.tflite.export import convert_fp32
     from edgecls.backends.tflite.quantize import float_ops
     from edgecls.backends.tflite.tuning import TFLiteTuner
@@ -384,5 +418,11 @@ def test_tflite_float_ops_only_when_allowed(digits_model, digits_data, tmp_path)
     q = read_spec(out).quantization
     assert q["recipe"].endswith("float x1") and q["float_ops"]
     assert float_ops(out.read_bytes()) == q["float_ops"]
+    # and it still is the digits CNN: torch's decisions on the held-out digits. Safe on both
+    # x86 kinds: TFLite's int8 kernels (XNNPACK, s8 x s8 widened to 16 bits) never use the
+    # saturating u8 x s8 instruction, so AVX2 and VNNI compute the same integers
+    from edgecls.calibration.preprocess import to_model_input
+    crops, _, ref = digits_val
     with open_session(out) as s:
-        assert s.run(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 10)
+        got = s.run(to_model_input(crops, s.spec))
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.95
