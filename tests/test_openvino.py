@@ -9,6 +9,7 @@ the edgecls.exporting.export path itself is tested for the atomic write and its 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -252,7 +253,7 @@ def test_precision_hint(irs):
         open_session(irs["fp32"], inference_precision="int4")
 
 
-def test_absent_devices_are_errors_that_list_what_is_present(irs):
+def test_absent_devices_are_errors_that_list_what_is_present(irs, digits_val):
     import openvino as ov
 
     from edgecls.formats import open_session
@@ -264,8 +265,11 @@ def test_absent_devices_are_errors_that_list_what_is_present(irs):
             open_session(irs["fp32"], device=device)
         with open_session(irs["fp32"], device=device, fallback=True) as s:
             assert s.device_used == "cpu"
-    with open_session(irs["fp32"], device="auto") as s:
-        assert s.run(np.zeros(s.spec.input_shape(2), np.float32)).shape == (2, 10)
+    # "auto" runs somewhere, and what it runs is the digits CNN: torch's decisions (a GPU's
+    # FP16 may round one near-tie of 64 the other way)
+    crops, _, ref = digits_val
+    got = logits(irs["fp32"], crops[:64], device="auto")
+    assert (got.argmax(1) != ref[:64].argmax(1)).sum() <= 1
 
 
 def test_throughput_hint_threads_and_concurrency(irs, digits_val):
@@ -304,7 +308,7 @@ def test_corrupt_artifacts_are_one_line_artifact_errors(bad_irs, capsys):
         with pytest.raises(ArtifactError) as e:
             read_spec(path)
         assert "\n" not in str(e.value) and str(path) in str(e.value)
-        with pytest.raises(ArtifactError):
+        with pytest.raises(ArtifactError, match=re.escape(str(path))):
             open_session(path)
         assert main(["info", str(path)]) == 2
     err = capsys.readouterr().err
