@@ -158,7 +158,7 @@ def test_unreadable_images(digits_onnx, tmp_path):
             clf.predict(fake)
         with pytest.raises(ImageReadError, match="missing.jpg"):
             clf.predict(tmp_path / "missing.jpg")
-        with pytest.raises(ImageReadError):
+        with pytest.raises(ImageReadError, match="cannot decode image bytes: .*truncated one"):
             clf.predict(b"\xff\xd8\xff\xe0 truncated")
         # a truncated real JPEG
         import cv2
@@ -194,7 +194,7 @@ def test_missing_artifact(tmp_path):
         Classifier(tmp_path / "absent.onnx")
     with pytest.raises(ArtifactError, match="no such file"):
         read_spec(tmp_path / "absent.onnx")
-    with pytest.raises(UnknownFormatError):
+    with pytest.raises(UnknownFormatError, match=r"absent.pb: unknown artifact type '\.pb'"):
         Classifier(tmp_path / "absent.pb")
 
 
@@ -368,7 +368,7 @@ def test_failed_exporter_writes_nothing(tmp_path):
 def test_export_refuses_bad_options(tmp_path, digits_model):
     from edgecls.exporting import export
     model, spec = digits_model
-    with pytest.raises(UnknownFormatError):
+    with pytest.raises(UnknownFormatError, match="unknown format 'coreml'; choose one of"):
         export(model, to="coreml", out=tmp_path / "x.onnx", spec=spec)
     with pytest.raises(UnsupportedOptionError, match="--preset"):
         export(model, to="onnx", out=tmp_path / "x.onnx", spec=spec, options={"preset": "mixed"})
@@ -387,7 +387,7 @@ def test_export_refuses_bad_options(tmp_path, digits_model):
 def test_atomic_paths_cleans_up_on_failure(tmp_path):
     from edgecls.io import atomic_paths
     final = tmp_path / "a" / "m.xml"
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="boom"):
         with atomic_paths(final, final.with_suffix(".bin")) as temps:
             assert temps[0].exists()  # reserved; companions share its stem (x.tmp.bin)
             assert temps[1] == temps[0].with_suffix(".bin")
@@ -564,5 +564,5 @@ def test_cli_main_in_process(capsys, tmp_path, digits_onnx, digit_png):
     assert main(["predict", str(tmp_path / "x.pb"), str(img)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("edgecls: error:") and "Traceback" not in err
-    with pytest.raises(UnknownFormatError):
+    with pytest.raises(UnknownFormatError, match=r"x.pb: unknown artifact type '\.pb'"):
         main(["--debug", "predict", str(tmp_path / "x.pb"), str(img)])
