@@ -179,5 +179,30 @@ def test_tflite_int8_io_from_the_cli(tmp_path, photo_files):
     with Classifier(out) as clf:
         assert clf.session.describe()["input"].startswith("int8")
         assert clf.session.describe()["output"] == "int8"
-        preds = clf.predict(photo_files["chelsea"], topk=3)
-    assert len(preds) == 3 and preds[0].score >= preds[2].score
+        got = clf.probabilities(photo_files["chelsea"])
+    # the oracle: LiteRT's own interpreter on the file, with the int8 edges' scale and zero
+    # point as the file states them - edgecls must quantize the input and dequantize the
+    # output exactly so (random weights: the numbers, not the classes, are what is compared)
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgecls.calibration.preprocess import load_rgb, resize_crop
+    interpreter = Interpreter(model_path=str(out))
+    interpreter.allocate_tensors()
+    [inp], [outp] = interpreter.get_input_details(), interpreter.get_output_details()
+    assert inp["dtype"] == np.int8 and outp["dtype"] == np.int8
+    rgb = resize_crop(load_rgb(photo_files["chelsea"]), spec).astype(np.float32) / 255
+    x = (rgb - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    x = x[None] if spec.layout == "NHWC" else x.transpose(2, 0, 1)[None]
+    (in_scale, in_zero), (out_scale, out_zero) = inp["quantization"], outp["quantization"]
+    interpreter.set_tensor(inp["index"],
+                           np.clip(np.round(x / in_scale) + in_zero, -128, 127).astype(np.int8))
+    interpreter.invoke()
+    logits = (interpreter.get_tensor(outp["index"]).astype(np.float32) - out_zero) * out_scale
+    want = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    from edgecls.calibration.preprocess import preprocess
+    from edgecls.formats import open_session
+    with open_session(out) as s:     # the logits themselves (softmax forgives a shift)
+        np.testing.assert_allclose(s.run(preprocess([photo_files["chelsea"]], s.spec)), logits,
+                                   atol=1e-6)
+    assert np.ptp(logits) > 10 * out_scale      # not a flat output: the comparison has teeth
