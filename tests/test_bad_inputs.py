@@ -12,12 +12,10 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
-import signal
 import struct
 import subprocess
 import sys
 import tempfile
-import time
 import zlib
 from pathlib import Path
 from typing import Callable
@@ -468,23 +466,34 @@ def test_argument_errors_are_one_line(tmp_path, digits_onnx):
 
 # -- 7. options a format does not take: refused, never ignored ----------------------------------------
 REFUSED = {
-    # (format, precision, export() keywords, what the message names)
-    "calib-without-int8": ("onnx", "fp32", {"calib": "digits"}, "--calib"),
-    "calib-size-without-int8": ("tflite", "fp32", {"calib_size": 50}, "--calib-size"),
-    "strict-without-int8": ("onnx", "fp16", {"strict": True}, "--strict"),
-    "data-without-int8-onnx": ("onnx", "fp32", {"options": {"data": "digits"}}, "data"),
-    "data-without-int8-tflite": ("tflite", "fp32", {"options": {"data": "digits"}}, "data"),
-    "data-without-int8-tensorrt": ("tensorrt", "fp16", {"options": {"data": "digits"}}, "data"),
-    "max-drop-without-int8": ("onnx", "fp32", {"options": {"max_drop": 1.0}}, "max_drop"),
-    "strict-with-no-check": ("onnx", "int8", {"calib": "digits", "check": False,
-                                              "strict": True}, "--no-check"),
-    "another-formats-option": ("onnx", "fp32", {"options": {"preset": "mixed"}}, "--preset"),
-    "int8-io-without-int8": ("tflite", "fp32", {"options": {"int8_io": "int8"}}, "int8_io"),
+    # (format, precision, export() keywords, what the message says: the option and its cause)
+    "calib-without-int8": ("onnx", "fp32", {"calib": "digits"},
+                           "--calib apply only to --int8 (this export is fp32)"),
+    "calib-size-without-int8": ("tflite", "fp32", {"calib_size": 50},
+                                "--calib-size apply only to --int8 (this export is fp32)"),
+    "strict-without-int8": ("onnx", "fp16", {"strict": True},
+                            "--strict apply only to --int8 (this export is fp16)"),
+    "data-without-int8-onnx": ("onnx", "fp32", {"options": {"data": "digits"}},
+                               "option(s) data apply only to --int8"),
+    "data-without-int8-tflite": ("tflite", "fp32", {"options": {"data": "digits"}},
+                                 "option(s) data apply only to --int8"),
+    "data-without-int8-tensorrt": ("tensorrt", "fp16", {"options": {"data": "digits"}},
+                                   "option(s) data apply only to --int8"),
+    "max-drop-without-int8": ("onnx", "fp32", {"options": {"max_drop": 1.0}},
+                              "option(s) max_drop apply only to --int8"),
+    "strict-with-no-check": ("onnx", "int8", {"calib": "digits", "check": False, "strict": True},
+                             "--strict makes the INT8 check fatal, and --no-check skips it"),
+    "another-formats-option": ("onnx", "fp32", {"options": {"preset": "mixed"}},
+                               "--to onnx does not take --preset"),
+    "int8-io-without-int8": ("tflite", "fp32", {"options": {"int8_io": "int8"}},
+                             "option(s) int8_io apply only to --int8"),
     "tensorrt-option-on-tflite": ("tflite", "fp32", {"options": {"workspace_gb": 2}},
-                                  "--workspace-gb"),
-    "int8-without-calibration": ("onnx", "int8", {}, "--calib"),
-    "precision-the-format-lacks": ("torch", "int8", {"calib": "digits"}, "cannot be int8"),
-    "calib-size-zero": ("onnx", "int8", {"calib": "digits", "calib_size": 0}, ">= 1"),
+                                  "--to tflite does not take --workspace-gb"),
+    "int8-without-calibration": ("onnx", "int8", {}, "--int8 needs calibration images: --calib"),
+    "precision-the-format-lacks": ("torch", "int8", {"calib": "digits"},
+                                   "torch artifacts cannot be int8; choose from fp32"),
+    "calib-size-zero": ("onnx", "int8", {"calib": "digits", "calib_size": 0},
+                        "--calib-size must be a whole number >= 1, not 0"),
 }
 
 
@@ -493,13 +502,10 @@ def test_option_the_format_does_not_take(digits_model, tmp_path, case):
     from edgecls.exporting import export
     from edgecls.formats import get_format
     model, spec = digits_model
-    fmt, precision, kwargs, names = REFUSED[case]
+    fmt, precision, kwargs, says = REFUSED[case]
     out = tmp_path / "out" / f"d{get_format(fmt).suffixes[0]}"
-    message = expect_error(lambda: export(model, to=fmt, out=out, spec=spec, precision=precision,
-                                          **kwargs), UnsupportedOptionError, names,
-                           folder=tmp_path)
-    assert "--int8" in message or "--no-check" in message or "choose" in message \
-        or "does not take" in message or ">= 1" in message, message
+    expect_error(lambda: export(model, to=fmt, out=out, spec=spec, precision=precision, **kwargs),
+                 UnsupportedOptionError, says, folder=tmp_path)
 
 
 def test_refused_options_cli(tmp_path):
@@ -597,23 +603,42 @@ def test_disk_full(tmp_path):
     assert not list(work.glob("edgecls-*")), list(work.iterdir())
 
 
+#: `edgecls ARGS` with SIGINT sent to itself at a known point: once the export's temporary
+#: artifact is written whole, before it is renamed into place
+CTRL_C_AFTER_WRITING = """
+import contextlib, os, signal, sys
+from pathlib import Path
+import edgecls.exporting as exporting
+real = exporting.atomic_paths
+
+@contextlib.contextmanager
+def interrupted(*finals, **kwargs):
+    with real(*finals, **kwargs) as temps:
+        yield temps
+        print("written:", *sorted(p.name for p in Path(temps[0]).parent.iterdir()), flush=True)
+        os.kill(os.getpid(), signal.SIGINT)
+
+exporting.atomic_paths = interrupted
+sys.argv[0] = "edgecls"
+from edgecls.cli import run
+run()
+"""
+
+
 def test_ctrl_c_during_export(tmp_path):
-    """SIGINT while the artifact is being written: exit 130, nothing left behind."""
+    """SIGINT when the artifact is written but not yet in place: exit 130, nothing left
+    behind (neither the temporary artifact nor the folder made for it)."""
     out, work = tmp_path / "out", tmp_path / "tmp"
     work.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "edgecls", "export", "squeezenet1_1",
-                             "--weights", "none", "--fp16", "-o", str(out / "sq.onnx")],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "TMPDIR": str(work)})
-    deadline = time.monotonic() + 240
-    while not (out.exists() and any(out.iterdir())):     # the temporary artifact is there
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the export never started writing"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr and stderr.strip().endswith("edgecls: interrupted"), stderr
+    proc = subprocess.run([sys.executable, "-c", CTRL_C_AFTER_WRITING, "export", "squeezenet1_1",
+                           "--weights", "none", "--fp16", "-o", str(out / "sq.onnx")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TMPDIR": str(work)})
+    assert proc.returncode == 130, proc.stderr
+    written = proc.stdout.split("written:")[1].split()
+    assert len(written) == 1 and written[0].endswith(".onnx") and written[0] != "sq.onnx", written
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().endswith("edgecls: interrupted"), proc.stderr
     assert not out.exists(), _tree(out)
     assert not list(work.glob("edgecls-*")), list(work.iterdir())
 
@@ -660,7 +685,7 @@ def test_odd_but_valid_images_work(digits_onnx, tmp_path):
         plain = clf.predict(_odd_one(), topk=1)[0]
         for name, image in images.items():
             preds = clf.predict(image)
-            assert len(preds) == 3 and preds[0].score >= preds[-1].score > 0, name
+            assert len(preds) == 3, name       # (what it answers: checked below)
             rgb = load_rgb(image)
             assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3, name
         # the ones that are the same picture give the same answer as the plain one

@@ -95,15 +95,15 @@ def test_load_rgb_16bit_png(tmp_path):
 def test_load_rgb_float_array_and_bad_inputs(tmp_path):
     f = np.full((4, 5, 3), 0.5, np.float32)
     assert (load_rgb(f) == 128).all()
-    with pytest.raises(ImageReadError):
+    with pytest.raises(ImageReadError, match=r"shape \(4, 5, 2\) is not an image"):
         load_rgb(np.zeros((4, 5, 2), np.uint8))
-    with pytest.raises(ImageReadError):
+    with pytest.raises(ImageReadError, match="dtype int64: use uint8, uint16 or float"):
         load_rgb(np.zeros((4, 5, 3), np.int64))
-    with pytest.raises(ImageReadError):
+    with pytest.raises(ImageReadError, match="cannot use int as an image"):
         load_rgb(12345)
-    with pytest.raises(ImageReadError):
+    with pytest.raises(ImageReadError, match="cannot decode image bytes: not an image"):
         load_rgb(b"")
-    with pytest.raises(ImageReadError):
+    with pytest.raises(ImageReadError, match="cannot read image .*missing.jpg: No such file"):
         load_rgb(tmp_path / "missing.jpg")
 
 

@@ -125,19 +125,43 @@ def test_bench_cli_and_api(digits_onnx, digits_ir, tmp_path):
 
 
 # -- --calib-size ------------------------------------------------------------------------------------
+def _quantization_params(path: Path) -> dict[str, np.ndarray]:
+    """Every scale and zero point in a quantized ONNX file: what calibration decided."""
+    import onnx
+    from onnx import numpy_helper
+    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer
+            if i.name.endswith(("_scale", "_zero_point"))}
+
+
 def test_calib_size_limits_the_calibration_set(digits_model, tmp_path):
+    """--calib-size 24 calibrates on 24 digits - not more, not others: the 24 images the
+    spec names, given alone as the calibration set, give the very same quantization
+    parameters, and 64 images give other ones. (The target's recipe as it is, no search:
+    the parameters then depend on the calibration images only.)"""
+    from edgecls.calibration.datasets import ImageSet, digits
     from edgecls.exporting import export
     from edgecls.formats import read_spec
     model, spec = digits_model
-    sizes = {}
-    for size in (24, 64):
-        path = export(model, to="onnx", out=tmp_path / f"d{size}.onnx", spec=spec,
-                      precision="int8", calib="digits", calib_size=size, check=False)
-        q = read_spec(path).quantization
-        sizes[size] = q
-        assert q["calibration_size"] == size and len(q["calibration_ids"]) == size
-    # a subset of 24 is not the first 24 of the 64: both are stratified draws, all 10 classes
-    assert sizes[24]["calibration_hash"] != sizes[64]["calibration_hash"]
+
+    def int8(name, calib, size):
+        return export(model, to="onnx", out=tmp_path / f"{name}.onnx", spec=spec,
+                      precision="int8", calib=calib, calib_size=size, check=False,
+                      options={"no_search": True})
+
+    limited, more = int8("d24", "digits", 24), int8("d64", "digits", 64)
+    ids = read_spec(limited).quantization["calibration_ids"]
+    full = digits()
+    named = [i for i in full.items if i.digest()[:12] in ids]
+    assert len(named) == len(set(ids)) == 24           # 24 distinct, real digits images
+    # a stratified draw: every class, 2 or 3 images each
+    assert sorted(np.bincount([i.label for i in named], minlength=10)) == [2] * 6 + [3] * 4
+    alone = int8("named24", ImageSet("named", named), 24)
+    got, want = _quantization_params(alone), _quantization_params(limited)
+    assert got.keys() == want.keys() and len(want) > 4
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    other = _quantization_params(more)
+    assert any(not np.array_equal(other[n], want[n]) for n in want)
 
 
 # -- TFLite --int8-io through the command line -----------------------------------------------------------
@@ -155,5 +179,30 @@ def test_tflite_int8_io_from_the_cli(tmp_path, photo_files):
     with Classifier(out) as clf:
         assert clf.session.describe()["input"].startswith("int8")
         assert clf.session.describe()["output"] == "int8"
-        preds = clf.predict(photo_files["chelsea"], topk=3)
-    assert len(preds) == 3 and preds[0].score >= preds[2].score
+        got = clf.probabilities(photo_files["chelsea"])
+    # the oracle: LiteRT's own interpreter on the file, with the int8 edges' scale and zero
+    # point as the file states them - edgecls must quantize the input and dequantize the
+    # output exactly so (random weights: the numbers, not the classes, are what is compared)
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgecls.calibration.preprocess import load_rgb, resize_crop
+    interpreter = Interpreter(model_path=str(out))
+    interpreter.allocate_tensors()
+    [inp], [outp] = interpreter.get_input_details(), interpreter.get_output_details()
+    assert inp["dtype"] == np.int8 and outp["dtype"] == np.int8
+    rgb = resize_crop(load_rgb(photo_files["chelsea"]), spec).astype(np.float32) / 255
+    x = (rgb - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    x = x[None] if spec.layout == "NHWC" else x.transpose(2, 0, 1)[None]
+    (in_scale, in_zero), (out_scale, out_zero) = inp["quantization"], outp["quantization"]
+    interpreter.set_tensor(inp["index"],
+                           np.clip(np.round(x / in_scale) + in_zero, -128, 127).astype(np.int8))
+    interpreter.invoke()
+    logits = (interpreter.get_tensor(outp["index"]).astype(np.float32) - out_zero) * out_scale
+    want = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    from edgecls.calibration.preprocess import preprocess
+    from edgecls.formats import open_session
+    with open_session(out) as s:     # the logits themselves (softmax forgives a shift)
+        np.testing.assert_allclose(s.run(preprocess([photo_files["chelsea"]], s.spec)), logits,
+                                   atol=1e-6)
+    assert np.ptp(logits) > 10 * out_scale      # not a flat output: the comparison has teeth

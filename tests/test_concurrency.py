@@ -81,7 +81,10 @@ RACER = textwrap.dedent("""
     with torch.no_grad():
         np.save(meeting / f"{name}.npy", model(x).numpy())
     (meeting / f"{name}.ready").touch()
+    deadline = time.monotonic() + 120                     # the other one died: give up
     while len(list(meeting.glob("*.ready"))) < 2:          # start the export together
+        if time.monotonic() > deadline:
+            sys.exit(f"{name}: the other racer never got ready")
         time.sleep(0.005)
     export(model, to=fmt, out=out, spec=spec, force=True)   # both mean to write it
 """)
@@ -98,9 +101,15 @@ def test_two_processes_export_to_one_path(tmp_path, fmt, suffix):
     racers = [subprocess.Popen([sys.executable, "-c", RACER, name, fmt, str(out), str(meeting)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
               for name in ("racer-a", "racer-b")]
-    for racer in racers:
-        _, err = racer.communicate(timeout=300)
-        assert racer.returncode == 0, err
+    try:
+        for racer in racers:
+            _, err = racer.communicate(timeout=300)
+            assert racer.returncode == 0, err
+    finally:                       # a racer that hangs or outlives a failure is stopped
+        for racer in racers:
+            if racer.poll() is None:
+                racer.kill()
+                racer.communicate()
     expected_files = sorted([out.name] + ([out.with_suffix(".bin").name] if fmt == "openvino"
                                           else []))
     assert sorted(p.name for p in out.parent.iterdir()) == expected_files

@@ -397,6 +397,6 @@ def test_the_fuzz_seeds_are_valid():
     from edgecls.calibration.preprocess import load_rgb
     for ext, data in SEED_IMAGES.items():
         assert load_rgb(data).shape == (12, 16, 3), ext
-    with pytest.raises(ArtifactError):
+    with pytest.raises(ArtifactError, match="spec is not a JSON object"):
         from edgecls.spec import ModelSpec
         ModelSpec.from_json("[]")

@@ -9,6 +9,7 @@ the edgecls.exporting.export path itself is tested for the atomic write and its 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -161,14 +162,26 @@ def test_ignored_scope_and_preset_are_recorded(digits_model, digits_onnx, digits
 
 
 def test_options_that_make_no_sense_are_refused(digits_model, tmp_path):
+    """Each case is refused for the option under test: FP32/FP16 cases get no --calib (which
+    FP32/FP16 would refuse on its own), INT8 cases get a valid one, and each message must
+    name the option (and, for a bad value, the value)."""
     from edgecls.exporting import export
     model, spec = digits_model
-    for precision, options in (("fp32", {"preset": "mixed"}), ("fp16", {"ignored_scope": ["x"]}),
-                               ("fp32", {"data": "digits"}), ("int8", {"preset": "fastest"}),
-                               ("int8", {"calib_method": "entropy"})):
-        with pytest.raises(UnsupportedOptionError):
+    cases = (("fp32", {"preset": "mixed"}, None, r"option\(s\) preset apply only to --int8"),
+             ("fp16", {"ignored_scope": ["x"]}, None,
+              r"option\(s\) ignored_scope apply only to --int8"),
+             ("fp32", {"data": "digits"}, None, r"option\(s\) data apply only to --int8"),
+             ("int8", {"preset": "fastest"}, "digits", r"unknown --preset 'fastest'"),
+             ("int8", {"calib_method": "entropy"}, "digits", r"--calib-method .*not 'entropy'"))
+    for precision, options, calib, match in cases:
+        calibration = {"calib": calib, "calib_size": 32} if calib else {}
+        with pytest.raises(UnsupportedOptionError, match=match):
             export(model, to="openvino", out=tmp_path / "x.xml", spec=spec, precision=precision,
-                   calib="digits", calib_size=32, options=options)
+                   options=options, **calibration)
+    # and --calib itself is refused on an FP32 export, naming --calib
+    with pytest.raises(UnsupportedOptionError, match=r"--calib, --calib-size apply only to --int8"):
+        export(model, to="openvino", out=tmp_path / "x.xml", spec=spec, precision="fp32",
+               calib="digits", calib_size=32)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -177,7 +190,8 @@ def test_export_writes_the_pair_or_nothing(digits_model, digits_val, tmp_path):
     from edgecls.exporting import export
     from edgecls.formats import read_spec
     model, spec = digits_model
-    with pytest.raises(UnsupportedOptionError):  # fails after conversion, before saving
+    # fails after conversion, before saving
+    with pytest.raises(UnsupportedOptionError, match="ignored_scope: no operation named no-such-op"):
         export(model, to="openvino", out=tmp_path / "bad.int8.xml", spec=spec, precision="int8",
                calib="digits", calib_size=32, options={"ignored_scope": ["no-such-op"]})
     assert list(tmp_path.iterdir()) == []
@@ -235,11 +249,11 @@ def test_precision_hint(irs):
         assert s.precision_used == {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(default, default)
     with open_session(irs["int8"]) as s:
         assert s.precision_used.startswith("int8+")
-    with pytest.raises(UnsupportedOptionError):
+    with pytest.raises(UnsupportedOptionError, match="inference_precision must be one of .*'int4'"):
         open_session(irs["fp32"], inference_precision="int4")
 
 
-def test_absent_devices_are_errors_that_list_what_is_present(irs):
+def test_absent_devices_are_errors_that_list_what_is_present(irs, digits_val):
     import openvino as ov
 
     from edgecls.formats import open_session
@@ -251,8 +265,11 @@ def test_absent_devices_are_errors_that_list_what_is_present(irs):
             open_session(irs["fp32"], device=device)
         with open_session(irs["fp32"], device=device, fallback=True) as s:
             assert s.device_used == "cpu"
-    with open_session(irs["fp32"], device="auto") as s:
-        assert s.run(np.zeros(s.spec.input_shape(2), np.float32)).shape == (2, 10)
+    # "auto" runs somewhere, and what it runs is the digits CNN: torch's decisions (a GPU's
+    # FP16 may round one near-tie of 64 the other way)
+    crops, _, ref = digits_val
+    got = logits(irs["fp32"], crops[:64], device="auto")
+    assert (got.argmax(1) != ref[:64].argmax(1)).sum() <= 1
 
 
 def test_throughput_hint_threads_and_concurrency(irs, digits_val):
@@ -291,7 +308,7 @@ def test_corrupt_artifacts_are_one_line_artifact_errors(bad_irs, capsys):
         with pytest.raises(ArtifactError) as e:
             read_spec(path)
         assert "\n" not in str(e.value) and str(path) in str(e.value)
-        with pytest.raises(ArtifactError):
+        with pytest.raises(ArtifactError, match=re.escape(str(path))):
             open_session(path)
         assert main(["info", str(path)]) == 2
     err = capsys.readouterr().err

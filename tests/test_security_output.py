@@ -191,12 +191,12 @@ def test_a_failing_renderer_leaves_no_report_folder(report, tmp_path, monkeypatc
     def broken(_):
         raise RuntimeError("renderer failed")
     monkeypatch.setattr(rep, "render_html", broken)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="renderer failed"):
         rep.write_all(report, tmp_path / "new" / "report")
     assert not (tmp_path / "new").exists()
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "report.md").write_text("before")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="renderer failed"):
         rep.write_all(report, tmp_path / "old")
     assert [p.name for p in (tmp_path / "old").iterdir()] == ["report.md"]   # nothing half-new
     assert (tmp_path / "old" / "report.md").read_text() == "before"

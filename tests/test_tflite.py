@@ -122,10 +122,10 @@ def test_uint8_io_and_option_errors(digits_model, digits_data, digits_val, tmp_p
     from edgecls.backends.tflite.quantize import float_ops
     model, spec = digits_model
     _, calib, _, _ = digits_data
-    with pytest.raises(UnsupportedOptionError, match="int8"):
+    with pytest.raises(UnsupportedOptionError, match=r"option\(s\) int8_io apply only to --int8"):
         export(model, to="tflite", out=tmp_path / "x.tflite", spec=spec,
                options={"int8_io": "int8"})
-    with pytest.raises(UnsupportedOptionError):
+    with pytest.raises(UnsupportedOptionError, match="--int8-io takes int8 or uint8, not 'int4'"):
         export(model, to="tflite", out=tmp_path / "x.tflite", spec=spec, precision="int8",
                calib=calib, options={"int8_io": "int4"}, check=False)
     assert not (tmp_path / "x.tflite").exists()
@@ -182,7 +182,7 @@ def test_devices_and_delegates(digits_tflite, tmp_path):
         open_session(path, device="gpu", delegate=str(tmp_path / "libnothere.so"))
     with open_session(path, device="npu", fallback=True) as s:
         assert s.device_used == "cpu" and "fallback" in s.describe()
-    with pytest.raises(UnsupportedOptionError):
+    with pytest.raises(UnsupportedOptionError, match="--delegate is for --device gpu/npu/auto"):
         open_session(path, device="cpu", delegate="libedgetpu.so.1")
     with open_session(path, device="cpu", threads=2) as s:
         assert s.describe()["delegate"].startswith("xnnpack")

@@ -25,8 +25,17 @@ def test_pt2_runs_like_the_module(digits_pt2, digits_model, digits_val):
         assert s.backend == "torch" and s.device_used == "cpu" and s.describe()["torch"]
         np.testing.assert_allclose(s.run(to_model_input(crops[:64], s.spec)), ref[:64],
                                    rtol=1e-5, atol=1e-5)
-    with TorchSession.of_module(model, spec) as s:     # the reference parity uses
-        np.testing.assert_array_equal(s.run(to_model_input(crops[:64], s.spec)), ref[:64])
+    # the reference parity uses, given the spec of an artifact with baked preprocessing
+    # (NHWC uint8 pixels in, normalization in the graph): it must still feed the module what
+    # it was trained on, NCHW float normalized by the spec's mean and std
+    baked = spec.derive(format="openvino", layout="NHWC", normalization_in_graph=True,
+                        input_dtype="uint8")
+    with TorchSession.of_module(model, baked) as s:
+        x = to_model_input(crops[:64], s.spec)
+        assert x.dtype == np.float32 and x.shape == (64, 3, 32, 32)
+        np.testing.assert_allclose(x, (crops[:64].transpose(0, 3, 1, 2) / 255 - 0.5) / 0.5,
+                                   atol=1e-6)
+        np.testing.assert_array_equal(s.run(x), ref[:64])
     with Classifier(digits_pt2) as clf:
         assert float((clf.probabilities(list(crops)).argmax(1) == labels).mean()) > 0.9
 

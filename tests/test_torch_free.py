@@ -77,7 +77,7 @@ def test_lazy_public_api_resolves():
     from edgecls.classifier import Classifier
     assert edgecls.Classifier is Classifier
     assert set(edgecls.__all__) >= {"Classifier", "ModelSpec", "FORMATS", "list_models"}
-    with pytest.raises(AttributeError):
+    with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
         edgecls.no_such_thing
 
 
