@@ -51,6 +51,7 @@ class OrtRecipe:
     float_bias: bool = False                 # TensorRT's parser takes no int32 bias DQ
     keep_first_last: bool = True
     remedies: tuple[str, ...] = ("float",)   # what the recipe search may change, in order
+    bias_correction: bool = True             # NNCF's, where installed (bias_correction.py)
 
     @property
     def short(self) -> str:
@@ -70,7 +71,9 @@ RECIPES: dict[str, OrtRecipe] = {
     "x86-avx2": _AVX2_SAFE,
     "portable": _AVX2_SAFE,
     "arm64": OrtRecipe("QInt8", symmetric=True),
-    "tensorrt": OrtRecipe("QInt8", symmetric=True, float_bias=True, remedies=()),
+    # TensorRT's Q/DQ rules are fixed and its float bias is what its parser takes
+    "tensorrt": OrtRecipe("QInt8", symmetric=True, float_bias=True, remedies=(),
+                          bias_correction=False),
 }
 
 
@@ -136,18 +139,31 @@ class OrtQuantizer:
     variant of the recipe takes about a second - what makes a per-layer search affordable."""
 
     def __init__(self, fp32_path: Path, spec: ModelSpec, calibration, work: Path, *,
-                 target: str = "x86-vnni", calib_method: str | None = None):
+                 target: str = "x86-vnni", calib_method: str | None = None,
+                 bias_correction: bool | None = None):
+        """`bias_correction`: None does what the target's recipe says (where NNCF is
+        installed); False turns it off (what the correction gains is measured that way)."""
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         self.fp32_path, self.spec, self.target = Path(fp32_path), spec, target
         self.recipe = RECIPES[target]
+        self.bias_correction: dict[str, Any] | None = None
+        quantized_from = self.fp32_path
+        wanted = self.recipe.bias_correction if bias_correction is None else bias_correction
+        if wanted and _nncf_installed():
+            # the FP32 model stays the parent; a corrected copy of it is quantized
+            from edgecls.backends.onnx.bias_correction import bias_corrected
+            quantized_from = Path(work) / "bias-corrected.onnx"
+            ignored = first_and_last_layers(self.fp32_path) if self.recipe.keep_first_last else []
+            changed = bias_corrected(self.fp32_path, spec, calibration, quantized_from, ignored)
+            self.bias_correction = {"tool": "nncf (full bias correction)", "layers": changed}
         self.method = (calib_method or "minmax").lower()
         self.calibration = _bounded(calibration, self.method)
         self.prepared = Path(work) / "prepared.onnx"
         self.cache = Path(work) / "calibration.json"
         # BatchNorm is already folded by the exporter; skipping ORT's graph optimisation keeps
         # tensor names equal to the FP32 artifact's, which the SQNR diagnostics rely on.
-        quant_pre_process(str(self.fp32_path), str(self.prepared), skip_optimization=True)
+        quant_pre_process(str(quantized_from), str(self.prepared), skip_optimization=True)
         import onnx
         graph = onnx.load(str(self.prepared), load_external_data=False).graph
         self.weights = {n.name: n.input[1] for n in graph.node
@@ -210,10 +226,20 @@ class OrtQuantizer:
             "format": "QDQ", **self.recipe.describe(),
             "kept_in_float": list(settings.get("kept_in_float", [])),
             "u8u8_weights": list(settings.get("u8u8_weights", [])),
+            **({"bias_correction": self.bias_correction} if self.bias_correction else {}),
             **self.calibration.recipe()}
         spec.parent = {"format": "onnx", "precision": "fp32",
                        "sha256": sha256(self.fp32_path, 16), "weights": spec.weights}
         spec.tools["onnxruntime"] = onnxruntime.__version__
+
+
+def _nncf_installed() -> bool:
+    from edgecls.backends.onnx import bias_correction
+    if bias_correction.available():
+        return True
+    log.info("NNCF is not installed (pip install 'edgecls[openvino]'): ONNX Runtime's INT8 "
+             "recipe runs without bias correction")
+    return False
 
 
 def _bounded(calibration, method: str):

@@ -65,6 +65,8 @@ class OnnxTuner(CandidateKeeper):
     def bases(self) -> list[Recipe]:
         settings = self.quantizer.default_settings(self.exclude)
         base = f"{self.target.name} {self.quantizer.recipe.short}"
+        if self.quantizer.bias_correction:
+            base += " + bias correction"
         if "u8u8 weights" in self.quantizer.recipe.remedies and not self.measures_target:
             settings["u8u8_weights"] = self.saturating(SATURATION_BLIND)
             base += f", u8 weights on {len(settings['u8u8_weights'])} emulated-saturating layers"

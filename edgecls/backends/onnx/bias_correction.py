@@ -1,0 +1,84 @@
+"""Bias correction for ONNX Runtime's INT8: NNCF's full bias correction, carried into the FP32
+model that ORT's quantizer then quantizes.
+
+Quantizing a layer's weights shifts the mean of its output; bias correction measures that
+shift on calibration images, layer after layer with the layers before it already
+quantized, and subtracts it from the layer's bias (Nagel et al., "Data-Free Quantization",
+2019; NNCF's BiasCorrection). ORT's quantizer has no bias correction; NNCF's ONNX backend
+has it, but the QDQ graph NNCF writes is not in the form ORT fuses into integer kernels
+(float bias, Clip between Conv and Q, s8 activations): ORT runs it at 0.33x FP32 speed
+(EfficientNet-Lite0, AMD EPYC with VNNI). Both quantize weights the same way (s8,
+symmetric, per output channel), so the corrected biases are taken from NNCF's result into a
+copy of the FP32 model, and ORT quantizes that. EfficientNet-Lite0, ORT min/max, x86-vnni,
+AMD EPYC with VNNI: mean KL to FP32 on the 351 verification crops 0.088 -> 0.024, decisive
+agreement 97.3% -> 100% (NNCF's own QDQ graph: 0.032).
+
+The reference stays the unmodified FP32 model: the corrected one exists only to be quantized.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgecls.spec import ModelSpec
+
+log = logging.getLogger("edgecls")
+
+#: calibration images NNCF's statistics use (its default subset size)
+BIAS_CORRECTION_IMAGES = 300
+
+
+def available() -> bool:
+    """NNCF comes with the openvino extra; without it the corrected recipe is not offered."""
+    try:
+        import nncf  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def bias_corrected(fp32_path: Path, spec: ModelSpec, calibration, out: Path,
+                   ignored: Sequence[str] = ()) -> int:
+    """Write to `out` the FP32 model of `fp32_path` with the biases NNCF's full bias
+    correction gives its Conv and Gemm layers (the `ignored` ones keep theirs: they stay in
+    float). Returns how many biases changed."""
+    import nncf
+    import onnx
+    from nncf.parameters import TargetDevice
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+    from onnx import numpy_helper
+
+    model = onnx.load(str(fp32_path))
+    name = model.graph.input[0].name
+    images = [b[None] for batch in calibration.batches(spec) for b in batch]
+    quantized = nncf.quantize(
+        model, nncf.Dataset(images, lambda x: {name: x}),
+        subset_size=min(len(images), BIAS_CORRECTION_IMAGES), fast_bias_correction=False,
+        target_device=TargetDevice.CPU,
+        ignored_scope=nncf.IgnoredScope(names=list(ignored), validate=False),
+        # the weights NNCF corrects for are plain 8-bit ones, as ORT's quantizer makes them
+        advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.DISABLE))
+    corrected = {i.name: i for i in quantized.graph.initializer}
+    layers = {n.name: n for n in quantized.graph.node if n.op_type in ("Conv", "Gemm")}
+    weights = {i.name: i for i in model.graph.initializer}
+    changed = 0
+    for node in model.graph.node:
+        twin = layers.get(node.name)
+        if node.op_type not in ("Conv", "Gemm") or twin is None or len(node.input) < 3 \
+                or len(twin.input) < 3 or twin.input[2] not in corrected:
+            continue
+        old, new = weights[node.input[2]], numpy_helper.to_array(corrected[twin.input[2]])
+        if tuple(old.dims) == new.shape and not np.array_equal(numpy_helper.to_array(old), new):
+            old.CopyFrom(numpy_helper.from_array(new.astype(numpy_helper.to_array(old).dtype),
+                                                 old.name))
+            changed += 1
+    onnx.save(model, str(out))
+    log.info("bias correction (NNCF, full): %d of %d layers' biases corrected", changed,
+             len(layers))
+    return changed
+
+
+__all__ = ["available", "bias_corrected", "BIAS_CORRECTION_IMAGES"]
