@@ -234,8 +234,8 @@ class OrtQuantizer:
 
 
 def _nncf_installed() -> bool:
-    from edgecls.backends.onnx import bias_correction
-    if bias_correction.available():
+    from edgecls.backends.onnx.bias_correction import available
+    if available():
         return True
     log.info("NNCF is not installed (pip install 'edgecls[openvino]'): ONNX Runtime's INT8 "
              "recipe runs without bias correction")
