@@ -71,7 +71,7 @@ def test_parity_report_json(parity_run, digits_onnx):
 def test_parity_report_markdown(parity_run):
     _, folder = parity_run
     md = (folder / "report.md").read_text()
-    assert "**Result: FAIL**" in md and "60 images (labelled)" in md
+    assert "**Result: FAIL**" in md and "60 images (labelled; verification images)" in md
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     header, reference, good, bad = rows[0], rows[1], rows[2], rows[3]
     cells = [re.split(r"(?<!\\)\|", row)[1:-1] for row in rows]   # "\|" stays inside a cell
