@@ -28,14 +28,25 @@ def _digits_train(digits_data) -> ImageSet:
     return ImageSet("digits-train", train_items, full.class_names)
 
 
+def _digits_roles(digits_data) -> tuple[ImageSet, ImageSet]:
+    """The held-out digits in two roles: 100 choose the epoch (selection), 300 judge
+    (verification); never the same image in both."""
+    _, _, val, _ = digits_data
+    select, verify = val.split(calib_size=100, val_size=300, seed=7)
+    assert not select.keys() & verify.keys()
+    return select, verify
+
+
 @pytest.fixture(scope="module")
 def digits_students(digits_model, digits_data, tmp_path_factory):
     """Supervised QAT of the digits CNN, once per family (ONNX's and TFLite's)."""
     model, spec = digits_model
-    _, calib, val, _ = digits_data
+    _, calib, _, _ = digits_data
+    select, verify = _digits_roles(digits_data)
     folder = tmp_path_factory.mktemp("qat-digits")
-    return {to: qat(model, spec, calib=calib, train=_digits_train(digits_data), data=val, to=to,
-                    epochs=DIGITS_EPOCHS, checkpoint=folder / f"{to}.pt", progress=False)
+    return {to: qat(model, spec, calib=calib, train=_digits_train(digits_data), select=select,
+                    data=verify, to=to, epochs=DIGITS_EPOCHS, checkpoint=folder / f"{to}.pt",
+                    progress=False)
             for to in ("onnx", "tflite")}
 
 
@@ -143,23 +154,23 @@ def test_litert_quantizer_gaps_are_filled_and_upstream_still_has_them():
 def test_digits_qat_keeps_fp32_accuracy_in_onnx_and_tflite(digits_qat_artifacts, digits_model,
                                                           digits_data):
     model, spec = digits_model
-    _, _, val, _ = digits_data
-    report = parity(list(digits_qat_artifacts.values()), data=val, reference=model,
+    _, verify = _digits_roles(digits_data)
+    report = parity(list(digits_qat_artifacts.values()), data=verify, reference=model,
                     reference_spec=spec, sqnr=False, progress=False)
     for r in report.results:
         assert r.precision == "int8"
-        assert r.top1_drop <= 0.5, (r.name, r.top1_drop)
+        assert r.top1_drop <= 0.7, (r.name, r.top1_drop)      # 2 of 300 images
         assert r.calibration_overlap == 0
 
 
 def test_digits_qat_history_and_recipe(digits_students, digits_qat_artifacts, digits_data):
-    _, _, val, _ = digits_data
+    select, _ = _digits_roles(digits_data)
     for to, path in digits_qat_artifacts.items():
         q = read_spec(path).quantization
         assert q["method"] == "qat" and q["mode"] == "supervised" and q["format"] == to
         assert q["epochs"] <= DIGITS_EPOCHS and 0 <= q["best_epoch"] <= q["epochs"]
         assert [h["epoch"] for h in q["history"]][:2] == [0, 1]   # 0: the PTQ starting point
-        assert q["split"]["validation"]["hash"] == val.digest()
+        assert q["split"]["validation"]["hash"] == select.digest()   # the epoch's chooser
         assert q["split"]["train"]["size"] == 300 and len(q["calibration_hash"]) == 16
         assert q["teacher"]["weights"] == "file:trained-in-test-session"
         assert q["target"] and "measured_on_target" in q
@@ -191,9 +202,10 @@ def test_tensorrt_student_is_symmetric_s8_qdq_onnx(digits_model, digits_data, tm
     QDQ ONNX TensorRT would parse keeps the accuracy (run here by ONNX Runtime)."""
     from onnx import numpy_helper
     model, spec = digits_model
-    _, calib, val, _ = digits_data
-    student = qat(model, spec, calib=calib, train=_digits_train(digits_data), data=val,
-                  to="onnx", target="tensorrt", epochs=1, checkpoint=tmp_path / "t.pt",
+    _, calib, _, _ = digits_data
+    select, verify = _digits_roles(digits_data)
+    student = qat(model, spec, calib=calib, train=_digits_train(digits_data), select=select,
+                  data=verify, to="onnx", target="tensorrt", epochs=1, checkpoint=tmp_path / "t.pt",
                   progress=False)
     assert student.family.name == "tensorrt" and student.family.formats == ("tensorrt", "onnx")
     path = export(student, to="onnx", out=tmp_path / "d.trt.onnx", precision="int8", spec=spec,
@@ -203,9 +215,9 @@ def test_tensorrt_student_is_symmetric_s8_qdq_onnx(digits_model, digits_data, tm
     points = [inits[n.input[2]] for n in proto.graph.node
               if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
     assert points and all(p.dtype == np.int8 and not p.any() for p in points)
-    r = parity([path], data=val, reference=model, reference_spec=spec, sqnr=False,
+    r = parity([path], data=verify, reference=model, reference_spec=spec, sqnr=False,
                progress=False).results[0]
-    assert r.top1_drop <= 0.5 and read_spec(path).quantization["target"] == "tensorrt"
+    assert r.top1_drop <= 0.7 and read_spec(path).quantization["target"] == "tensorrt"
 
 
 def test_tflite_qat_is_full_integer(digits_qat_artifacts):
@@ -218,9 +230,9 @@ def test_tflite_qat_is_full_integer(digits_qat_artifacts):
 def test_export_shows_ptq_next_to_qat(digits_students, digits_model, digits_data, tmp_path,
                                       capsys):
     _, spec = digits_model
-    _, _, val, _ = digits_data
+    _, verify = _digits_roles(digits_data)
     export(digits_students["onnx"], to="onnx", out=tmp_path / "d.onnx", precision="int8",
-           spec=spec, options={"data": val})
+           spec=spec, options={"data": verify})
     table = capsys.readouterr().out
     assert "d.onnx" in table and "PTQ" in table
 
@@ -248,7 +260,7 @@ def test_resume_continues_where_it_stopped_and_matches_one_run(digits_model, dig
                      _digits_train(digits_data).class_names)
 
     def run(epochs, checkpoint, resume=False, lr=1e-5):
-        return qat(model, spec, calib=calib, train=train, data=val.subset(100), to="onnx",
+        return qat(model, spec, calib=calib, train=train, select=val.subset(100), to="onnx",
                    epochs=epochs, lr=lr, checkpoint=checkpoint, resume=resume, size=96,
                    progress=False)
 
@@ -281,13 +293,14 @@ def effl0_tflite_pair(tmp_path_factory):
 
 
 def test_effl0_distillation_qat_lowers_kl_below_ptq_on_unseen_photos(effl0_tflite_pair):
-    """What distillation on ~100 unlabelled crops buys for EfficientNet-Lite0 in TFLite, on
-    photos it never trained on. The epoch kept is chosen by KL on these same photos (there
-    are too few photos for a third split), so the claim is the KL one; top-1 agreement on 48
-    crops moves 2 points per image and is only required to stay sane (measured on an AVX2
-    EPYC at lr 5e-6: QAT 89.6%, PTQ 91.7%; KL 0.014 vs 0.020)."""
+    """What distillation on ~100 unlabelled crops buys for EfficientNet-Lite0 in TFLite,
+    judged on the verification photos: the student trained on the calibration photos, its
+    epoch was chosen on the selection photos, and neither it nor its PTQ twin saw these.
+    The claim is the KL one; top-1 agreement moves with near-ties and is only required to
+    stay sane."""
     model, spec, student, qat_path, ptq_path = effl0_tflite_pair
-    report = parity([qat_path, ptq_path], data=student.split.validation, reference=model,
+    assert student.split.verification == "photos-verify"
+    report = parity([qat_path, ptq_path], data=student.split.verification, reference=model,
                     reference_spec=spec, sqnr=False, progress=False)
     qat_result, ptq_result = report.results
     assert qat_result.calibration_overlap == 0 == ptq_result.calibration_overlap
@@ -296,5 +309,5 @@ def test_effl0_distillation_qat_lowers_kl_below_ptq_on_unseen_photos(effl0_tflit
     q = read_spec(qat_path).quantization
     history = {h["epoch"]: h for h in q["history"]}
     assert history[q["best_epoch"]]["kl"] < history[0]["kl"]     # training, not the start
-    assert q["mode"] == "distillation" and q["split"]["how"].startswith("by photo")
+    assert q["mode"] == "distillation" and q["split"]["how"] == "selection from photos-select"
     assert not set(q["split"]["train"]["photo_names"]) & set(q["split"]["validation"]["photo_names"])

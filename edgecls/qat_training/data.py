@@ -45,9 +45,17 @@ class Split:
         """What the spec and the report record about the split."""
         return {"how": self.how, "train": _describe(self.train),
                 "validation": _describe(self.validation),
-                "verification": None if self.verification is None else str(self.verification),
+                "verification": _named(self.verification),
                 "calibration": {"source": self.calibration.name, "size": len(self.calibration),
                                 "hash": self.calibration.digest()}}
+
+
+def _named(source: Any) -> Any:
+    """A verification source as the spec records it: a built-in set or folder by name, an
+    image set by its facts (never its repr: the spec's strings are bounded)."""
+    if source is None or isinstance(source, ImageSet):
+        return None if source is None else _describe(source)
+    return str(source)
 
 
 def _describe(images: ImageSet) -> dict[str, Any]:
