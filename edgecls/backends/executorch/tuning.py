@@ -39,8 +39,12 @@ class ExecuTorchTuner(CandidateKeeper):
     measures_target = True
 
     def __init__(self, model, spec: ModelSpec, calibration, target: targets.Target, *,
-                 observer: str = "minmax", keep_float: tuple[str, ...] = ()):
+                 observer: str = "minmax", keep_float: tuple[str, ...] = (),
+                 bias_correction: dict[str, Any] | None = None):
+        """`model`: the torch model to quantize (bias-corrected when `bias_correction` says
+        so; the reference stays the source's own)."""
         self.model, self.spec, self.calibration, self.target = model, spec, calibration, target
+        self.bias_correction = bias_correction
         self.observer, self.keep_float = observer, keep_float
         self._nodes: list[str] | None = None
 
@@ -51,6 +55,8 @@ class ExecuTorchTuner(CandidateKeeper):
 
     def bases(self) -> list[Recipe]:
         label = f"{self.target.name} xnnpack {self.observer}"
+        if self.bias_correction:
+            label += " + bias correction"
         if self.keep_float:
             label += f", {len(self.keep_float)} node(s) in float"
         return [Recipe(label, {"observer": self.observer, "keep_float": list(self.keep_float)})]
@@ -78,6 +84,8 @@ class ExecuTorchTuner(CandidateKeeper):
         spec.notes["executorch"] = facts
         spec.quantization = {**targets.record(self.target, hardware.cpu().int8_isa, True),
                              "recipe": recipe.label, **recipe_facts,
+                             **({"bias_correction": self.bias_correction}
+                                if self.bias_correction else {}),
                              **({"search": search} if search is not None else {})}
         program.warn_if_partial(spec.name, facts)
         Path(out).write_bytes(program.finish(edge, spec))

@@ -13,6 +13,12 @@ copy of the FP32 model, and ORT quantizes that. EfficientNet-Lite0, ORT min/max,
 AMD EPYC with VNNI: mean KL to FP32 on the 351 verification crops 0.088 -> 0.024, decisive
 agreement 97.3% -> 100% (NNCF's own QDQ graph: 0.032).
 
+Backends that quantize the torch model themselves (full-integer TFLite) get the same
+correction in torch: each corrected ONNX bias is mapped back, through the exporter's node
+metadata, to the torch parameter it came from - the BatchNorm folded into the convolution
+(its shift moves the folded bias one for one) or the convolution's own bias. EfficientNet-
+Lite0 full-integer TFLite, AMD EPYC with VNNI, 351 verification crops: KL 0.105 -> 0.045.
+
 The reference stays the unmodified FP32 model: the corrected one exists only to be quantized.
 """
 from __future__ import annotations
@@ -32,10 +38,13 @@ BIAS_CORRECTION_IMAGES = 300
 
 
 def available() -> bool:
-    """NNCF comes with the openvino extra; without it the corrected recipe is not offered."""
+    """NNCF comes with the openvino extra; without it the INT8 recipes run uncorrected, and
+    the log says so."""
     try:
         import nncf  # noqa: F401
     except ImportError:
+        log.info("NNCF is not installed (pip install 'edgecls[openvino]'): INT8 recipes run "
+                 "without bias correction")
         return False
     return True
 
@@ -81,4 +90,60 @@ def bias_corrected(fp32_path: Path, spec: ModelSpec, calibration, out: Path,
     return changed
 
 
-__all__ = ["available", "bias_corrected", "BIAS_CORRECTION_IMAGES"]
+def corrected_module(module, fp32_onnx: Path, spec: ModelSpec, calibration, work: Path):
+    """A copy of the torch `module` carrying the full bias correction found on its FP32 ONNX
+    export `fp32_onnx` (every layer quantized, as a full-integer backend does; `spec` says
+    how that export is fed), and what the spec records about it."""
+    import copy
+
+    import torch
+
+    corrected = Path(work) / "bias-corrected-for-torch.onnx"
+    bias_corrected(fp32_onnx, spec, calibration, corrected)
+    module = copy.deepcopy(module)
+    parameters = dict(module.named_parameters())
+    moved, unmapped = 0, []
+    with torch.no_grad():
+        for node, delta in _bias_shifts(fp32_onnx, corrected):
+            name = _torch_bias_of(node)
+            if name not in parameters or tuple(parameters[name].shape) != delta.shape:
+                unmapped.append(node.name)
+                continue
+            parameters[name] += torch.from_numpy(delta).to(parameters[name].dtype)
+            moved += 1
+    if unmapped:
+        log.warning("bias correction: %d layer(s) could not be traced back to a torch "
+                    "parameter and keep their bias (%s)", len(unmapped), ", ".join(unmapped[:5]))
+    return module, {"tool": "nncf (full bias correction), applied to the torch model",
+                    "layers": moved}
+
+
+def _bias_shifts(fp32_onnx: Path, corrected: Path):
+    """(FP32 node, corrected bias - FP32 bias) of every Conv whose bias the correction moved."""
+    import onnx
+    from onnx import numpy_helper
+
+    before, after = onnx.load(str(fp32_onnx)), onnx.load(str(corrected))
+    values = {i.name: numpy_helper.to_array(i) for i in before.graph.initializer}
+    fixed = {i.name: numpy_helper.to_array(i) for i in after.graph.initializer}
+    for node in before.graph.node:
+        if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] in values:
+            delta = fixed[node.input[2]] - values[node.input[2]]
+            if np.any(delta):
+                yield node, delta
+
+
+def _torch_bias_of(node) -> str | None:
+    """The torch parameter an exported Conv's bias comes from: the bias of the BatchNorm the
+    exporter folded into it (named by the node's scope), else the convolution's own
+    (named like its weight)."""
+    import ast
+    meta = {p.key: p.value for p in node.metadata_props}
+    if "FuseBatchNormIntoConv" in meta.get("pkg.onnxscript.rewriter.rule_name", ""):
+        scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
+        return f"{scopes[-2]}.bias" if len(scopes) >= 2 else None
+    weight = node.input[1]
+    return weight.removesuffix(".weight") + ".bias" if weight.endswith(".weight") else None
+
+
+__all__ = ["available", "bias_corrected", "corrected_module", "BIAS_CORRECTION_IMAGES"]

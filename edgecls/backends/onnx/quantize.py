@@ -27,6 +27,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from edgecls.backends.onnx.bias_correction import available as bias_correction_available
+from edgecls.backends.onnx.bias_correction import bias_corrected
 from edgecls.backends.onnx.container import write_spec
 from edgecls.errors import UnsupportedOptionError
 from edgecls.spec import ModelSpec
@@ -150,9 +152,8 @@ class OrtQuantizer:
         self.bias_correction: dict[str, Any] | None = None
         quantized_from = self.fp32_path
         wanted = self.recipe.bias_correction if bias_correction is None else bias_correction
-        if wanted and _nncf_installed():
+        if wanted and bias_correction_available():
             # the FP32 model stays the parent; a corrected copy of it is quantized
-            from edgecls.backends.onnx.bias_correction import bias_corrected
             quantized_from = Path(work) / "bias-corrected.onnx"
             ignored = first_and_last_layers(self.fp32_path) if self.recipe.keep_first_last else []
             changed = bias_corrected(self.fp32_path, spec, calibration, quantized_from, ignored)
@@ -231,15 +232,6 @@ class OrtQuantizer:
         spec.parent = {"format": "onnx", "precision": "fp32",
                        "sha256": sha256(self.fp32_path, 16), "weights": spec.weights}
         spec.tools["onnxruntime"] = onnxruntime.__version__
-
-
-def _nncf_installed() -> bool:
-    from edgecls.backends.onnx.bias_correction import available
-    if available():
-        return True
-    log.info("NNCF is not installed (pip install 'edgecls[openvino]'): ONNX Runtime's INT8 "
-             "recipe runs without bias correction")
-    return False
 
 
 def _bounded(calibration, method: str):

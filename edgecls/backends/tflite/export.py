@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from edgecls.backends.onnx.bias_correction import available as bias_correction_available
 from edgecls.backends.tflite import TFLiteOptions, io_type
 from edgecls.backends.tflite.container import embed_spec
 from edgecls.backends.tflite.quantize import quiet
@@ -36,8 +37,16 @@ def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
     spec.exported_from = "torch"
     spec.input_dtype = int8_io or "float32"
     spec.tools.update(_versions())
+    bias_correction = None
     if source.student is not None:       # QAT: litert-torch lowers the trained scales
         model = convert_qat(source.student, spec)
+    elif precision == "int8" and bias_correction_available():
+        # full-integer PTQ quantizes a copy of the model with NNCF's bias correction
+        from edgecls.backends.onnx.bias_correction import corrected_module
+        # (fed as the ONNX export is: the source's spec, not this NHWC one)
+        corrected, bias_correction = corrected_module(source.model, source.onnx(), source.spec,
+                                                      calibration, source.workdir)
+        model = convert_fp32(corrected, spec)
     else:
         model = convert_fp32(source.model, spec)
     if precision == "fp16":
@@ -52,7 +61,7 @@ def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
         if not len(calibration):
             raise DataError("the calibration set is empty")
         return TFLiteTuner(model, spec, calibration, targets.resolve(options.target), int8_io,
-                           options.allow_float_ops)
+                           options.allow_float_ops, bias_correction)
     Path(out).write_bytes(embed_spec(model, spec))
     return None
 

@@ -40,15 +40,20 @@ class TFLiteTuner(CandidateKeeper):
     measures_target = True        # XNNPACK's int8 numbers are the same on every CPU kind
 
     def __init__(self, float_model: bytes, spec: ModelSpec, calibration, target: targets.Target,
-                 int8_io: str | None, allow_float_ops: bool):
+                 int8_io: str | None, allow_float_ops: bool,
+                 bias_correction: dict[str, Any] | None = None):
+        """`float_model`: the float TFLite model to quantize (made from the bias-corrected
+        torch model when `bias_correction` says so)."""
         self.float_model, self.spec, self.calibration = float_model, spec, calibration
+        self.bias_correction = bias_correction
         self.target, self.int8_io, self.allow_float_ops = target, int8_io, allow_float_ops
         samples = [x for batch in calibration.batches(spec) for x in batch]
         with quiet():
             self.quantizer = q.Int8Quantizer(float_model, samples, int8_io)
 
     def bases(self) -> list[Recipe]:
-        return [Recipe(f"{self.target.name} full-integer", {"float_ops": []})]
+        corrected = " + bias correction" if self.bias_correction else ""
+        return [Recipe(f"{self.target.name} full-integer{corrected}", {"float_ops": []})]
 
     def remedies(self, recipe: Recipe) -> list[Remedy]:
         if not self.allow_float_ops:
@@ -72,6 +77,8 @@ class TFLiteTuner(CandidateKeeper):
         spec.quantization = {**targets.record(self.target, hardware.cpu().int8_isa, True),
                              "recipe": recipe.label, **self.calibration.recipe(), **facts,
                              "float_ops": leftover if kept else [],
+                             **({"bias_correction": self.bias_correction}
+                                if self.bias_correction else {}),
                              **({"search": search} if search is not None else {})}
         Path(out).write_bytes(embed_spec(model, spec))
 
