@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,14 +70,16 @@ def qat(model: Any, spec: ModelSpec, calib: Any = "photos", train: Any = None, *
     split = qdata.split(calib, train, data, spec, size, seed, select)
     mode = "supervised" if train is not None else "distillation"
     path = Path(checkpoint) if checkpoint else default_checkpoint(spec, family)
+    teacher = model.eval()
+    start, bias_correction = corrected_start(teacher, spec, split)
     fingerprint = {"model": spec.name, "weights": spec.weights, "family": family.name,
                    "target": chosen.name, "mode": mode, "lr": lr, "seed": seed,
-                   "train": split.train.digest(), "validation": split.validation.digest()}
+                   "train": split.train.digest(), "validation": split.validation.digest(),
+                   "bias_correction": bias_correction is not None}
 
     torch.manual_seed(seed)
-    teacher = model.eval()
     quantizer = family.quantizer(chosen)
-    module = prepare(teacher, spec, quantizer)
+    module = prepare(start, spec, quantizer)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module.to(device)
     teacher_on_device = copy.deepcopy(teacher).to(device)
@@ -106,7 +109,28 @@ def qat(model: Any, spec: ModelSpec, calib: Any = "photos", train: Any = None, *
     module.cpu()
     recipe = _recipe(family, chosen, quantizer, split, mode, state, epochs, lr, seed, device,
                      time.perf_counter() - started)
+    if bias_correction:
+        recipe["bias_correction"] = bias_correction
     return QATStudent(module, teacher, spec, family, chosen, quantizer, split, recipe)
+
+
+def corrected_start(teacher, spec: ModelSpec, split) -> tuple[Any, dict[str, Any] | None]:
+    """What the student is prepared from: a copy of the teacher with NNCF's full bias
+    correction found on the calibration images - where PTQ starts too (backends/onnx/
+    bias_correction.py), so epoch 0 is the corrected PTQ model and training goes on from
+    there; the teacher itself stays the reference. Without NNCF: the teacher."""
+    from edgecls.backends.onnx import DEFAULT_OPSET
+    from edgecls.backends.onnx.bias_correction import available, corrected_module
+    from edgecls.backends.onnx.export import export_fp32
+    from edgecls.calibration.datasets import CalibrationSet
+    if not available():
+        return teacher, None
+    with tempfile.TemporaryDirectory(prefix="edgecls-qat-") as work:
+        fp32 = Path(work) / "teacher.onnx"
+        export_fp32(teacher, spec.derive(format="onnx", exported_from="torch",
+                                         tools=dict(spec.tools)), fp32, DEFAULT_OPSET)
+        return corrected_module(teacher, fp32, spec, CalibrationSet(split.calibration, spec),
+                                Path(work))
 
 
 def default_checkpoint(spec: ModelSpec, family: Family, folder: Path = Path("out")) -> Path:
