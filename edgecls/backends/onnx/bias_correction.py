@@ -50,10 +50,10 @@ def available() -> bool:
 
 
 def bias_corrected(fp32_path: Path, spec: ModelSpec, calibration, out: Path,
-                   ignored: Sequence[str] = ()) -> int:
+                   ignored: Sequence[str] = ()) -> int | None:
     """Write to `out` the FP32 model of `fp32_path` with the biases NNCF's full bias
     correction gives its Conv and Gemm layers (the `ignored` ones keep theirs: they stay in
-    float). Returns how many biases changed."""
+    float). Returns how many biases changed; None (nothing written) when NNCF fails."""
     import nncf
     import onnx
     from nncf.parameters import TargetDevice
@@ -63,13 +63,21 @@ def bias_corrected(fp32_path: Path, spec: ModelSpec, calibration, out: Path,
     model = onnx.load(str(fp32_path))
     name = model.graph.input[0].name
     images = [b[None] for batch in calibration.batches(spec) for b in batch]
-    quantized = nncf.quantize(
-        model, nncf.Dataset(images, lambda x: {name: x}),
-        subset_size=min(len(images), BIAS_CORRECTION_IMAGES), fast_bias_correction=False,
-        target_device=TargetDevice.CPU,
-        ignored_scope=nncf.IgnoredScope(names=list(ignored), validate=False),
-        # the weights NNCF corrects for are plain 8-bit ones, as ORT's quantizer makes them
-        advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.DISABLE))
+    try:
+        quantized = nncf.quantize(
+            model, nncf.Dataset(images, lambda x: {name: x}),
+            subset_size=min(len(images), BIAS_CORRECTION_IMAGES), fast_bias_correction=False,
+            target_device=TargetDevice.CPU,
+            ignored_scope=nncf.IgnoredScope(names=list(ignored), validate=False),
+            # the weights NNCF corrects for are plain 8-bit ones, as ORT's quantizer makes them
+            advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.DISABLE))
+    except Exception as e:     # an improvement, never a reason to fail the export
+        # (NNCF 3.4's full bias correction raised KeyError on the tests' digits CNN with
+        # every layer corrected)
+        log.warning("bias correction skipped: NNCF failed on this graph (%s: %s); the INT8 "
+                    "recipe runs without it", type(e).__name__, str(e).splitlines()[0][:120]
+                    if str(e) else "")
+        return None
     corrected = {i.name: i for i in quantized.graph.initializer}
     layers = {n.name: n for n in quantized.graph.node if n.op_type in ("Conv", "Gemm")}
     weights = {i.name: i for i in model.graph.initializer}
@@ -93,13 +101,15 @@ def bias_corrected(fp32_path: Path, spec: ModelSpec, calibration, out: Path,
 def corrected_module(module, fp32_onnx: Path, spec: ModelSpec, calibration, work: Path):
     """A copy of the torch `module` carrying the full bias correction found on its FP32 ONNX
     export `fp32_onnx` (every layer quantized, as a full-integer backend does; `spec` says
-    how that export is fed), and what the spec records about it."""
+    how that export is fed), and what the spec records about it - or `module` itself and
+    None when NNCF could not correct this graph."""
     import copy
 
     import torch
 
     corrected = Path(work) / "bias-corrected-for-torch.onnx"
-    bias_corrected(fp32_onnx, spec, calibration, corrected)
+    if bias_corrected(fp32_onnx, spec, calibration, corrected) is None:
+        return module, None
     module = copy.deepcopy(module)
     parameters = dict(module.named_parameters())
     moved, unmapped = 0, []

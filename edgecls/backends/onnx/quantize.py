@@ -154,10 +154,12 @@ class OrtQuantizer:
         wanted = self.recipe.bias_correction if bias_correction is None else bias_correction
         if wanted and bias_correction_available():
             # the FP32 model stays the parent; a corrected copy of it is quantized
-            quantized_from = Path(work) / "bias-corrected.onnx"
+            corrected = Path(work) / "bias-corrected.onnx"
             ignored = first_and_last_layers(self.fp32_path) if self.recipe.keep_first_last else []
-            changed = bias_corrected(self.fp32_path, spec, calibration, quantized_from, ignored)
-            self.bias_correction = {"tool": "nncf (full bias correction)", "layers": changed}
+            changed = bias_corrected(self.fp32_path, spec, calibration, corrected, ignored)
+            if changed is not None:
+                quantized_from = corrected
+                self.bias_correction = {"tool": "nncf (full bias correction)", "layers": changed}
         self.method = (calib_method or "minmax").lower()
         self.calibration = _bounded(calibration, self.method)
         self.prepared = Path(work) / "prepared.onnx"
