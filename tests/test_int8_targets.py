@@ -426,3 +426,18 @@ def test_tflite_float_ops_only_when_allowed(digits_model, digits_data, digits_va
     with open_session(out) as s:
         got = s.run(to_model_input(crops, s.spec))
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.95
+
+
+def test_mobilenet_v3_full_integer_tflite_keeps_hard_swish_in_int8(tmp_path):
+    """MobileNetV3's hard-swish must be an integer op in a full-integer TFLite model (a float
+    hard-swish left between int8 layers is what made MobileNetV3 INT8 slower than FP32
+    elsewhere: ExecuTorch issue 12360). Random weights: the op types are the question."""
+    from edgecls.backends.tflite.quantize import float_ops, op_table
+    out = export("mobilenet_v3_small", to="tflite", out=tmp_path / "m.int8.tflite",
+                 weights="none", precision="int8", calib="photos", calib_size=16)
+    model = out.read_bytes()
+    table = op_table(model)
+    swish = [(ins, outs) for op, ins, outs in table if op == "HARD_SWISH"]
+    assert swish, sorted({op for op, _, _ in table})          # one op, not x * relu6(x+3) / 6
+    assert all(set(ins + outs) <= {"INT8"} for ins, outs in swish), swish
+    assert float_ops(model) == []
