@@ -158,10 +158,13 @@ def test_calib_size_limits_the_calibration_set(digits_model, tmp_path):
     alone = int8("named24", ImageSet("named", named), 24)
     got, want = _quantization_params(alone), _quantization_params(limited)
     assert got.keys() == want.keys() and len(want) > 4
+    # equal up to float summation order: the bias correction before quantization averages
+    # the same images in another order (measured: at most 1.6e-4 relative); 64 images move
+    # the ranges by more than 1%
     for name in want:
-        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-3, err_msg=name)
     other = _quantization_params(more)
-    assert any(not np.array_equal(other[n], want[n]) for n in want)
+    assert any(not np.allclose(other[n], want[n], rtol=1e-2) for n in want)
 
 
 # -- TFLite --int8-io through the command line -----------------------------------------------------------
