@@ -131,26 +131,23 @@ def export_best(model: Any, out: str | Path | None = None, *, precision: str = "
         if not outcome.chosen.passed:
             raise ParityFailedError(f"--to best: no candidate met {tolerance.describe()} on the "
                                     "selection images; nothing was written")
-        verdict = _verify(outcome.chosen, source, max_drop)
+        verdict = _verify(outcome.chosen, source)
         return _write(outcome, held_out, tolerance, failed, base, precision, out, force, verdict)
 
 
-def _verify(chosen: Trial, source, max_drop) -> dict[str, Any] | None:
+def _verify(chosen: Trial, source) -> dict[str, Any] | None:
     """The winner's verdict on the verification images (which chose nothing): printed,
     recorded in its spec, and fatal when it fails - a fail means the selection images
     misled the race, and nothing is written. None without verification images or with
     random weights (nothing to judge)."""
-    from edgecls.verification import parity
+    from edgecls.exporting import judge
     if source.verification is None or not source.spec.trained:
         log.warning("--to best: no verification images (--data): the winner is not judged "
                     "beyond the selection images; judge it with `edgecls parity`")
         return None
     options = (chosen.recipe.settings or {}).get("session_options") or {}
-    report = parity([chosen.path], data=source.verification, reference=source.reference,
-                    reference_spec=source.spec, max_drop=max_drop, sqnr=False, progress=False,
-                    options=options)
-    report.results[0].name = chosen.recipe.label
-    report.print()
+    report = judge({chosen.recipe.label: chosen.path}, source, source.verification,
+                   options=options)
     result = report.results[0]
     if result.outcome == FAIL:
         raise ParityFailedError(f"--to best: the winner {chosen.recipe.label} failed on the "

@@ -324,7 +324,6 @@ def check_int8(path: Path, name: str, source: ExportSource, calibration, strict:
     (by the name to show) share its table, for comparison; only the fresh one is judged."""
     alongside = alongside or {}
     from edgecls.errors import ParityFailedError
-    from edgecls.verification import parity
     spec = source.spec
     if not spec.trained:
         # random weights give near-constant logits whose top-1 is arbitrary: agreement
@@ -345,13 +344,8 @@ def check_int8(path: Path, name: str, source: ExportSource, calibration, strict:
     fmt = format_for_path(path)
     recipe = fmt.read_spec(path).quantization or {}
     measured_with = recipe.get("search", {}).get("measured_with", {})
-    report = parity([path, *alongside.values()], data=data, role=role,
-                    reference=source.reference, reference_spec=spec, max_drop=source.max_drop,
-                    sqnr=False, progress=False, device=fmt.default_device(),
-                    options=measured_with)
-    for result, shown in zip(report.results, [name, *alongside]):
-        result.name = shown
-    report.print()
+    report = judge({name: path, **alongside}, source, data, role=role, options=measured_with,
+                   device=fmt.default_device())
     result = report.results[0]
     if not result.passed:       # fail, or inconclusive: both named with their criteria
         failed = result.outcome == FAIL
@@ -361,6 +355,21 @@ def check_int8(path: Path, name: str, source: ExportSource, calibration, strict:
             raise ParityFailedError(message + " (--strict: nothing was written)")
         (log.error if failed else log.warning)(
             "%s - the artifact is written anyway; inspect it with `edgecls parity`", message)
+
+
+def judge(artifacts: dict[str, Path], source: ExportSource, data: Any, *,
+          role: str = "verification", options: dict[str, Any] | None = None,
+          device: str | None = None):
+    """Parity of `artifacts` (by the name to show) against the source's reference on `data`,
+    printed: the INT8 check's table and `--to best`'s verdict on its winner. The report."""
+    from edgecls.verification import parity
+    report = parity(list(artifacts.values()), data=data, role=role, reference=source.reference,
+                    reference_spec=source.spec, max_drop=source.max_drop, sqnr=False,
+                    progress=False, device=device, options=options)
+    for result, shown in zip(report.results, artifacts):
+        result.name = shown
+    report.print()
+    return report
 
 
 def refuse_ptq_options(options: ExportOptions, fmt: Format) -> None:

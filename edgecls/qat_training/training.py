@@ -123,14 +123,13 @@ def corrected_start(teacher, spec: ModelSpec, split) -> tuple[Any, dict[str, Any
     from edgecls.backends.onnx.bias_correction import available, corrected_module
     from edgecls.backends.onnx.export import export_fp32
     from edgecls.calibration.datasets import CalibrationSet
-    if not available():
+    if not available():        # (corrected_module says so too; this skips the ONNX export)
         return teacher, None
     with tempfile.TemporaryDirectory(prefix="edgecls-qat-") as work:
         fp32 = Path(work) / "teacher.onnx"
         export_fp32(teacher, spec.derive(format="onnx", exported_from="torch",
                                          tools=dict(spec.tools)), fp32, DEFAULT_OPSET)
-        return corrected_module(teacher, fp32, spec, CalibrationSet(split.calibration, spec),
-                                Path(work))
+        return corrected_module(teacher, fp32, spec, CalibrationSet(split.calibration, spec))
 
 
 def default_checkpoint(spec: ModelSpec, family: Family, folder: Path = Path("out")) -> Path:

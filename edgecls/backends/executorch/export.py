@@ -24,7 +24,6 @@ from pathlib import Path
 from edgecls.backends.executorch import ExecuTorchOptions
 from edgecls.backends.executorch.program import finish, lower, versions, warn_if_partial
 from edgecls.errors import DataError
-from edgecls.backends.onnx.bias_correction import available as bias_correction_available
 from edgecls.backends.onnx.bias_correction import corrected_module
 from edgecls.spec import ModelSpec
 
@@ -52,10 +51,9 @@ def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
         from edgecls.backends.executorch.tuning import ExecuTorchTuner
         if not len(calibration):
             raise DataError("the calibration set is empty")
-        model, bias_correction = source.model, None
-        if bias_correction_available():   # PT2E quantizes a copy with NNCF's bias correction
-            model, bias_correction = corrected_module(source.model, source.onnx(), source.spec,
-                                                      calibration, source.workdir)
+        # PT2E quantizes a copy of the model with NNCF's bias correction
+        model, bias_correction = corrected_module(source.model, source.onnx(), source.spec,
+                                                  calibration)
         return ExecuTorchTuner(model, spec, calibration, targets.resolve(options.target),
                                observer=options.calib_method or "minmax",
                                keep_float=tuple(options.keep_float or ()),

@@ -1,5 +1,5 @@
-"""Bias correction for ONNX Runtime's INT8: NNCF's full bias correction, carried into the FP32
-model that ORT's quantizer then quantizes.
+"""Bias correction for every CPU INT8 recipe: NNCF's full bias correction, found on the FP32
+ONNX model and carried into what each backend quantizes.
 
 Quantizing a layer's weights shifts the mean of its output; bias correction measures that
 shift on calibration images, layer after layer with the layers before it already
@@ -13,11 +13,12 @@ copy of the FP32 model, and ORT quantizes that. EfficientNet-Lite0, ORT min/max,
 AMD EPYC with VNNI: mean KL to FP32 on the 351 verification crops 0.088 -> 0.024, decisive
 agreement 97.3% -> 100% (NNCF's own QDQ graph: 0.032).
 
-Backends that quantize the torch model themselves (full-integer TFLite) get the same
-correction in torch: each corrected ONNX bias is mapped back, through the exporter's node
+Backends that quantize the torch model themselves (full-integer TFLite, ExecuTorch) and QAT
+get the same correction in torch: each corrected ONNX bias is mapped back, through the exporter's node
 metadata, to the torch parameter it came from - the BatchNorm folded into the convolution
 (its shift moves the folded bias one for one) or the convolution's own bias. EfficientNet-
-Lite0 full-integer TFLite, AMD EPYC with VNNI, 351 verification crops: KL 0.105 -> 0.045.
+Lite0, AMD EPYC with VNNI, 351 verification crops: full-integer TFLite KL 0.105 -> 0.032,
+ExecuTorch 0.105 -> 0.031.
 
 The reference stays the unmodified FP32 model: the corrected one exists only to be quantized.
 """
@@ -54,13 +55,70 @@ def bias_corrected(fp32_path: Path, spec: ModelSpec, calibration, out: Path,
     """Write to `out` the FP32 model of `fp32_path` with the biases NNCF's full bias
     correction gives its Conv and Gemm layers (the `ignored` ones keep theirs: they stay in
     float). Returns how many biases changed; None (nothing written) when NNCF fails."""
-    import nncf
     import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(fp32_path))
+    biases = _corrected_biases(model, spec, calibration, ignored)
+    if biases is None:
+        return None
+    weights = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.name in biases:
+            weights[node.input[2]].CopyFrom(numpy_helper.from_array(biases[node.name],
+                                                                    node.input[2]))
+    onnx.save(model, str(out))
+    return len(biases)
+
+
+def corrected_module(module, fp32_onnx: Path, spec: ModelSpec, calibration):
+    """A copy of the torch `module` carrying the full bias correction found on its FP32 ONNX
+    export `fp32_onnx` (every layer quantized, as a full-integer backend does; `spec` says
+    how that export is fed), and what the spec records about it - or `module` itself and
+    None where NNCF is not installed or could not correct this graph."""
+    import copy
+
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    if not available():
+        return module, None
+    model = onnx.load(str(fp32_onnx))
+    biases = _corrected_biases(model, spec, calibration)
+    if biases is None:
+        return module, None
+    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    module = copy.deepcopy(module)
+    parameters = dict(module.named_parameters())
+    moved, unmapped = 0, []
+    with torch.no_grad():
+        for node in model.graph.node:
+            if node.op_type != "Conv" or node.name not in biases:
+                continue
+            delta = biases[node.name] - values[node.input[2]]
+            name = _torch_bias_of(node)
+            if name not in parameters or tuple(parameters[name].shape) != delta.shape:
+                unmapped.append(node.name)
+                continue
+            parameters[name] += torch.from_numpy(delta).to(parameters[name].dtype)
+            moved += 1
+    if unmapped:
+        log.warning("bias correction: %d layer(s) could not be traced back to a torch "
+                    "parameter and keep their bias (%s)", len(unmapped), ", ".join(unmapped[:5]))
+    return module, {"tool": "nncf (full bias correction), applied to the torch model",
+                    "layers": moved}
+
+
+def _corrected_biases(model, spec: ModelSpec, calibration,
+                      ignored: Sequence[str] = ()) -> dict[str, np.ndarray] | None:
+    """Node name -> corrected bias (the FP32 bias's dtype) of every Conv and Gemm of the ONNX
+    `model` whose bias NNCF's full bias correction changed; None when NNCF fails."""
+    import nncf
     from nncf.parameters import TargetDevice
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
     from onnx import numpy_helper
 
-    model = onnx.load(str(fp32_path))
     name = model.graph.input[0].name
     images = [b[None] for batch in calibration.batches(spec) for b in batch]
     try:
@@ -78,69 +136,22 @@ def bias_corrected(fp32_path: Path, spec: ModelSpec, calibration, out: Path,
                     "recipe runs without it", type(e).__name__, str(e).splitlines()[0][:120]
                     if str(e) else "")
         return None
-    corrected = {i.name: i for i in quantized.graph.initializer}
-    layers = {n.name: n for n in quantized.graph.node if n.op_type in ("Conv", "Gemm")}
-    weights = {i.name: i for i in model.graph.initializer}
-    changed = 0
+    after = {i.name: i for i in quantized.graph.initializer}
+    twins = {n.name: n for n in quantized.graph.node if n.op_type in ("Conv", "Gemm")}
+    before = {i.name: i for i in model.graph.initializer}
+    biases = {}
     for node in model.graph.node:
-        twin = layers.get(node.name)
-        if node.op_type not in ("Conv", "Gemm") or twin is None or len(node.input) < 3 \
-                or len(twin.input) < 3 or twin.input[2] not in corrected:
+        twin = twins.get(node.name)
+        if twin is None or len(node.input) < 3 or len(twin.input) < 3 \
+                or twin.input[2] not in after or node.input[2] not in before:
             continue
-        old, new = weights[node.input[2]], numpy_helper.to_array(corrected[twin.input[2]])
-        if tuple(old.dims) == new.shape and not np.array_equal(numpy_helper.to_array(old), new):
-            old.CopyFrom(numpy_helper.from_array(new.astype(numpy_helper.to_array(old).dtype),
-                                                 old.name))
-            changed += 1
-    onnx.save(model, str(out))
-    log.info("bias correction (NNCF, full): %d of %d layers' biases corrected", changed,
-             len(layers))
-    return changed
-
-
-def corrected_module(module, fp32_onnx: Path, spec: ModelSpec, calibration, work: Path):
-    """A copy of the torch `module` carrying the full bias correction found on its FP32 ONNX
-    export `fp32_onnx` (every layer quantized, as a full-integer backend does; `spec` says
-    how that export is fed), and what the spec records about it - or `module` itself and
-    None when NNCF could not correct this graph."""
-    import copy
-
-    import torch
-
-    corrected = Path(work) / "bias-corrected-for-torch.onnx"
-    if bias_corrected(fp32_onnx, spec, calibration, corrected) is None:
-        return module, None
-    module = copy.deepcopy(module)
-    parameters = dict(module.named_parameters())
-    moved, unmapped = 0, []
-    with torch.no_grad():
-        for node, delta in _bias_shifts(fp32_onnx, corrected):
-            name = _torch_bias_of(node)
-            if name not in parameters or tuple(parameters[name].shape) != delta.shape:
-                unmapped.append(node.name)
-                continue
-            parameters[name] += torch.from_numpy(delta).to(parameters[name].dtype)
-            moved += 1
-    if unmapped:
-        log.warning("bias correction: %d layer(s) could not be traced back to a torch "
-                    "parameter and keep their bias (%s)", len(unmapped), ", ".join(unmapped[:5]))
-    return module, {"tool": "nncf (full bias correction), applied to the torch model",
-                    "layers": moved}
-
-
-def _bias_shifts(fp32_onnx: Path, corrected: Path):
-    """(FP32 node, corrected bias - FP32 bias) of every Conv whose bias the correction moved."""
-    import onnx
-    from onnx import numpy_helper
-
-    before, after = onnx.load(str(fp32_onnx)), onnx.load(str(corrected))
-    values = {i.name: numpy_helper.to_array(i) for i in before.graph.initializer}
-    fixed = {i.name: numpy_helper.to_array(i) for i in after.graph.initializer}
-    for node in before.graph.node:
-        if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] in values:
-            delta = fixed[node.input[2]] - values[node.input[2]]
-            if np.any(delta):
-                yield node, delta
+        old = numpy_helper.to_array(before[node.input[2]])
+        new = numpy_helper.to_array(after[twin.input[2]]).astype(old.dtype)
+        if new.shape == old.shape and not np.array_equal(old, new):
+            biases[node.name] = new
+    log.info("bias correction (NNCF, full): %d of %d layers' biases corrected", len(biases),
+             len(twins))
+    return biases
 
 
 def _torch_bias_of(node) -> str | None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from edgecls.backends.onnx.bias_correction import available as bias_correction_available
 from edgecls.backends.tflite import TFLiteOptions, io_type
 from edgecls.backends.tflite.container import embed_spec
 from edgecls.backends.tflite.quantize import quiet
@@ -40,12 +39,12 @@ def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
     bias_correction = None
     if source.student is not None:       # QAT: litert-torch lowers the trained scales
         model = convert_qat(source.student, spec)
-    elif precision == "int8" and bias_correction_available():
-        # full-integer PTQ quantizes a copy of the model with NNCF's bias correction
+    elif precision == "int8":
+        # full-integer PTQ quantizes a copy of the model with NNCF's bias correction (found
+        # on the ONNX export, fed as the source's spec says, not this NHWC one)
         from edgecls.backends.onnx.bias_correction import corrected_module
-        # (fed as the ONNX export is: the source's spec, not this NHWC one)
         corrected, bias_correction = corrected_module(source.model, source.onnx(), source.spec,
-                                                      calibration, source.workdir)
+                                                      calibration)
         model = convert_fp32(corrected, spec)
     else:
         model = convert_fp32(source.model, spec)
