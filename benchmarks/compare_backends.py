@@ -120,7 +120,7 @@ def prepare(model: str, folder: Path, threads: int, backends: list[Backend]):
 
 def measure(model: str, sessions: dict[str, Any], seconds: float) -> list[Result]:
     """Round-robin: each iteration times every backend at batch 1, then at batch 16."""
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     any_spec = next(iter(sessions.values())).spec
     h, w = any_spec.input_size
     pixels = np.random.default_rng(0).integers(0, 256, (BATCH, h, w, 3), dtype=np.uint8)

@@ -32,7 +32,7 @@ import numpy as np
 
 
 def image_sets(folder: Path) -> dict[str, list[Path]]:
-    from edgecls.calibration.datasets import photo_originals
+    from edgecls.imaging.datasets import photo_originals
     sets: dict[str, list[Path]] = {"native": [], "camera (4x)": []}
     for item in photo_originals().items:
         bgr = cv2.cvtColor(item.rgb(), cv2.COLOR_RGB2BGR)
@@ -87,7 +87,7 @@ def baseline(model: Path, spec, threads: int):
 def overhead(clf, images: list[np.ndarray], rounds: int = 400) -> tuple[float, float, float]:
     """(raw ms, Classifier's added ms, ratio) at batch 1: medians over adjacent pairs of calls,
     in alternating order, so that machine noise and order effects cancel in the differences."""
-    from edgecls.calibration.preprocess import preprocess
+    from edgecls.imaging.preprocess import preprocess
     raw_session = clf.session._session          # the very ORT session the Classifier runs
     name = raw_session.get_inputs()[0].name
     calls = {"raw": lambda img: raw_session.run(None, {name: preprocess([img], clf.spec)}),
@@ -153,7 +153,7 @@ def main() -> int:
                          "speedup_predict": round(single / base, 2),
                          "speedup_predict_iter": round(piped / base, 2)})
         with Classifier(model, threads=args.threads) as clf:
-            from edgecls.calibration.preprocess import load_rgb
+            from edgecls.imaging.preprocess import load_rgb
             arrays = [load_rgb(p) for p in sorted(Path(tmp).glob("*-native.jpg"))]
             raw_ms, added_ms, ratio = overhead(clf, arrays)
     table = Table("images", "PIL+torchvision+ORT img/s", "Classifier.predict img/s",

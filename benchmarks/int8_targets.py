@@ -31,8 +31,8 @@ def digits_model(name: str, work: Path):
     import torch
 
     from edgecls import zoo
-    from edgecls.calibration.datasets import digits
-    from edgecls.calibration.preprocess import resize_crop, to_model_input
+    from edgecls.imaging.datasets import digits
+    from edgecls.imaging.preprocess import resize_crop, to_model_input
 
     model, spec = zoo.build(name, weights="none", num_classes=10,
                             labels=[str(i) for i in range(10)])

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgecls import hardware
-from edgecls.calibration.preprocess import to_model_input
+from edgecls.imaging.preprocess import to_model_input
 
 
 def _rss_mb() -> float:

@@ -22,7 +22,7 @@ from edgecls import hardware
 from edgecls.errors import ParityFailedError, UnsupportedOptionError, one_line
 from edgecls.formats import FORMATS, Format
 from edgecls.io import atomic_paths
-from edgecls.calibration.datasets import selection_for, verification_for
+from edgecls.imaging.datasets import selection_for, verification_for
 from edgecls.search import Outcome, Reasons, Recipe, Trial, choose, print_trials, score
 from edgecls.verdict import FAIL, INCONCLUSIVE
 
@@ -68,9 +68,9 @@ def export_best(model: Any, out: str | Path | None = None, *, precision: str = "
     out/<model>[.<precision>]<suffix of the winner>). As the winner is not known before the
     race, every candidate's output is checked first: one that exists is refused unless
     `force`, one that is an input always."""
-    from edgecls.calibration.datasets import CalibrationSet
+    from edgecls.imaging.datasets import CalibrationSet
     from edgecls.exporting import DEFAULT_CALIB_SIZE, check_output, export, planned_output
-    from edgecls.source_kinds import SourceRequest, kind_of, resolve
+    from edgecls.sources import SourceRequest, kind_of, resolve
     from edgecls.timing import in_subprocess
     from edgecls.verification import tolerance_for
 

@@ -6,7 +6,7 @@
     for preds in clf.predict_iter(paths, workers=2): ...   # decoding overlaps inference
 
 Reads the ModelSpec embedded in the artifact, preprocesses exactly as it says (the shared
-edgecls.calibration.preprocess), runs the backend session, softmax, top-k. Thread-safe:
+edgecls.imaging.preprocess), runs the backend session, softmax, top-k. Thread-safe:
 sessions that are not (TFLite's Interpreter) are serialised by Session.run's lock.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator, NamedTuple
 import numpy as np
 
 from edgecls.backends.base import Session
-from edgecls.calibration.preprocess import (max_pixels_setting, model_input_dtype, preprocess,
+from edgecls.imaging.preprocess import (max_pixels_setting, model_input_dtype, preprocess,
                                             preprocess_into)
 from edgecls.errors import UnsupportedOptionError
 from edgecls.formats import open_session
@@ -42,7 +42,7 @@ class Classifier:
                  topk: int = 5, batch_size: int = 16, max_pixels: int | None = None,
                  **options: Any):
         """`max_pixels`: images with more pixels are refused before they are decoded
-        (default: $EDGECLS_MAX_PIXELS, else edgecls.calibration.preprocess.MAX_PIXELS)."""
+        (default: $EDGECLS_MAX_PIXELS, else edgecls.imaging.preprocess.MAX_PIXELS)."""
         _whole("batch_size", batch_size)
         self.max_pixels = None if max_pixels is None else max_pixels_setting(max_pixels)
         self.session: Session = open_session(path, device=device, threads=threads, **options)

@@ -31,7 +31,7 @@ def _console():
 def cmd_models(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from edgecls.source_kinds import KINDS
+    from edgecls.sources import KINDS
     from edgecls.zoo import list_models
     table = Table("name", "family", "source", "input", "pretrained", "note", title="the zoo")
     for e in list_models():
@@ -61,7 +61,7 @@ def cmd_formats(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from edgecls.api import export
     from edgecls.exporting import options_for, output_for
-    from edgecls.source_kinds import parse_kwargs
+    from edgecls.sources import parse_kwargs
     precision = "int8" if args.int8 or args.qat else "fp16" if args.fp16 else "fp32"
     options = {name: getattr(args, name) for name in args.format_options}
     preprocessing = {name: getattr(args, name) for name in args.preprocessing_options}
@@ -377,7 +377,7 @@ def _add_format_options(group) -> tuple[str, ...]:
 
 
 def _add_preprocessing_options(group) -> tuple[str, ...]:
-    from edgecls.preprocessing import PreprocessingOptions
+    from edgecls.imaging.options import PreprocessingOptions
     declared = PreprocessingOptions.declared()
     for option in declared:
         group.add_argument(option.flag, help=option.help, **_argparse_settings(option))

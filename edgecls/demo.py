@@ -29,7 +29,7 @@ def demo(out: Path = Path("out/demo")) -> int:
     from rich.table import Table
 
     from edgecls import zoo
-    from edgecls.calibration.datasets import photo_originals
+    from edgecls.imaging.datasets import photo_originals
     from edgecls.classifier import Classifier, softmax
     from edgecls.exporting import default_output, export
     from edgecls.verification import parity
@@ -55,7 +55,7 @@ def demo(out: Path = Path("out/demo")) -> int:
     int8_recipes(artifacts, console)
     photos = photo_originals()
     crops = photos.crops(spec)
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     with torch.no_grad():
         ref = softmax(model(torch.from_numpy(to_model_input(crops, spec))).numpy())
     table = Table(title=f"{MODEL} on the bundled photos: PyTorch vs each artifact (top-1, score)")

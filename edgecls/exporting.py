@@ -1,4 +1,4 @@
-"""`edgecls.export(...)`: a model source (edgecls.source_kinds) in, verified artifact out.
+"""`edgecls.export(...)`: a model source (edgecls.sources) in, verified artifact out.
 
     export("mobilenet_v3_large", to="onnx", out="out/mnv3.onnx")
     export("efficientnet_lite0", to="openvino", precision="int8", calib="photos")
@@ -28,12 +28,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from edgecls.backends.base import ExportOptions, Format, option
-from edgecls.calibration.datasets import selection_for, verification_for
+from edgecls.imaging.datasets import selection_for, verification_for
 from edgecls.errors import ExportMismatchError, OutputError, UnsupportedOptionError
 from edgecls.formats import format_for_path, get_format, open_session
 from edgecls.io import atomic_paths
 from edgecls.search import export_int8
-from edgecls.sources import ExportSource
+from edgecls.sources.export_source import ExportSource
 from edgecls.spec import ModelSpec
 from edgecls.verdict import FAIL
 
@@ -179,7 +179,7 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
     ending in a separator). An `out` that exists is refused unless `force` (one that is an
     input, always)."""
     from edgecls.qat_training.student import QATStudent
-    from edgecls.source_kinds import SourceRequest, kind_of, refuse_format, resolve
+    from edgecls.sources import SourceRequest, kind_of, refuse_format, resolve
 
     fmt = get_format(to)
     fmt.check_precision(precision)
@@ -203,7 +203,7 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
     if out is not None and not _is_folder(out, fmt):  # fails before any model work
         check_output(Path(out), fmt, force=force, inputs=inputs)
     if precision == "int8":
-        from edgecls.calibration.datasets import check_source
+        from edgecls.imaging.datasets import check_source
         for images in (calib, checking.select, checking.data):
             check_source(images)
     exporter = fmt.load_exporter()
@@ -223,7 +223,7 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
         out = planned_output(out, fmt, base_spec, QAT_TAG if student is not None else precision)
         check_output(out, fmt, force=force, inputs=inputs)   # before calibrating
     if student is None and precision == "int8":
-        from edgecls.calibration.datasets import CalibrationSet
+        from edgecls.imaging.datasets import CalibrationSet
         calibration = CalibrationSet.from_source(calib, base_spec,
                                                  size=calib_size or DEFAULT_CALIB_SIZE)
     out = Path(out)
@@ -416,7 +416,7 @@ def check_against_reference(path: Path, source: ExportSource, pixels: np.ndarray
                             tolerance: float | None = None) -> CheckResult:
     """Run the artifact and the source's reference (the torch model, or the FP32 ONNX file
     the source is) on the same inputs; compare logits."""
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
 
     spec = source.spec
     pixels = sample_inputs(spec) if pixels is None else pixels

@@ -144,7 +144,7 @@ def score(path: Path, held_out: HeldOut, tolerance,
     """(agreement, KL, meets, top-1 drop in points or None) of any artifact on the selection
     images, opened with session `options`: the parity verdict's measures (edgecls.verdict)
     as point estimates; `tolerance` is a verdict.Tolerances."""
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     from edgecls.formats import open_session
 
     with open_session(path, device="cpu", **(options or {})) as session:

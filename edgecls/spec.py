@@ -208,7 +208,7 @@ class ModelSpec:
     resize: int | None = 256
     interpolation: str = "bilinear"                # bilinear | bicubic | nearest | area | lanczos
     # one value per channel, in [0, 1] pixel units (the CLI also takes 0-255 units and
-    # converts them: edgecls.preprocessing)
+    # converts them: edgecls.imaging.options)
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     channel_order: str = "RGB"                     # of colour input: RGB | BGR
@@ -228,7 +228,7 @@ class ModelSpec:
     parent: dict[str, Any] | None = None           # path, sha256, precision, accuracy
     # where the FP32 reference comes from, for parity to rebuild it: the model source
     # (zoo name, timm:/torchvision: name, file + sha256, module:function + kwargs) and its
-    # weights (+ sha256); see edgecls.source_kinds.reference
+    # weights (+ sha256); see edgecls.sources.reference
     reference: dict[str, Any] | None = None
     tools: dict[str, str] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)

@@ -57,7 +57,7 @@ def measure(path: str | Path, *, threads: int | None = None, batch: int = 8,
             seconds: float = 3.0, options: dict[str, Any] | None = None) -> Timing:
     """Time one artifact in this process (which should hold no other runtime)."""
     from edgecls import hardware
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     from edgecls.formats import format_for_path, open_session
 
     path = Path(path)

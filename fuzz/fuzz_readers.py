@@ -31,7 +31,7 @@ with atheris.instrument_imports():
     from edgecls.backends.tensorrt.container import read_engine
     from edgecls.backends.tflite.container import spec_of as tflite_spec
     from edgecls.backends.torch.container import spec_text as pt2_spec_text
-    from edgecls.calibration.preprocess import load_rgb, preprocess
+    from edgecls.imaging.preprocess import load_rgb, preprocess
     from edgecls.errors import EdgeclsError
     from edgecls.spec import ModelSpec
 

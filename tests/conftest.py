@@ -70,7 +70,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def digits_data():
-    from edgecls.calibration.datasets import digits
+    from edgecls.imaging.datasets import digits
     full = digits()
     calib, val = full.split(calib_size=200, val_size=400, seed=0)
     train_items = [i for i in full.items if i.key not in calib.keys() | val.keys()]
@@ -121,7 +121,7 @@ def train(model, items, spec, epochs: int):
     import torch
     from torch import nn
 
-    from edgecls.calibration.preprocess import resize_crop, to_model_input
+    from edgecls.imaging.preprocess import resize_crop, to_model_input
     x = torch.from_numpy(to_model_input(np.stack([resize_crop(i.rgb(), spec) for i in items]), spec))
     y = torch.tensor([i.label for i in items])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -139,7 +139,7 @@ def digits_val(digits_model, digits_data):
     """Validation crops (uint8 NHWC), their labels, and the torch model's logits on them."""
     import torch
 
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     model, spec = digits_model
     _, _, val, _ = digits_data
     crops, labels = val.crops(spec), val.labels()
@@ -200,7 +200,7 @@ def photo_files(tmp_path_factory) -> dict[str, Path]:
     """The bundled photos written as JPEG files, as a user would have them."""
     import cv2
 
-    from edgecls.calibration.datasets import photo_originals
+    from edgecls.imaging.datasets import photo_originals
     folder = tmp_path_factory.mktemp("photos")
     files = {}
     for item in photo_originals().items:

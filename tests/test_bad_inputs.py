@@ -678,7 +678,7 @@ def _odd_images(folder: Path) -> dict[str, object]:
 
 
 def test_odd_but_valid_images_work(digits_onnx, tmp_path):
-    from edgecls.calibration.preprocess import load_rgb
+    from edgecls.imaging.preprocess import load_rgb
     from edgecls.classifier import Classifier
     images = _odd_images(tmp_path)
     with Classifier(digits_onnx, topk=3) as clf:

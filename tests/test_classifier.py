@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import run_concurrently
 
-from edgecls.calibration.preprocess import load_rgb, resize_crop, to_model_input
+from edgecls.imaging.preprocess import load_rgb, resize_crop, to_model_input
 from edgecls.classifier import Classifier, Prediction
 from edgecls.errors import ImageReadError
 

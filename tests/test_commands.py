@@ -138,7 +138,7 @@ def test_calib_size_limits_the_calibration_set(digits_model, tmp_path):
     spec names, given alone as the calibration set, give the very same quantization
     parameters, and 64 images give other ones. (The target's recipe as it is, no search:
     the parameters then depend on the calibration images only.)"""
-    from edgecls.calibration.datasets import ImageSet, digits
+    from edgecls.imaging.datasets import ImageSet, digits
     from edgecls.exporting import export
     from edgecls.formats import read_spec
     model, spec = digits_model
@@ -188,7 +188,7 @@ def test_tflite_int8_io_from_the_cli(tmp_path, photo_files):
     # output exactly so (random weights: the numbers, not the classes, are what is compared)
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgecls.calibration.preprocess import load_rgb, resize_crop
+    from edgecls.imaging.preprocess import load_rgb, resize_crop
     interpreter = Interpreter(model_path=str(out))
     interpreter.allocate_tensors()
     [inp], [outp] = interpreter.get_input_details(), interpreter.get_output_details()
@@ -203,7 +203,7 @@ def test_tflite_int8_io_from_the_cli(tmp_path, photo_files):
     logits = (interpreter.get_tensor(outp["index"]).astype(np.float32) - out_zero) * out_scale
     want = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     np.testing.assert_allclose(got, want, atol=1e-5)
-    from edgecls.calibration.preprocess import preprocess
+    from edgecls.imaging.preprocess import preprocess
     from edgecls.formats import open_session
     with open_session(out) as s:     # the logits themselves (softmax forgives a shift)
         np.testing.assert_allclose(s.run(preprocess([photo_files["chelsea"]], s.spec)), logits,

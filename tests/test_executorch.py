@@ -42,7 +42,7 @@ def digits_pte(digits_model, digits_data, tmp_path_factory) -> dict[str, Path]:
 
 
 def _logits(path: Path, pixels: np.ndarray, **options) -> np.ndarray:
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     from edgecls.formats import open_session
     with open_session(path, **options) as s:
         return s.run(to_model_input(pixels, s.spec))
@@ -285,7 +285,7 @@ def effl0(tmp_path_factory):
     """EfficientNet-Lite0 .pte FP32 and INT8 (64 photo crops calibrate it), the torch model,
     and 48 held-out photo crops (other photos' views than calibration's)."""
     from edgecls import zoo
-    from edgecls.calibration.datasets import load_part
+    from edgecls.imaging.datasets import load_part
     from edgecls.exporting import export
     folder = tmp_path_factory.mktemp("effl0-pte")
     fp32 = export("efficientnet_lite0", to="executorch", out=folder / "effl0.pte")
@@ -302,7 +302,7 @@ def effl0(tmp_path_factory):
 def test_efficientnet_lite0_fp32_matches_torch(effl0):
     import torch
 
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     with torch.no_grad():
         ref = effl0["model"](torch.from_numpy(to_model_input(effl0["crops"], effl0["spec"])))
     ref = ref.numpy()

@@ -77,7 +77,7 @@ SEED_IMAGES = _seed_images()
 
 
 def _decoded(data: bytes):
-    from edgecls.calibration.preprocess import load_rgb
+    from edgecls.imaging.preprocess import load_rgb
     rgb = works_or_user_error(lambda: load_rgb(data, max_pixels=1 << 20), np.ndarray)
     if rgb is not None:
         assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
@@ -107,7 +107,7 @@ def test_png_headers_claiming_any_size(width, height, color_type):
     png = (b"\x89PNG\r\n\x1a\n"
            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0))
            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
-    from edgecls.calibration.preprocess import load_rgb
+    from edgecls.imaging.preprocess import load_rgb
     if width * height > 1 << 20:
         with pytest.raises(ImageReadError, match="over the limit"):
             load_rgb(png, max_pixels=1 << 20)
@@ -312,7 +312,7 @@ def test_every_spec_field_is_fuzzed():
 def _usable(spec) -> None:
     """A spec that was accepted works: it round-trips, and an image preprocesses with it
     (or fails with a user error, never anything else)."""
-    from edgecls.calibration.preprocess import encode_png, preprocess
+    from edgecls.imaging.preprocess import encode_png, preprocess
     from edgecls.errors import DataError
     from edgecls.spec import ModelSpec
     assert ModelSpec.from_json(spec.to_json(), "again") == spec
@@ -394,7 +394,7 @@ def test_random_bytes_as_onnx(body):
 
 def test_the_fuzz_seeds_are_valid():
     """The mutations start from real, decodable files (else they would test nothing)."""
-    from edgecls.calibration.preprocess import load_rgb
+    from edgecls.imaging.preprocess import load_rgb
     for ext, data in SEED_IMAGES.items():
         assert load_rgb(data).shape == (12, 16, 3), ext
     with pytest.raises(ArtifactError, match="spec is not a JSON object"):

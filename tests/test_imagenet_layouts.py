@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgecls import cli
-from edgecls.calibration.datasets import ImageSet, check_source
+from edgecls.imaging.datasets import ImageSet, check_source
 from edgecls.errors import DataError
 from edgecls.spec import ModelSpec
 
@@ -95,7 +95,7 @@ def test_builtin_photo_roles_never_share_a_photo():
     """Calibration, selection and verification images of the built-in `photos` come from
     different photos (views of one photo are not independent), and the verification set is
     the 39 multi-scale crops of each of its 9 photos."""
-    from edgecls.calibration.datasets import load_part, photo_of
+    from edgecls.imaging.datasets import load_part, photo_of
     roles = {r: load_part("photos", None, r) for r in ("calib", "select", "verify")}
     photos = {r: {photo_of(i) for i in s.items} for r, s in roles.items()}
     assert not photos["calib"] & photos["select"]

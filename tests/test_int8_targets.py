@@ -132,7 +132,7 @@ def test_which_recipes_hold_where():
 # -- the VPMADDUBSW emulation against the real kernels -------------------------------------------
 @pytest.fixture(scope="module")
 def effl0_calibration(effl0_onnx):
-    from edgecls.calibration.datasets import CalibrationSet
+    from edgecls.imaging.datasets import CalibrationSet
     spec = read_spec(effl0_onnx)
     return CalibrationSet.from_source("photos", spec, size=48), spec
 
@@ -177,7 +177,7 @@ def test_emulation_predicts_what_this_cpus_kernels_do(effl0_onnx, effl0_calibrat
     every CPU in test_emulation_on_a_hand_computed_layer, and the kernels' clamping in
     test_this_cpu_is_classified_from_its_own_flags)."""
     from edgecls.backends.onnx.quantize import OrtQuantizer
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
 
     calibration, spec = effl0_calibration
     ranked = saturation.rank_layers(effl0_onnx, calibration.batches(spec, 8))
@@ -250,7 +250,7 @@ def test_forced_targets_are_recorded(digits_model, digits_data, tmp_path, target
     does on images neither its calibration nor its recipe search saw."""
     import torch
 
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     model, spec = digits_model
     _, calib, val, _ = digits_data
     select, verify = val.split(calib_size=200, val_size=200, seed=7)
@@ -285,9 +285,9 @@ def test_forced_targets_are_recorded(digits_model, digits_data, tmp_path, target
 def test_the_fastest_recipe_that_passes_wins(digits_model, digits_data, tmp_path):
     """Two recipes that both meet the tolerance: the one measured faster is written."""
     from edgecls.backends.onnx.tuning import OnnxTuner
-    from edgecls.calibration.datasets import CalibrationSet
+    from edgecls.imaging.datasets import CalibrationSet
     from edgecls.search import Recipe, export_int8
-    from edgecls.sources import ExportSource
+    from edgecls.sources.export_source import ExportSource
 
     model, spec = digits_model
     _, calib, val, _ = digits_data
@@ -363,8 +363,8 @@ def test_openvino_accuracy_control_meets_its_target(digits_model, digits_onnx, d
     from edgecls.backends.openvino import OpenVINOOptions
     from edgecls.backends.openvino.export import _finish
     from edgecls.backends.openvino.tuning import OpenVINOTuner
-    from edgecls.calibration.datasets import CalibrationSet
-    from edgecls.sources import ExportSource
+    from edgecls.imaging.datasets import CalibrationSet
+    from edgecls.sources.export_source import ExportSource
     from edgecls.verdict import Tolerances
     from edgecls.verification import parity
 
@@ -399,7 +399,7 @@ def test_tflite_float_ops_only_when_allowed(digits_model, digits_data, digits_va
     from edgecls.backends.tflite.export import convert_fp32
     from edgecls.backends.tflite.quantize import float_ops
     from edgecls.backends.tflite.tuning import TFLiteTuner
-    from edgecls.calibration.datasets import CalibrationSet
+    from edgecls.imaging.datasets import CalibrationSet
 
     model, spec = digits_model
     _, calib, _, _ = digits_data
@@ -421,7 +421,7 @@ def test_tflite_float_ops_only_when_allowed(digits_model, digits_data, digits_va
     # and it still is the digits CNN: torch's decisions on the held-out digits. Safe on both
     # x86 kinds: TFLite's int8 kernels (XNNPACK, s8 x s8 widened to 16 bits) never use the
     # saturating u8 x s8 instruction, so AVX2 and VNNI compute the same integers
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     crops, _, ref = digits_val
     with open_session(out) as s:
         got = s.run(to_model_input(crops, s.spec))

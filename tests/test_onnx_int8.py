@@ -159,7 +159,7 @@ def test_verdicts_hold_on_two_disjoint_halves_of_the_verification_photos(
         effl0_onnx, effl0_int8_auto, tmp_path):
     """The verdict measures the artifact, not the images: the demo's FP16 and INT8 artifacts
     get the same outcome on either half of the verification photos (split by photo)."""
-    from edgecls.calibration.datasets import ImageSet, load_part, photo_of
+    from edgecls.imaging.datasets import ImageSet, load_part, photo_of
     verify = load_part("photos", None, "verify")
     photos = sorted({photo_of(i) for i in verify.items})
     halves = [ImageSet(f"half{k}", [i for i in verify.items if photo_of(i) in photos[k::2]])
@@ -176,7 +176,7 @@ def test_verdicts_hold_on_two_disjoint_halves_of_the_verification_photos(
 def test_the_spec_names_the_selection_images_and_parity_finds_them(effl0_int8_auto):
     """The INT8 spec records the ids of the images that chose its recipe; they are none of
     the verification photos, and parity on the selection photos says it was chosen on them."""
-    from edgecls.calibration.datasets import load_part
+    from edgecls.imaging.datasets import load_part
     from edgecls.formats import read_spec
     search = read_spec(effl0_int8_auto).quantization["search"]
     chosen_on = set(search["selection_ids"])
@@ -197,8 +197,8 @@ def test_bias_correction_brings_ort_int8_closer_to_fp32_on_photos_no_choice_saw(
     same on AVX2 and VNNI machines. Measured (AMD EPYC, VNNI, 351 crops): KL 0.088 -> 0.024;
     requiring only 'below 0.6x' leaves room for the 117-crop subset used here."""
     from edgecls.backends.onnx.quantize import OrtQuantizer
-    from edgecls.calibration.datasets import CalibrationSet, load_part
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.datasets import CalibrationSet, load_part
+    from edgecls.imaging.preprocess import to_model_input
     from edgecls.formats import open_session, read_spec
     from edgecls.metrics import kl_divergence
 

@@ -32,8 +32,8 @@ def make_ir(model, spec, onnx_path: Path, out: Path, precision="fp32", calib=Non
     from edgecls.backends.onnx import DEFAULT_OPSET
     from edgecls.backends.openvino import OpenVINOOptions
     from edgecls.backends.openvino.export import export
-    from edgecls.calibration.datasets import CalibrationSet
-    from edgecls.sources import ExportSource
+    from edgecls.imaging.datasets import CalibrationSet
+    from edgecls.sources.export_source import ExportSource
 
     source = ExportSource(model, spec, out.parent, onnx_opset=DEFAULT_OPSET, _onnx=onnx_path)
     calibration = CalibrationSet.from_source(calib, spec) if calib is not None else None
@@ -49,7 +49,7 @@ def make_ir(model, spec, onnx_path: Path, out: Path, precision="fp32", calib=Non
 
 
 def logits(path, crops, **kwargs):
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     from edgecls.formats import open_session
     with open_session(path, **kwargs) as s:
         return s.run(to_model_input(crops, s.spec))
@@ -61,7 +61,7 @@ def digits_val(digits_model, digits_data):
     """Validation crops, labels and the torch model's logits on them."""
     import torch
 
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     model, spec = digits_model
     _, _, val, _ = digits_data
     crops = val.crops(spec)
@@ -127,7 +127,7 @@ def test_efficientnet_lite0_ir_agrees_with_torch_on_photos(effl0_onnx, photo_fil
     import torch
 
     from edgecls import zoo
-    from edgecls.calibration.preprocess import crop_batch, to_model_input
+    from edgecls.imaging.preprocess import crop_batch, to_model_input
     model, spec = zoo.build("efficientnet_lite0", "pretrained", None, None)
     xml = make_ir(model, spec, effl0_onnx, tmp_path / "effl0.xml")
     crops = crop_batch(list(photo_files.values()), spec)
@@ -216,7 +216,7 @@ def test_spec_round_trips_through_rt_info(irs, digits_model):
 
 
 def test_baked_preprocessing_matches_the_plain_ir(irs, digits_val):
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     from edgecls.formats import open_session, read_spec
     crops, _, _ = digits_val
     spec = read_spec(irs["baked"])
@@ -273,7 +273,7 @@ def test_absent_devices_are_errors_that_list_what_is_present(irs, digits_val):
 
 
 def test_throughput_hint_threads_and_concurrency(irs, digits_val):
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     from edgecls.formats import open_session
     crops, _, _ = digits_val
     base = logits(irs["fp32"], crops[:16])

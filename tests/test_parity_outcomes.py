@@ -85,7 +85,7 @@ def test_an_artifact_on_the_tolerance_is_inconclusive_with_exit_3(digits_model, 
     import torch
     from onnx import helper, numpy_helper
 
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     model, spec = digits_model
     full, _, _, _ = digits_data
     images = full.subset(120, seed=3)

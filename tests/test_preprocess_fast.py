@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgecls.calibration.preprocess import (crop_batch, draft_flags, image_size, preprocess,
+from edgecls.imaging.preprocess import (crop_batch, draft_flags, image_size, preprocess,
                                             to_model_input)
 from edgecls.errors import ImageReadError
 from edgecls.spec import ModelSpec

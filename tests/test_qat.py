@@ -12,7 +12,7 @@ from conftest import digits_spec
 
 import torchao  # noqa: E402,F401  (a dev dependency: missing fails, never skips)
 
-from edgecls.calibration.datasets import ImageSet, load_part, photo_of  # noqa: E402
+from edgecls.imaging.datasets import ImageSet, load_part, photo_of  # noqa: E402
 from edgecls.errors import DataError, UnsupportedOptionError  # noqa: E402
 from edgecls.exporting import export  # noqa: E402
 from edgecls.formats import read_spec  # noqa: E402

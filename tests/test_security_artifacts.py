@@ -288,7 +288,7 @@ def test_spec_fields_are_bounded(tmp_path, images, capsys, changes, fragment):
 
 def test_the_largest_resize_allowed_is_usable(tmp_path):
     """resize = MAX_SIDE on an 8x8 input: the centre strip keeps the work in bounds."""
-    from edgecls.calibration.preprocess import preprocess
+    from edgecls.imaging.preprocess import preprocess
     spec = ModelSpec.from_json(json.dumps({**_base_spec(), "resize": MAX_SIDE}))
     batch = preprocess([np.zeros((480, 640, 3), np.uint8)], spec)
     assert batch.shape == (1, 3, 8, 8)

@@ -1,5 +1,5 @@
 """Bring your own model: any input size and preprocessing, any torch model, existing ONNX
-files (edgecls.source_kinds, edgecls.preprocessing).
+files (edgecls.sources, edgecls.imaging.options).
 
 The model here is a small grayscale CNN (tests/graynet.py, importable as graynet:build like
 a user's own factory) trained in the session on scikit-learn's real digits at 40x32 pixels
@@ -65,7 +65,7 @@ def gray(digits_data, tmp_path_factory):
     import torch
 
     from conftest import train
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     from edgecls.spec import ModelSpec
     from graynet import INPUT_SIZE, build
 
@@ -101,7 +101,7 @@ def test_grayscale_input_is_pil_luma(photo_files):
     Grayscale gives), normalised with its one mean and std."""
     from PIL import Image
 
-    from edgecls.calibration.preprocess import load_rgb, preprocess, resize_crop, to_model_input
+    from edgecls.imaging.preprocess import load_rgb, preprocess, resize_crop, to_model_input
     from edgecls.spec import ModelSpec
     spec = ModelSpec("g", "g", 10, LABELS, input_size=(48, 64), resize=None, mean=(0.3,),
                      std=(0.4,), channels=1)
@@ -119,7 +119,7 @@ def test_grayscale_input_is_pil_luma(photo_files):
 
 
 def test_preprocessing_values_units_and_channels():
-    from edgecls.preprocessing import PreprocessingOptions
+    from edgecls.imaging.options import PreprocessingOptions
     from edgecls.spec import ModelSpec
     spec = ModelSpec("m", "m", 10, LABELS)                   # ImageNet defaults, 3 channels
     same = PreprocessingOptions.of(None).apply(spec)
@@ -161,7 +161,7 @@ def test_preprocessing_values_units_and_channels():
     ({"inputsize": 64}, "unknown preprocessing option(s) inputsize"),
 ])
 def test_bad_preprocessing_values(values, words):
-    from edgecls.preprocessing import PreprocessingOptions
+    from edgecls.imaging.options import PreprocessingOptions
     from edgecls.spec import ModelSpec
     with pytest.raises(UnsupportedOptionError) as e:
         PreprocessingOptions.of(values).apply(ModelSpec("m", "m", 10, LABELS))
@@ -192,8 +192,8 @@ def test_a_bad_value_in_a_real_process(tmp_path):
 
 
 def test_zoo_defaults_stay_and_flags_override():
-    from edgecls.preprocessing import PreprocessingOptions
-    from edgecls.source_kinds import SourceRequest, resolve
+    from edgecls.imaging.options import PreprocessingOptions
+    from edgecls.sources import SourceRequest, resolve
     plain = resolve("mobilenet_v3_small", SourceRequest(weights="none")).spec
     assert (plain.input_size, plain.resize, plain.interpolation) == ((224, 224), 256, "bilinear")
     assert plain.reference == {"kind": "zoo", "source": "mobilenet_v3_small", "weights": "none"}
@@ -354,7 +354,7 @@ def test_timm_and_torchvision_names_outside_the_zoo(tmp_path, capsys, caplog):
     assert "not an image classifier" in cli_error(capsys, "export",
                                                   "torchvision:fasterrcnn_resnet50_fpn")
     with pytest.raises(UnknownModelError, match="torchvision:regnet_y_400mf"):
-        from edgecls.source_kinds import resolve
+        from edgecls.sources import resolve
         resolve("torchvision:regnet_y_400m")
 
 
@@ -430,9 +430,9 @@ def test_onnx_source_reference_for_the_recipe_search(gray, foreign_onnx, tmp_pat
     Runtime (channels-last, batch 1, as it was written), here without torch involved."""
     import onnxruntime as ort
 
-    from edgecls.calibration.preprocess import to_model_input
-    from edgecls.preprocessing import PreprocessingOptions
-    from edgecls.source_kinds import SourceRequest, resolve
+    from edgecls.imaging.preprocess import to_model_input
+    from edgecls.imaging.options import PreprocessingOptions
+    from edgecls.sources import SourceRequest, resolve
     request = SourceRequest(labels=LABELS, preprocessing=PreprocessingOptions.of(
         {"resize": "none", "mean": 0.3, "std": 0.4}))
     resolved = resolve(str(foreign_onnx), request)
@@ -458,9 +458,9 @@ def test_tensorrt_builds_from_the_onnx_file(gray, foreign_onnx, tmp_path):
     from onnx import numpy_helper
 
     from edgecls.backends.tensorrt.export import _onnx_to_parse, build_plan
-    from edgecls.calibration.datasets import CalibrationSet
-    from edgecls.preprocessing import PreprocessingOptions
-    from edgecls.source_kinds import SourceRequest, resolve
+    from edgecls.imaging.datasets import CalibrationSet
+    from edgecls.imaging.options import PreprocessingOptions
+    from edgecls.sources import SourceRequest, resolve
     resolved = resolve(str(foreign_onnx), SourceRequest(preprocessing=PreprocessingOptions.of(
         {"resize": "none", "mean": 0.3, "std": 0.4})))
     source, spec = resolved.source(tmp_path), resolved.spec
@@ -484,8 +484,8 @@ def test_onnx_files_edgecls_cannot_feed(gray, foreign_onnx, digits_onnx, tmp_pat
     import torch
 
     from edgecls.exporting import export
-    from edgecls.preprocessing import PreprocessingOptions
-    from edgecls.source_kinds import SourceRequest, resolve
+    from edgecls.imaging.options import PreprocessingOptions
+    from edgecls.sources import SourceRequest, resolve
 
     class FixedView(torch.nn.Module):          # reshapes with the batch of 1 built in
         def __init__(self):

@@ -357,7 +357,7 @@ def test_speedup_is_the_baseline_p50_over_the_cells():
 
 def test_packed_folders_travel_whole(digits_folders, tmp_path):
     """--data/--calib folders sent to cluster nodes that cannot see them."""
-    from edgecls.calibration.datasets import ImageSet
+    from edgecls.imaging.datasets import ImageSet
     from edgecls.sweep.plan import source_digest
     from edgecls.sweep.work import Packed
     _, val = digits_folders

@@ -254,8 +254,8 @@ def test_each_operation_reports_its_own_tensorrt_errors():
 def int8_for_tensorrt(digits_model, digits_data, tmp_path_factory):
     """The QDQ ONNX an INT8 engine is built from, and the spec it filled in."""
     from edgecls.backends.tensorrt.quantize import qdq_onnx
-    from edgecls.calibration.datasets import CalibrationSet
-    from edgecls.sources import ExportSource
+    from edgecls.imaging.datasets import CalibrationSet
+    from edgecls.sources.export_source import ExportSource
     model, spec = digits_model
     _, calib, _, _ = digits_data
     work = tmp_path_factory.mktemp("trt-int8")
@@ -311,7 +311,7 @@ def test_int8_onnx_still_classifies(int8_for_tensorrt, digits_model, digits_data
     import onnxruntime as ort
     import torch
 
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     path, _ = int8_for_tensorrt
     model, spec = digits_model
     _, _, val, _ = digits_data
@@ -342,7 +342,7 @@ def digits_engines(digits_model, digits_data, tmp_path_factory) -> dict[str, Pat
 
 @pytest.mark.needs_tensorrt
 def test_engines_match_torch(digits_engines, digits_val):
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     from edgecls.formats import open_session
     crops, labels, ref = digits_val
     torch_acc = float((ref.argmax(1) == labels).mean())
@@ -408,7 +408,7 @@ def test_portability_is_checked(digits_engines, tmp_path):
 
 @pytest.mark.needs_tensorrt
 def test_threads_share_one_session(digits_engines, digits_val):
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     from edgecls.formats import open_session
     crops, _, _ = digits_val
     with open_session(digits_engines["fp16"], device="gpu") as s:

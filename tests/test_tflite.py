@@ -54,7 +54,7 @@ def test_digits_accuracy_matches_torch(digits_tflite, digits_val):
 
 
 def test_fp32_logits_match_torch(digits_tflite, digits_val):
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     from edgecls.formats import open_session
     crops, _, ref = digits_val
     with open_session(digits_tflite["fp32"]) as s:
@@ -96,7 +96,7 @@ def test_int8_is_full_integer(digits_tflite):
 
 
 def test_int8_io_round_trip(digits_tflite, digits_val):
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     from edgecls.formats import open_session
     from edgecls.backends.tflite.runtime import dequantize, quantize
     crops, labels, _ = digits_val
@@ -209,7 +209,7 @@ def test_efficientnet_lite0_agrees_with_torch(photo_files, tmp_path_factory):
     import torch
 
     from edgecls import zoo
-    from edgecls.calibration.preprocess import preprocess
+    from edgecls.imaging.preprocess import preprocess
     from edgecls.exporting import export
     path = export("efficientnet_lite0", to="tflite",
                   out=tmp_path_factory.mktemp("effl0") / "effl0.tflite")

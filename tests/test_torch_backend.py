@@ -15,7 +15,7 @@ from edgecls.errors import ArtifactError, DeviceUnavailableError, UnsupportedOpt
 
 def test_pt2_runs_like_the_module(digits_pt2, digits_model, digits_val):
     from edgecls.backends.torch.runtime import TorchSession
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     from edgecls.classifier import Classifier
     from edgecls.formats import open_session, read_spec
     model, spec = digits_model

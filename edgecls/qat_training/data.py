@@ -1,6 +1,6 @@
 """The images a student trains on, is steered by and is judged on: never one photo in two roles.
 
-Three roles, as for PTQ (edgecls.calibration.datasets): the student trains on one set, its
+Three roles, as for PTQ (edgecls.imaging.datasets): the student trains on one set, its
 epochs are chosen on selection images (the `validation` side here: early stopping, the best
 epoch), and the artifact is judged on verification images that neither saw. From the
 built-in `photos` each role has its own photos (PHOTO_ROLES): training on the calibration
@@ -19,9 +19,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from edgecls.calibration.datasets import (ROLE_SPLIT, ImageSet, load_part, photo_of,
+from edgecls.imaging.datasets import (ROLE_SPLIT, ImageSet, load_part, photo_of,
                                           verification_for)
-from edgecls.calibration.preprocess import resize_crop, to_model_input
+from edgecls.imaging.preprocess import resize_crop, to_model_input
 from edgecls.errors import DataError
 from edgecls.spec import ModelSpec
 

@@ -17,7 +17,7 @@ def export_with_qat(model: Any, to: str | Sequence[str], out: str | Path | None 
                     strict: bool = False, preprocessing: dict[str, Any] | None = None,
                     model_kwargs: dict[str, Any] | None = None,
                     trust_remote_code: bool = False, force: bool = False) -> list[Path]:
-    """QAT INT8 artifacts of a model source (edgecls.source_kinds: a zoo name, timm:/
+    """QAT INT8 artifacts of a model source (edgecls.sources: a zoo name, timm:/
     torchvision: names, a .pt2 program, a factory; or a torch module with `spec`) for every
     format in `to`; formats of one family share one student. `out`: the artifact's path for
     one format, a folder for several (default out/). Checkpoints go next to the artifacts.
@@ -27,8 +27,8 @@ def export_with_qat(model: Any, to: str | Sequence[str], out: str | Path | None 
     from edgecls.exporting import (QAT_TAG, check_output, export, options_for, output_for,
                                    planned_output)
     from edgecls.formats import get_format
-    from edgecls.source_kinds import SourceRequest
-    from edgecls.source_kinds import resolve as resolve_source
+    from edgecls.sources import SourceRequest
+    from edgecls.sources import resolve as resolve_source
 
     to = to.split(",") if isinstance(to, str) else list(to)
     options = dict(options or {})

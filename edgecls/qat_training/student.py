@@ -65,5 +65,5 @@ class QATStudent:
     def calibration(self):
         """The training images as the CalibrationSet export() hands around: its recipe ids
         let parity warn about overlap, and its held-out images are the validation side."""
-        from edgecls.calibration.datasets import CalibrationSet
+        from edgecls.imaging.datasets import CalibrationSet
         return CalibrationSet(self.split.train, self.spec, source=self.split.validation)

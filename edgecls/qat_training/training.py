@@ -122,7 +122,7 @@ def corrected_start(teacher, spec: ModelSpec, split) -> tuple[Any, dict[str, Any
     from edgecls.backends.onnx import DEFAULT_OPSET
     from edgecls.backends.onnx.bias_correction import available, corrected_module
     from edgecls.backends.onnx.export import export_fp32
-    from edgecls.calibration.datasets import CalibrationSet
+    from edgecls.imaging.datasets import CalibrationSet
     if not available():        # (corrected_module says so too; this skips the ONNX export)
         return teacher, None
     with tempfile.TemporaryDirectory(prefix="edgecls-qat-") as work:
@@ -340,7 +340,7 @@ def _recipe(family: Family, target: targets.Target, quantizer: Any, split: qdata
             mode: str, state: Checkpoint, epochs: int, lr: float, seed: int, device: Any,
             seconds: float) -> dict[str, Any]:
     import torchao
-    from edgecls.calibration.datasets import CalibrationSet
+    from edgecls.imaging.datasets import CalibrationSet
     trained = state.history[-1]["epoch"]
     return {
         "method": "qat", "mode": mode, "family": family.name,

@@ -18,7 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgecls.calibration.datasets import IMAGE_SUFFIXES
+from edgecls.imaging.datasets import IMAGE_SUFFIXES
 from edgecls.errors import UnsupportedOptionError
 from edgecls.formats import get_format
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from edgecls.calibration.datasets import BUILTIN
+from edgecls.imaging.datasets import BUILTIN
 from edgecls.errors import (DataError, MissingDependencyError, OutputError,
                             UnsupportedOptionError, one_line)
 from edgecls.formats import get_format

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecls.calibration.preprocess import to_model_input
+from edgecls.imaging.preprocess import to_model_input
 from edgecls.spec import ModelSpec
 
 

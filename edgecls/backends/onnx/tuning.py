@@ -106,7 +106,7 @@ class OnnxTuner(CandidateKeeper):
     def sensitive(self, settings: dict[str, list[str]]) -> list[str]:
         """GEMM layers ranked by how much quantizing each ALONE moves the logits (KL against
         FP32 on calibration images, through the kernels the target runs)."""
-        from edgecls.calibration.preprocess import to_model_input
+        from edgecls.imaging.preprocess import to_model_input
         from edgecls.backends.onnx.runtime import OnnxRuntimeSession as open_session
         from edgecls.metrics import kl_divergence
 

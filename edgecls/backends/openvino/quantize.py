@@ -95,7 +95,7 @@ def nncf_quantize(model, spec: ModelSpec, calibration, settings: dict[str, Any],
         # (0.074 -> 0.035) and on the selection photos (0.131 -> 0.082), for 11 s instead of 5
         return nncf.quantize(model, dataset, advanced_parameters=advanced,
                              fast_bias_correction=False, **kwargs)
-    from edgecls.calibration.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input
     x = to_model_input(validation.pixels, spec)
     labels = (validation.labels if validation.labels is not None
               else validation.reference.argmax(1))   # unlabelled: FP32's own top-1

@@ -87,7 +87,7 @@ class TFLiteTuner(CandidateKeeper):
         from ai_edge_litert.interpreter import Interpreter
 
         from edgecls.backends.tflite.runtime import dequantize, quantize
-        from edgecls.calibration.preprocess import to_model_input
+        from edgecls.imaging.preprocess import to_model_input
         from edgecls.metrics import kl_divergence
 
         pixels = self.calibration.images.subset(PROBE_IMAGES).crops(self.spec)

@@ -1,4 +1,4 @@
-"""Resolvers for the sources that give a torch module (the rows of edgecls.source_kinds).
+"""Resolvers for the sources that give a torch module (the rows of edgecls.sources).
 
 Each is (text, SourceRequest) -> Resolved, with a spec holding the model's own
 preprocessing: the builder's metadata (zoo, timm, torchvision), the spec inside an edgecls
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecls.errors import ArtifactError, SourceError, UnknownModelError, first_line
-from edgecls.source_kinds.kinds import BY_NAME, Resolved, SourceRequest
+from edgecls.sources.kinds import BY_NAME, Resolved, SourceRequest
 from edgecls.spec import ModelSpec, safe_name
 
 log = logging.getLogger("edgecls")

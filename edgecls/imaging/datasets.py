@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from edgecls.calibration.preprocess import load_rgb, resize_crop, to_model_input
+from edgecls.imaging.preprocess import load_rgb, resize_crop, to_model_input
 from edgecls.errors import DataError, MissingDependencyError
 from edgecls.spec import ModelSpec
 

@@ -32,8 +32,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from edgecls.errors import ArtifactError, MissingDependencyError, SourceError, first_line
-from edgecls.source_kinds.kinds import BY_NAME, Resolved, SourceRequest, fit_classes
-from edgecls.sources import ExportSource
+from edgecls.sources.kinds import BY_NAME, Resolved, SourceRequest, fit_classes
+from edgecls.sources.export_source import ExportSource
 from edgecls.spec import SPEC_KEY, ModelSpec, safe_name
 
 log = logging.getLogger("edgecls")

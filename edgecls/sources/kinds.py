@@ -12,7 +12,7 @@ from typing import Any
 
 from edgecls.errors import SourceError, UnsupportedOptionError, first_line
 from edgecls.io import sha256
-from edgecls.preprocessing import PreprocessingOptions
+from edgecls.imaging.options import PreprocessingOptions
 from edgecls.spec import ModelSpec
 
 
@@ -56,7 +56,7 @@ class SourceKind:
         return bool(self.suffixes)
 
 
-_TORCH = "edgecls.source_kinds.torch_models"
+_TORCH = "edgecls.sources.torch_models"
 _PLAIN = r"[A-Za-z0-9_][A-Za-z0-9_.]{0,199}"      # a library's model name: no path, no ':'
 KINDS: tuple[SourceKind, ...] = (
     SourceKind("timm", "timm:mobilenetv4_conv_small",
@@ -70,7 +70,7 @@ KINDS: tuple[SourceKind, ...] = (
     SourceKind("program", "model.pt2", "a torch.export program (torch.export.save)",
                f"{_TORCH}:program", suffixes=(".pt2",)),
     SourceKind("onnx", "their_model.onnx", "an FP32 ONNX file; parity's reference runs it in "
-               "ONNX Runtime", "edgecls.source_kinds.onnx_file:onnx_file", suffixes=(".onnx",),
+               "ONNX Runtime", "edgecls.sources.onnx_file:onnx_file", suffixes=(".onnx",),
                input="onnx"),
     SourceKind("module-file", "model.pt",
                "TorchScript or a pickled torch module: loading it runs code from the file, so "
@@ -162,7 +162,7 @@ class Resolved:
 
     def source(self, workdir: Path):
         """The ExportSource the exporters start from."""
-        from edgecls.sources import ExportSource
+        from edgecls.sources.export_source import ExportSource
         return ExportSource(self.model, self.spec, workdir)
 
 

@@ -24,8 +24,8 @@ from typing import Any, Sequence
 
 from edgecls.errors import ArtifactError, DataError, EdgeclsError, first_line
 from edgecls.io import sha256
-from edgecls.source_kinds import resolve
-from edgecls.source_kinds.kinds import (BY_NAME, HASH_CHARS, MODULE, SourceKind, SourceRequest,
+from edgecls.sources import resolve
+from edgecls.sources.kinds import (BY_NAME, HASH_CHARS, MODULE, SourceKind, SourceRequest,
                                         kind_of)
 from edgecls.spec import ModelSpec
 

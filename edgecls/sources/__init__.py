@@ -18,15 +18,15 @@ the text into a Resolved: the torch module or the ONNX graph, and a ModelSpec wi
 model's own preprocessing. resolve() then lays the user's preprocessing over it, checks the
 model against it (one forward pass, or the ONNX graph's shapes) and records in
 spec.reference where the FP32 reference comes from, so that parity can build it again
-(edgecls.source_kinds.reference).
+(edgecls.sources.reference).
 """
 from __future__ import annotations
 
 from typing import Any
 
 from edgecls.errors import SourceError, UnsupportedOptionError
-from edgecls.preprocessing import FIELDS
-from edgecls.source_kinds.kinds import (BY_NAME, KINDS, MODULE, Resolved, SourceKind,  # noqa: F401
+from edgecls.imaging.options import FIELDS
+from edgecls.sources.kinds import (BY_NAME, KINDS, MODULE, Resolved, SourceKind,  # noqa: F401
                                         SourceRequest, fit_classes, kind_of, parse_kwargs,
                                         record)
 

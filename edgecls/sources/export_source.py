@@ -6,8 +6,8 @@ them, made once for the whole search) and the verification images the finished a
 judged on, which no choice ever saw.
 
 Model sources (zoo names, timm:/torchvision: names, .pt2 programs, factories, ONNX files)
-are resolved into one by edgecls.source_kinds; an FP32 ONNX file gives an OnnxFileSource
-(source_kinds/onnx_file.py), whose model is None and whose reference is that file. For a
+are resolved into one by edgecls.sources; an FP32 ONNX file gives an OnnxFileSource
+(sources/onnx_file.py), whose model is None and whose reference is that file. For a
 quantization-aware trained student, the model is the QATStudent and its QDQ ONNX plays the
 FP32 ONNX's part.
 """
@@ -82,7 +82,7 @@ class ExportSource:
 
     def reference_logits(self, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
         """The reference's logits for N x H x W x 3 uint8 crops (resize_crop's output)."""
-        from edgecls.calibration.preprocess import to_model_input
+        from edgecls.imaging.preprocess import to_model_input
         if not len(pixels):
             return np.empty((0, self.spec.num_classes), np.float32)
         with self.reference_session() as session:
@@ -97,7 +97,7 @@ class ExportSource:
         meaningless. Without calibration (FP32/FP16 candidates of `--to best`): --select
         alone."""
         if self._held_out is None and self.spec.trained:
-            from edgecls.calibration.datasets import load_part
+            from edgecls.imaging.datasets import load_part
             from edgecls.backends.recipes import HeldOut
             images = (calibration.held_out(self.selection, self.spec) if calibration is not None
                       else None if self.selection is None
