@@ -210,6 +210,17 @@ def _tensorrt() -> tuple[list[str], str]:
     return ["gpu"], ""
 
 
+def _executorch() -> tuple[list[str], str]:
+    # the runtime extension itself (loads libtorch, not executorch.exir): which delegates
+    # this wheel registered; edgecls exports XNNPACK programs
+    import torch  # noqa: F401  (the extension is linked against libtorch)
+    from executorch.extension.pybindings import _portable_lib as lib
+    names = lib._get_registered_backend_names()
+    if "XnnpackBackend" not in names:
+        return [], f"no XnnpackBackend in this build (delegates: {', '.join(names) or 'none'})"
+    return ["cpu (XNNPACK)"], f"delegates in this build: {', '.join(sorted(names))}"
+
+
 def _torch() -> tuple[list[str], str]:
     # not imported: torch takes seconds to load, and whether it sees CUDA is the exporter's
     # business (QAT uses the GPU when torch has one)
@@ -222,6 +233,7 @@ _RUNTIMES = [
     ("openvino", ("openvino",), _openvino),
     ("tflite", ("ai-edge-litert", "tflite-runtime"), _tflite),
     ("tensorrt", ("tensorrt", "tensorrt-cu12"), _tensorrt),
+    ("executorch", ("executorch",), _executorch),
     ("torch", ("torch",), _torch),
 ]
 

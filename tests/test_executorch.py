@@ -129,6 +129,21 @@ def test_devices_threads_and_thread_safety(digits_pte, digits_val):
         assert run_concurrently(hammer, 4) == list(range(4))
 
 
+def test_hw_shows_the_runtime_and_its_delegates(capsys):
+    import json
+    from importlib.metadata import version
+
+    from executorch.runtime import Runtime
+
+    from edgecls.cli import main
+    assert main(["hw", "--json"]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out)["runtimes"]
+               if r["name"] == "executorch")
+    assert row["version"] == version("executorch") and row["devices"] == ["cpu (XNNPACK)"]
+    for name in Runtime.get().backend_registry.registered_backend_names:   # ExecuTorch's API
+        assert name in row["note"]
+
+
 def test_upstream_fuse_batch_norm_defect_still_needs_the_wrapper():
     """export.named() works around ExecuTorch 1.4's FuseBatchNormPass failing on parameter
     names that start with a digit (a top-level nn.Sequential). When this test fails, the
