@@ -14,7 +14,18 @@ Recipes as rows:
 XNNPACK's signed INT8 kernels widen to 16 bits before they multiply-add (and its VNNI
 kernels compensate the +128 offset exactly), so a program computes the same numbers on
 AVX2, VNNI and ARM CPUs: every target is measured here (measures_target), and the session
-never needs a guard (saturating_int8_kernels is False).
+never needs a guard (saturating_int8_kernels is False). Read in google/XNNPACK (75db3c0):
+src/configs/gemm-config.c gives an AVX2 CPU xnn_qs8_qc8w_{gemm,igemm}_minmax_fp32_ukernel_
+{1,3}x8c8__avx2, made from src/qs8-gemm/MRx8c8-avx2.c.in / src/qs8-igemm/MRx8c8-avx2.c.in:
+both operands sign-extended with vpmovsxbw (_mm256_cvtepi8_epi16), then vpmaddwd
+(_mm256_madd_epi16: int16 x int16 pairs summed exactly into int32) - no vpmaddubsw, so
+nothing saturates (|a1*w1 + a2*w2| <= 2 * 128 * 128 fits in int32). Depthwise convolutions
+on AVX2 (src/configs/dwconv-config.c: qs8_qc8w_dwconv ..._avx2_mul32) widen to int32 and
+use vpmulld. The one vpmaddubsw of that path (src/qs8-packw/gen/
+qs8-packw-x8c8-gemm-goi-avx2-madd.c) multiplies the weights by ones when packing them
+(a weight-sum of two bytes, never near 32767). AVX512-VNNI / AVX-VNNI kernels flip the
+activations' sign bit (xor 0x80) for vpdpbusd, a 32-bit accumulation, and the packing
+(xnn_pack_qs8_to_qu8_*) folds the +128 into the bias.
 """
 from __future__ import annotations
 
