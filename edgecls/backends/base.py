@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
+from edgecls import hardware, targets
 from edgecls.errors import (ArtifactError, DeviceUnavailableError, MissingDependencyError,
                             UnknownFormatError, UnsupportedOptionError)
 from edgecls.options import Declared, ExportOptions, flag_of, option  # noqa: F401
@@ -308,7 +309,6 @@ class Session(ABC):
         if (self.spec.precision != "int8" or self.device_used != "cpu"
                 or not self.saturating_int8_kernels or self.exact_int8):
             return
-        from edgecls import hardware, targets
         why = targets.mismatch(self.spec.quantization, hardware.runtime_isa(self.backend))
         if why:
             name = self.path.name if self.path else self.spec.name

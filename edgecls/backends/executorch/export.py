@@ -21,11 +21,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgecls import targets
 from edgecls.backends.base import ExportPaths
 from edgecls.backends.executorch import ExecuTorchOptions
 from edgecls.backends.executorch.program import finish, lower, versions, warn_if_partial
-from edgecls.errors import DataError
+from edgecls.backends.executorch.tuning import ExecuTorchTuner
 from edgecls.backends.onnx.bias_correction import corrected_module
+from edgecls.errors import DataError
 from edgecls.spec import ModelSpec
 
 
@@ -53,8 +55,6 @@ def fp32(source, spec: ModelSpec, out: Path, *, calibration, options: ExecuTorch
 
 def int8(source, spec: ModelSpec, out: Path, *, calibration, options: ExecuTorchOptions):
     """The Tuner (the XNNPACK PT2E quantizer) the recipe search runs."""
-    from edgecls import targets
-    from edgecls.backends.executorch.tuning import ExecuTorchTuner
     _describe(spec)
     if not len(calibration):
         raise DataError("the calibration set is empty")

@@ -8,15 +8,13 @@ from __future__ import annotations
 import shutil
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from edgecls import targets
 from edgecls.backends.base import ExportPaths
 from edgecls.backends.onnx import DEFAULT_OPSET, OnnxOptions
 from edgecls.backends.onnx.container import write_spec
+from edgecls.backends.onnx.tuning import OnnxTuner
 from edgecls.spec import ModelSpec
-
-if TYPE_CHECKING:
-    from edgecls.backends.onnx.tuning import OnnxTuner
 
 
 def export_fp32(model, spec: ModelSpec, out: Path, opset: int = DEFAULT_OPSET) -> None:
@@ -94,8 +92,6 @@ export = ExportPaths(fp32=fp32, fp16=fp16, int8=int8, qat=qat)
 def int8_tuner(fp32_onnx: Path, source, spec: ModelSpec, calibration, options: OnnxOptions) -> OnnxTuner:
     """ORT QDQ with the target's recipe, for the search to measure and, where it misses,
     change; its calibration cache lives in the export's own work folder."""
-    from edgecls import targets
-    from edgecls.backends.onnx.tuning import OnnxTuner
     work = Path(source.workdir) / "ort-quantize"
     work.mkdir(exist_ok=True)
     return OnnxTuner(fp32_onnx, spec, calibration, targets.resolve(options.target), work,

@@ -18,9 +18,11 @@ import functools
 import logging
 from pathlib import Path
 
+from edgecls import targets
 from edgecls.backends.base import ExportPaths
 from edgecls.backends.openvino import OpenVINOOptions
 from edgecls.backends.openvino.container import save, write_spec
+from edgecls.backends.openvino.tuning import OpenVINOTuner
 from edgecls.errors import first_line
 from edgecls.spec import ModelSpec
 
@@ -45,8 +47,6 @@ def fp16(source, spec: ModelSpec, out: Path, *, calibration, options: OpenVINOOp
 def int8(source, spec: ModelSpec, out: Path, *, calibration, options: OpenVINOOptions):
     """The Tuner (NNCF) the recipe search runs."""
     model, spec.exported_from = convert(source, spec)
-    from edgecls import targets
-    from edgecls.backends.openvino.tuning import OpenVINOTuner
     finish = functools.partial(_finish, precision="int8", options=options)
     return OpenVINOTuner(model, source, spec, calibration, targets.resolve(options.target),
                          options, finish)

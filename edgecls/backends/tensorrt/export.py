@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgecls.backends.base import ExportPaths
+from edgecls.backends.onnx.export import export_fp16
 from edgecls.backends.tensorrt import TensorRTOptions
 from edgecls.backends.tensorrt.container import write_engine
 from edgecls.backends.tensorrt.cuda import gpu_facts
 from edgecls.backends.tensorrt.library import ERRORS, import_tensorrt, tensorrt_logger
+from edgecls.backends.tensorrt.quantize import qdq_onnx
 from edgecls.errors import BackendBuildError, DeviceUnavailableError, first_line
 from edgecls.spec import ModelSpec
 
@@ -164,11 +166,9 @@ def _onnx_to_parse(plan: BuildPlan, source, spec: ModelSpec, calibration, work: 
     if plan.onnx == "fp32":
         return fp32
     if plan.onnx == "fp16":
-        from edgecls.backends.onnx.export import export_fp16
         out = work / f"{spec.name}.fp16.onnx"
         export_fp16(fp32, spec.derive(tools=dict(spec.tools), notes=dict(spec.notes)), out)
         return out
-    from edgecls.backends.tensorrt.quantize import qdq_onnx
     return qdq_onnx(fp32, spec, calibration, work)
 
 

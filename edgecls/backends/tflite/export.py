@@ -18,10 +18,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from edgecls import targets
 from edgecls.backends.base import ExportPaths
+from edgecls.backends.onnx.bias_correction import corrected_module
 from edgecls.backends.tflite import TFLiteOptions, io_type
 from edgecls.backends.tflite.container import embed_spec
-from edgecls.backends.tflite.quantize import quiet
+from edgecls.backends.tflite.quantize import float_ops, io_dtypes, quantize_fp16, quiet
+from edgecls.backends.tflite.tuning import TFLiteTuner
 from edgecls.errors import DataError, UnsupportedOptionError
 from edgecls.spec import ModelSpec
 
@@ -45,7 +48,6 @@ def fp32(source, spec: ModelSpec, out: Path, *, calibration, options: TFLiteOpti
 
 
 def fp16(source, spec: ModelSpec, out: Path, *, calibration, options: TFLiteOptions) -> None:
-    from edgecls.backends.tflite.quantize import quantize_fp16
     _describe(spec, options)
     model = convert_fp32(source.model, spec)
     with quiet():
@@ -57,9 +59,6 @@ def fp16(source, spec: ModelSpec, out: Path, *, calibration, options: TFLiteOpti
 
 def int8(source, spec: ModelSpec, out: Path, *, calibration, options: TFLiteOptions):
     """The Tuner the recipe search runs (full-integer by ai-edge-quantizer)."""
-    from edgecls import targets
-    from edgecls.backends.onnx.bias_correction import corrected_module
-    from edgecls.backends.tflite.tuning import TFLiteTuner
     int8_io = _describe(spec, options)
     # full-integer PTQ quantizes a copy of the model with NNCF's bias correction (found
     # on the ONNX export, fed as the source's spec says, not this NHWC one)
@@ -127,8 +126,6 @@ def convert_qat(student, spec: ModelSpec) -> bytes:
     output come out int8 with the trained scales (the session quantizes and dequantizes)."""
     import torch
     from litert_torch.quantize.quant_config import QuantConfig
-
-    from edgecls.backends.tflite.quantize import float_ops, io_dtypes
 
     h, w = spec.input_size
     with quiet():
