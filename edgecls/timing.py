@@ -27,9 +27,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 import edgecls
-from edgecls import hardware
+from edgecls import formats, hardware
 from edgecls.errors import first_line
-from edgecls.formats import format_for_path, open_session
 
 #: the median's 95% CI half-width, relative to it, at which sampling stops
 STABLE = 0.02
@@ -66,8 +65,8 @@ def measure(path: str | Path, *, threads: int | None = None, batch: int = 8,
     path = Path(path)
     threads = threads or hardware.cpu().cores
     before = _rss_mb()
-    fmt = format_for_path(path)
-    with open_session(path, device=fmt.default_device(), threads=threads,
+    fmt = formats.format_for_path(path)
+    with formats.open_session(path, device=fmt.default_device(), threads=threads,
                       **(options or {})) as session:
         h, w = session.spec.input_size
         pixels = np.random.default_rng(0).integers(0, 256, (batch, h, w, 3), dtype=np.uint8)

@@ -14,9 +14,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import edgecls.backends.torch.program as torch_program   # an attribute: tests replace load_program
 from edgecls import zoo
 from edgecls.backends.torch.container import spec_text
-from edgecls.backends.torch.program import load_program
 from edgecls.errors import ArtifactError, SourceError, UnknownModelError, first_line
 from edgecls.sources.kinds import BY_NAME, Resolved, SourceRequest
 from edgecls.spec import ModelSpec, safe_name
@@ -130,7 +130,7 @@ def program(text: str, request: SourceRequest) -> Resolved:
         # (checked before torch reads anything else of the file)
         spec = ModelSpec.from_json(embedded, str(path)) if embedded else None
         f.seek(0)
-        ep = load_program(f, path, request.trust_remote_code)
+        ep = torch_program.load_program(f, path, request.trust_remote_code)
     shape = _program_input_shape(ep, path)
     if spec is not None:
         spec = spec.derive(format="torch", precision="fp32", quantization=None, parent=None,
