@@ -15,7 +15,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgecls import hardware
+from edgecls.formats import format_for_path, open_session
 from edgecls.imaging.preprocess import to_model_input
+from edgecls.timing import timed_runs
 
 
 def _rss_mb() -> float:
@@ -69,8 +71,6 @@ def bench(artifacts: Sequence[str | Path], batch_sizes: Sequence[int] = (1,), th
           device: str | None = None, seconds: float = 3.0, warmup: int = 3,
           options: dict[str, Any] | None = None) -> BenchResult:
     """`options` are session options, each given to the backends that take it."""
-    from edgecls.formats import format_for_path, open_session
-    from edgecls.timing import timed_runs
     options = dict(options or {})
     if len(artifacts) > 1:
         # sessions sharing the process must not spin their idle threads: ORT's spinning

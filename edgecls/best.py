@@ -20,11 +20,15 @@ from typing import Any
 
 from edgecls import hardware
 from edgecls.errors import ParityFailedError, UnsupportedOptionError, one_line
-from edgecls.formats import FORMATS, Format
+from edgecls.exporting import DEFAULT_CALIB_SIZE, check_output, export, judge, planned_output
+from edgecls.formats import FORMATS, Format, get_format
+from edgecls.imaging.datasets import CalibrationSet, selection_for, verification_for
 from edgecls.io import atomic_paths
-from edgecls.imaging.datasets import selection_for, verification_for
 from edgecls.search import Outcome, Reasons, Recipe, Trial, choose, print_trials, score
+from edgecls.sources import SourceRequest, kind_of, resolve
+from edgecls.timing import in_subprocess
 from edgecls.verdict import FAIL, INCONCLUSIVE
+from edgecls.verification import tolerance_for
 
 log = logging.getLogger("edgecls")
 
@@ -68,12 +72,6 @@ def export_best(model: Any, out: str | Path | None = None, *, precision: str = "
     out/<model>[.<precision>]<suffix of the winner>). As the winner is not known before the
     race, every candidate's output is checked first: one that exists is refused unless
     `force`, one that is an input always."""
-    from edgecls.imaging.datasets import CalibrationSet
-    from edgecls.exporting import DEFAULT_CALIB_SIZE, check_output, export, planned_output
-    from edgecls.sources import SourceRequest, kind_of, resolve
-    from edgecls.timing import in_subprocess
-    from edgecls.verification import tolerance_for
-
     given = dict(options or {})
     select, data, max_drop = (given.pop(k, None) for k in ("select", "data", "max_drop"))
     starts = kind_of(model).input       # an ONNX file cannot become a TFLite model
@@ -140,7 +138,6 @@ def _verify(chosen: Trial, source) -> dict[str, Any] | None:
     recorded in its spec, and fatal when it fails - a fail means the selection images
     misled the race, and nothing is written. None without verification images or with
     random weights (nothing to judge)."""
-    from edgecls.exporting import judge
     if source.verification is None or not source.spec.trained:
         log.warning("--to best: no verification images (--data): the winner is not judged "
                     "beyond the selection images; judge it with `edgecls parity`")
@@ -161,7 +158,6 @@ def _verify(chosen: Trial, source) -> dict[str, Any] | None:
 
 
 def _trial(fmt: Format, path: Path, held_out, tolerance, fp32_ms: float, threads, seconds) -> Trial:
-    from edgecls.timing import in_subprocess
     made = fmt.read_spec(path)
     search = (made.quantization or {}).get("search", {})
     options = search.get("measured_with", {})
@@ -184,8 +180,6 @@ def _reasons(tolerance) -> Reasons:
 def _write(outcome: Outcome, held_out, tolerance, failed: list[str], base, precision: str,
            out: str | Path | None, force: bool = False,
            verified: dict[str, Any] | None = None) -> Path:
-    from edgecls.exporting import planned_output
-    from edgecls.formats import get_format
     fmt = get_format(outcome.chosen.recipe.settings["format"])
     out = planned_output(out, fmt, base, precision, format_decides_suffix=True)
     spec = fmt.read_spec(outcome.chosen.path)

@@ -14,9 +14,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgecls.options import Declared
+from edgecls import hardware, targets
+from edgecls.demo import demo
 from edgecls.errors import EdgeclsError, UnsupportedOptionError
-from edgecls.formats import DEVICES, FORMATS
+from edgecls.formats import DEVICES, FORMATS, read_spec
+from edgecls.imaging.options import PreprocessingOptions
+from edgecls.options import Declared
+from edgecls.report.escape import term_markup, term_text, visible, visible_log_record
+from edgecls.sources import KINDS, parse_kwargs
+from edgecls.verdict import EXIT_STATUS
+from edgecls.zoo import list_models, read_labels
+
+# Each command imports the engine it drives when it runs (the exporters, Classifier, parity,
+# bench, sweep: OpenCV, and torch behind them), so `edgecls --help`, `formats`, `info`,
+# `models` and `hw` load none of them.
 
 
 def _console():
@@ -31,8 +42,6 @@ def _console():
 def cmd_models(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from edgecls.sources import KINDS
-    from edgecls.zoo import list_models
     table = Table("name", "family", "source", "input", "pretrained", "note", title="the zoo")
     for e in list_models():
         table.add_row(e.name, e.family, e.source, f"{e.input_size}", "yes" if e.pretrained else "no",
@@ -61,11 +70,9 @@ def cmd_formats(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from edgecls.api import export
     from edgecls.exporting import options_for, output_for
-    from edgecls.sources import parse_kwargs
     precision = "int8" if args.int8 or args.qat else "fp16" if args.fp16 else "fp32"
     options = {name: getattr(args, name) for name in args.format_options}
     preprocessing = {name: getattr(args, name) for name in args.preprocessing_options}
-    from edgecls.zoo import read_labels
     labels = read_labels(Path(args.labels)) if args.labels else None
     common = dict(weights=args.weights, num_classes=args.num_classes, labels=labels,
                   calib=args.calib, calib_size=args.calib_size, check=not args.no_check,
@@ -83,14 +90,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         outs = [export(args.model, to=fmt, out=output_for(args.output, args.to),
                        precision=precision, options=options_for(fmt, options, args.to), **common)
                 for fmt in args.to]
-    from edgecls.report.escape import term_markup
     for out in outs:
         _console().print(f"[green]wrote[/green] {term_markup(out)}")
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from edgecls.formats import read_spec
     for path in args.artifacts:
         spec = read_spec(path)
         if args.json:
@@ -98,8 +103,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             continue
         from rich.table import Table
 
-        from edgecls.report.escape import term_text   # the spec's text shown, not obeyed
-        table = Table("field", "value", title=term_text(path))
+        table = Table("field", "value", title=term_text(path))   # the spec's text shown, not obeyed
         for k, v in spec.summary().items():
             shown = json.dumps(v) if isinstance(v, (dict, list, tuple)) else v
             table.add_row(term_text(k), term_text(shown))
@@ -110,7 +114,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_hw(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from edgecls import hardware, targets
     info = hardware.describe(probe_devices=True)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -150,9 +153,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    from edgecls.report.escape import term_text   # labels from the artifact, shown as text
     for img, preds in zip(args.images, results):
-        table = Table("rank", "label", "index", "score", title=term_text(img))
+        table = Table("rank", "label", "index", "score", title=term_text(img))   # labels from the artifact: text
         for i, p in enumerate(preds, 1):
             table.add_row(str(i), term_text(p.label), str(p.index), f"{p.score:.4f}")
         _console().print(table)
@@ -167,7 +169,6 @@ def cmd_parity(args: argparse.Namespace) -> int:
                     options=_session_options(args),
                     trust_remote_code=args.trust_remote_code)
     report.print()
-    from edgecls.verdict import EXIT_STATUS
     return EXIT_STATUS[report.outcome]
 
 
@@ -188,7 +189,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                   cpus=args.cpus, threads=args.threads, batch=args.batch, seconds=args.seconds,
                   retry_failed=args.retry_failed)
     table.print(_console())
-    from edgecls.report.escape import term_markup
     _console().print(f"[green]wrote[/green] {term_markup(args.output)}/sweep.{{md,csv,json,html}}")
     return 0
 
@@ -199,7 +199,6 @@ def _listed(values: list[str] | None) -> tuple[str, ...]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from edgecls.demo import demo
     return demo(out=Path(args.output))
 
 
@@ -377,7 +376,6 @@ def _add_format_options(group) -> tuple[str, ...]:
 
 
 def _add_preprocessing_options(group) -> tuple[str, ...]:
-    from edgecls.imaging.options import PreprocessingOptions
     declared = PreprocessingOptions.declared()
     for option in declared:
         group.add_argument(option.flag, help=option.help, **_argparse_settings(option))
@@ -427,7 +425,6 @@ def main(argv: list[str] | None = None) -> int:
     from rich.logging import RichHandler
     # edgecls speaks at INFO; the libraries it drives (torch.onnx, onnxscript, ORT's
     # quantizer, NNCF) only get through with warnings and errors
-    from edgecls.report.escape import visible_log_record
     handler = RichHandler(show_time=False, show_path=False, console=_stderr_console())
     handler.addFilter(visible_log_record)         # names in log lines: no raw ESC
     logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler])
@@ -437,8 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeclsError as e:
         if args.debug:
             raise
-        from edgecls.report.escape import visible   # a file name's ESC is not obeyed either
-        print(f"edgecls: error: {visible(e)}", file=sys.stderr)
+        print(f"edgecls: error: {visible(e)}", file=sys.stderr)   # a file name's ESC is not obeyed
         return e.exit_code
     except KeyboardInterrupt:
         print("edgecls: interrupted", file=sys.stderr)

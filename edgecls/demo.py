@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from edgecls.formats import FORMATS
+from edgecls import hardware, zoo
+from edgecls.formats import FORMATS, read_spec
 
 log = logging.getLogger("edgecls")
 
@@ -28,13 +29,12 @@ def demo(out: Path = Path("out/demo")) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from edgecls import zoo
+    # OpenCV (imaging, classifier, exporting) only when the demo runs: the CLI imports demo
     from edgecls.imaging.datasets import photo_originals
     from edgecls.classifier import Classifier, softmax
     from edgecls.exporting import default_output, export
     from edgecls.verification import parity
 
-    from edgecls import hardware
     console = Console(width=max(Console().width, 150))
     console.rule(f"this machine: {hardware.cpu().summary()}")
     model, spec = zoo.build(MODEL)   # once: every export and the reference share it
@@ -89,7 +89,6 @@ def int8_recipes(artifacts: list[Path], console) -> None:
     """What each INT8 export chose on this machine, from the artifacts' own specs."""
     from rich.table import Table
 
-    from edgecls.formats import read_spec
     table = Table("artifact", "target", "recipe chosen", "KL on selection images", "vs ORT FP32",
                   "why", title="INT8 recipes chosen for this CPU (--target auto), on the "
                                "selection photos: how they were chosen, not the verdict")
@@ -110,6 +109,7 @@ def qat_row(model, spec, report, out: Path, console) -> Path | None:
     (the furthest from FP32 by KL of those that did not pass). The student trains on the
     calibration photos and keeps the epoch the selection photos prefer; its export shows PTQ
     and QAT side by side on the verification photos."""
+    # OpenCV and torch (exporting, qat_training) only when the demo runs
     from edgecls.exporting import export
     from edgecls.qat_training import qat
 

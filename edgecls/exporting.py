@@ -28,14 +28,18 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from edgecls.backends.base import ExportOptions, Format, option
-from edgecls.imaging.datasets import selection_for, verification_for
-from edgecls.errors import ExportMismatchError, OutputError, UnsupportedOptionError
+from edgecls.errors import (ExportMismatchError, OutputError, ParityFailedError,
+                            UnsupportedOptionError)
 from edgecls.formats import format_for_path, get_format, open_session
+from edgecls.imaging.datasets import CalibrationSet, check_source, selection_for, verification_for
+from edgecls.imaging.preprocess import to_model_input
 from edgecls.io import atomic_paths
 from edgecls.search import export_int8
+from edgecls.sources import SourceRequest, kind_of, refuse_format, resolve
 from edgecls.sources.export_source import ExportSource
 from edgecls.spec import ModelSpec
 from edgecls.verdict import FAIL
+from edgecls.verification import parity
 
 log = logging.getLogger("edgecls")
 
@@ -178,8 +182,8 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
     `out`: the artifact's path, or a folder for the default name (an existing one, or a path
     ending in a separator). An `out` that exists is refused unless `force` (one that is an
     input, always)."""
+    # qat_training's package front imports run.py, which imports this module
     from edgecls.qat_training.student import QATStudent
-    from edgecls.sources import SourceRequest, kind_of, refuse_format, resolve
 
     fmt = get_format(to)
     fmt.check_precision(precision)
@@ -203,7 +207,6 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
     if out is not None and not _is_folder(out, fmt):  # fails before any model work
         check_output(Path(out), fmt, force=force, inputs=inputs)
     if precision == "int8":
-        from edgecls.imaging.datasets import check_source
         for images in (calib, checking.select, checking.data):
             check_source(images)
     exporter = fmt.load_exporter()
@@ -223,7 +226,6 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
         out = planned_output(out, fmt, base_spec, QAT_TAG if student is not None else precision)
         check_output(out, fmt, force=force, inputs=inputs)   # before calibrating
     if student is None and precision == "int8":
-        from edgecls.imaging.datasets import CalibrationSet
         calibration = CalibrationSet.from_source(calib, base_spec,
                                                  size=calib_size or DEFAULT_CALIB_SIZE)
     out = Path(out)
@@ -323,7 +325,6 @@ def check_int8(path: Path, name: str, source: ExportSource, calibration, strict:
     the selection images, and says that those chose the recipe. The artifacts `alongside`
     (by the name to show) share its table, for comparison; only the fresh one is judged."""
     alongside = alongside or {}
-    from edgecls.errors import ParityFailedError
     spec = source.spec
     if not spec.trained:
         # random weights give near-constant logits whose top-1 is arbitrary: agreement
@@ -362,7 +363,6 @@ def judge(artifacts: dict[str, Path], source: ExportSource, data: Any, *,
           device: str | None = None):
     """Parity of `artifacts` (by the name to show) against the source's reference on `data`,
     printed: the INT8 check's table and `--to best`'s verdict on its winner. The report."""
-    from edgecls.verification import parity
     report = parity(list(artifacts.values()), data=data, role=role, reference=source.reference,
                     reference_spec=source.spec, max_drop=source.max_drop, sqnr=False,
                     progress=False, device=device, options=options)
@@ -383,6 +383,7 @@ def refuse_ptq_options(options: ExportOptions, fmt: Format) -> None:
 def ptq_twin(student, fmt: Format, work: Path, options: dict[str, Any], calib_size: int) -> Path:
     """The PTQ artifact of the same format, target and images that a QAT artifact is compared
     with: the teacher calibrated on the student's training images."""
+    # qat_training's package front imports run.py, which imports this module
     from edgecls.qat_training.comparison import ptq_options
     out = default_output(student.spec, fmt, "int8-ptq", work / "ptq")
     return export(student.teacher, to=fmt.name, out=out, precision="int8", spec=student.spec,
@@ -416,8 +417,6 @@ def check_against_reference(path: Path, source: ExportSource, pixels: np.ndarray
                             tolerance: float | None = None) -> CheckResult:
     """Run the artifact and the source's reference (the torch model, or the FP32 ONNX file
     the source is) on the same inputs; compare logits."""
-    from edgecls.imaging.preprocess import to_model_input
-
     spec = source.spec
     pixels = sample_inputs(spec) if pixels is None else pixels
     with source.reference_session() as reference:

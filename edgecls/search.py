@@ -23,6 +23,8 @@ import numpy as np
 
 from edgecls import verdict
 from edgecls.backends.recipes import HeldOut, Recipe, Remedy, Tuner  # noqa: F401  (re-exported)
+from edgecls.formats import open_session
+from edgecls.timing import in_subprocess
 
 log = logging.getLogger("edgecls")
 
@@ -144,8 +146,7 @@ def score(path: Path, held_out: HeldOut, tolerance,
     """(agreement, KL, meets, top-1 drop in points or None) of any artifact on the selection
     images, opened with session `options`: the parity verdict's measures (edgecls.verdict)
     as point estimates; `tolerance` is a verdict.Tolerances."""
-    from edgecls.imaging.preprocess import to_model_input
-    from edgecls.formats import open_session
+    from edgecls.imaging.preprocess import to_model_input   # OpenCV: imaging.preprocess imports cv2
 
     with open_session(path, device="cpu", **(options or {})) as session:
         logits = np.concatenate([session.run(to_model_input(held_out.pixels[i:i + 16], session.spec))
@@ -196,8 +197,6 @@ def _time(trials: Sequence[Trial], tuner: Tuner, fp32_artifact: Path | None) -> 
     """Batch-1 latency of the trials (and of the FP32 artifact), each alone in a fresh
     process: timed in this one, beside torch's and the other runtimes' thread pools, TFLite
     INT8 measured 0.68x ORT FP32 where alone it is 1.33x (EfficientNet-Lite0, AVX2 EPYC)."""
-    from edgecls.timing import in_subprocess
-
     def p50(path: Path) -> float:
         return in_subprocess(path, batch=1, seconds=0.5, options=tuner.session_options).p50_ms
 

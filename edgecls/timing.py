@@ -26,6 +26,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+import edgecls
+from edgecls import formats, hardware
+from edgecls.errors import first_line
+
 #: the median's 95% CI half-width, relative to it, at which sampling stops
 STABLE = 0.02
 MIN_RUNS = 10
@@ -56,15 +60,13 @@ class Timing:
 def measure(path: str | Path, *, threads: int | None = None, batch: int = 8,
             seconds: float = 3.0, options: dict[str, Any] | None = None) -> Timing:
     """Time one artifact in this process (which should hold no other runtime)."""
-    from edgecls import hardware
-    from edgecls.imaging.preprocess import to_model_input
-    from edgecls.formats import format_for_path, open_session
+    from edgecls.imaging.preprocess import to_model_input   # OpenCV: imaging.preprocess imports cv2
 
     path = Path(path)
     threads = threads or hardware.cpu().cores
     before = _rss_mb()
-    fmt = format_for_path(path)
-    with open_session(path, device=fmt.default_device(), threads=threads,
+    fmt = formats.format_for_path(path)
+    with formats.open_session(path, device=fmt.default_device(), threads=threads,
                       **(options or {})) as session:
         h, w = session.spec.input_size
         pixels = np.random.default_rng(0).integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
@@ -177,7 +179,6 @@ def python_command(module: str, *args: str) -> list[str]:
     as before (site-packages and its .pth files, editable installs included). Where edgecls
     is only importable from its source folder, that folder is appended to sys.path AFTER
     the standard library and site-packages, so nothing in it can shadow them."""
-    import edgecls
     root = str(Path(edgecls.__file__).resolve().parent.parent)
     return [sys.executable, "-I", "-c", _BOOTSTRAP, root, module, *args]
 
@@ -185,7 +186,6 @@ def python_command(module: str, *args: str) -> list[str]:
 def in_subprocess(path: str | Path, *, threads: int | None = None, batch: int = 8,
                   seconds: float = 3.0, options: dict[str, Any] | None = None) -> Timing:
     """measure() in a fresh Python process: no runtime loaded by this one can interfere."""
-    from edgecls.errors import first_line
     args = ["--batch", str(batch), "--seconds", str(seconds), "--options", json.dumps(options or {})]
     if threads:
         args += ["--threads", str(threads)]

@@ -23,15 +23,18 @@ import numpy as np
 
 from edgecls import hardware, metrics, verdict
 from edgecls.backends.base import Session
-from edgecls.imaging.datasets import check_source, load_part, photo_of
-from edgecls.imaging.preprocess import to_model_input
+from edgecls.backends.torch.runtime import TorchSession
 from edgecls.errors import ArtifactError, DataError, UnknownFormatError, first_line
 from edgecls.formats import format_for_path, get_format, open_session, read_spec
+from edgecls.imaging.datasets import check_source, load_part, photo_of
+from edgecls.imaging.preprocess import encode_png, to_model_input
 from edgecls.report import ParityReport
 from edgecls.report.model import ArtifactResult
 from edgecls.sources import kind_of
 from edgecls.sources.export_source import ExportSource
+from edgecls.sources.reference import rebuild
 from edgecls.spec import ModelSpec
+from edgecls.timing import timed_runs
 
 log = logging.getLogger("edgecls")
 
@@ -87,7 +90,6 @@ class Reference:
 
 
 def _torch_reference(model: Any, spec: ModelSpec, origin: str) -> Reference:
-    from edgecls.backends.torch.runtime import TorchSession
     session = TorchSession.of_module(model, spec)
     return Reference(session, {"kind": "pytorch", "origin": origin, "name": spec.name,
                                "weights": spec.weights, "precision": "fp32"}, model)
@@ -110,7 +112,6 @@ def _resolve_reference(reference: Any, spec: ModelSpec, device: str | None,
     given = [reference] if isinstance(reference, (str, Path)) else list(reference or [])
     if len(given) == 1 and _is_artifact(given[0]):
         return _artifact_reference(given[0], device, threads)
-    from edgecls.sources.reference import rebuild
     source, warnings = rebuild(spec, [str(g) for g in given], workdir, trust_remote_code)
     return Reference.of_source(source, warnings)
 
@@ -235,7 +236,6 @@ def _parity(artifacts, first, ref: Reference, data, max_drop, limit, out, calib,
     sure = sorted({i for r in results for i in r.sure_disagreements})
     unsure = sorted({i for r in results for i in r.disagreements} - set(sure))
     disagreeing = (sure + unsure)[:24]
-    from edgecls.imaging.preprocess import encode_png
     thumbs = {i: encode_png(pixels[i]) for i in disagreeing}
     top2 = np.argsort(-ref_logits, axis=1)[:, :2]
     preds["reference_top2"] = [" / ".join(ref.spec.label(int(k)) for k in pair) for pair in top2]
@@ -260,7 +260,6 @@ def _batched(run, pixels: np.ndarray, batch: int = 16) -> np.ndarray:
 
 
 def _latency_ms(session, x1: np.ndarray, runs: int = 10) -> float:
-    from edgecls.timing import timed_runs
     session.run(x1)  # warm-up
     return float(np.median(timed_runs(lambda: session.run(x1), runs)) * 1000)
 

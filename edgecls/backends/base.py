@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
+from edgecls import hardware, targets
 from edgecls.errors import (ArtifactError, DeviceUnavailableError, MissingDependencyError,
                             UnknownFormatError, UnsupportedOptionError)
 from edgecls.options import Declared, ExportOptions, flag_of, option  # noqa: F401
@@ -69,10 +70,50 @@ class Exporter(Protocol):
     `spec` (tools, layout, quantization recipe ...) before embedding it. `calibration` is
     given exactly when precision is "int8"; `options` is the row's options class, parsed.
     A PTQ INT8 exporter writes nothing: it returns its Tuner (edgecls.backends.recipes), and
-    the recipe search (edgecls.search) measures, chooses and writes with it."""
+    the recipe search (edgecls.search) measures, chooses and writes with it. Every built-in
+    backend's is an ExportPaths."""
 
     def __call__(self, source: ExportContext, spec: ModelSpec, out: Path, *, precision: str,
                  calibration: CalibrationSet | None, options: ExportOptions) -> Tuner | None: ...
+
+
+class ExportPath(Protocol):
+    """One way to an artifact: an Exporter whose precision is given by its name."""
+
+    def __call__(self, source: ExportContext, spec: ModelSpec, out: Path, *,
+                 calibration: CalibrationSet | None, options: Any) -> Tuner | None: ...
+
+
+@dataclass(frozen=True)
+class ExportPaths:
+    """A backend's Exporter as its export paths, by the same names in every backend: one per
+    precision its Format row lists - fp32 and fp16 write `out`; int8 returns the Tuner the
+    recipe search runs (or writes `out` itself where there is nothing to search: TensorRT) -
+    and qat, the INT8 artifact of a QAT student (edgecls.qat_training) with its trained
+    scales, for the backends QAT trains for. A precision the backend lacks is not declared:
+    the row's `precisions` say which there are, and `path` is the one place that picks."""
+    fp32: ExportPath | None = None
+    fp16: ExportPath | None = None
+    int8: ExportPath | None = None
+    qat: ExportPath | None = None
+
+    def path(self, precision: str, qat: bool = False) -> ExportPath:
+        """The path of a `precision` export; a QAT student's (always INT8) takes `qat`."""
+        name = "qat" if qat else precision
+        found = getattr(self, name) if name in ("qat",) + PRECISIONS else None
+        if found is None:
+            raise UnsupportedOptionError(f"this backend has no {'QAT' if qat else precision} "
+                                         "export")
+        return found
+
+    def missing(self, precisions: tuple[str, ...]) -> list[str]:
+        """The precisions of `precisions` this backend declares no path for."""
+        return [p for p in precisions if getattr(self, p, None) is None]
+
+    def __call__(self, source: ExportContext, spec: ModelSpec, out: Path, *, precision: str,
+                 calibration: CalibrationSet | None, options: ExportOptions) -> Tuner | None:
+        path = self.path(precision, qat=source.student is not None)
+        return path(source, spec, out, calibration=calibration, options=options)
 
 
 # -- the container: how an artifact carries its spec --------------------------------------------
@@ -108,7 +149,7 @@ class Format:
     extra: str                         # the pip extra that brings them
     container: str                     # "module", a Container: how the artifact carries its spec
     container_requires: tuple[str, ...] = ()   # without running the artifact
-    exporter: str | None = None        # "module:function", an Exporter
+    exporter: str | None = None        # "module:attribute", an Exporter (ExportPaths)
     export_requires: tuple[str, ...] = ()
     options: type[ExportOptions] = ExportOptions
     precisions: tuple[str, ...] = PRECISIONS
@@ -130,7 +171,12 @@ class Format:
         if self.exporter is None:
             raise UnknownFormatError(f"edgecls cannot export to {self.name}")
         self._require(self.export_requires, f"the {self.name} exporter")
-        return import_attribute(self.exporter)
+        exporter = import_attribute(self.exporter)
+        missing = exporter.missing(self.precisions) if isinstance(exporter, ExportPaths) else []
+        if missing:     # the row's precisions are the truth: a plug-in that broke it
+            raise UnknownFormatError(f"{self.exporter} has no {', '.join(missing)} export path, "
+                                     f"which the {self.name} row lists")
+        return exporter
 
     def load_container(self) -> Container:
         """The container module; importing it needs none of container_requires."""
@@ -263,7 +309,6 @@ class Session(ABC):
         if (self.spec.precision != "int8" or self.device_used != "cpu"
                 or not self.saturating_int8_kernels or self.exact_int8):
             return
-        from edgecls import hardware, targets
         why = targets.mismatch(self.spec.quantization, hardware.runtime_isa(self.backend))
         if why:
             name = self.path.name if self.path else self.spec.name

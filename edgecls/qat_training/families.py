@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from edgecls import targets
-from edgecls.errors import UnsupportedOptionError
+from edgecls.backends.executorch.quantize import quantizer
+from edgecls.errors import MissingDependencyError, UnsupportedOptionError
 
 CPU_TARGETS = ("x86-vnni", "x86-avx2", "arm64", "portable")
 SEVEN_BIT = (-64, 63)
@@ -131,6 +132,7 @@ def tensorrt_quantizer(seven_bit: bool):
 
 
 def litert_quantizer(seven_bit: bool):
+    # litert-torch, torch
     from edgecls.qat_training.litert import LiteRTQuantizer, quantization_config
     return LiteRTQuantizer().set_global(quantization_config(_fake_quant))
 
@@ -139,7 +141,6 @@ def executorch_quantizer(seven_bit: bool):
     """ExecuTorch's XNNPACKQuantizer (int8 asymmetric activations, int8 symmetric per-channel
     weights) with the global min/max fake-quantize modules. XNNPACK widens before it adds,
     so no 7-bit weights are needed on any CPU."""
-    from edgecls.backends.executorch.quantize import quantizer
     return quantizer(fake_quant=_fake_quant)
 
 
@@ -164,7 +165,6 @@ def require(family: Family) -> None:
     """A one-line error naming the pip extra when a family's tools are not installed."""
     import importlib.util
 
-    from edgecls.errors import MissingDependencyError
     for module, extra in family.requires:
         if importlib.util.find_spec(module) is None:
             raise MissingDependencyError(f"quantization-aware training for {family.name} "

@@ -4,8 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from edgecls.errors import UnsupportedOptionError
+from edgecls.exporting import QAT_TAG, check_output, export, options_for, output_for, planned_output
+from edgecls.formats import get_format
 from edgecls.qat_training.families import resolve
 from edgecls.qat_training.training import DEFAULT_LR, default_checkpoint, qat
+from edgecls.sources import SourceRequest, resolve as resolve_source
 
 
 def export_with_qat(model: Any, to: str | Sequence[str], out: str | Path | None = None, *,
@@ -23,13 +27,6 @@ def export_with_qat(model: Any, to: str | Sequence[str], out: str | Path | None 
     one format, a folder for several (default out/). Checkpoints go next to the artifacts.
     Every artifact's files are checked before training: one that exists is refused unless
     `force`, one that is an input always."""
-    from edgecls.errors import UnsupportedOptionError
-    from edgecls.exporting import (QAT_TAG, check_output, export, options_for, output_for,
-                                   planned_output)
-    from edgecls.formats import get_format
-    from edgecls.sources import SourceRequest
-    from edgecls.sources import resolve as resolve_source
-
     to = to.split(",") if isinstance(to, str) else list(to)
     options = dict(options or {})
     target = options.pop("target", None) or target

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgecls.errors import UnsupportedOptionError
+from edgecls.imaging.datasets import CalibrationSet
 from edgecls.qat_training.data import Split
 from edgecls.qat_training.families import Family
 from edgecls.spec import ModelSpec
@@ -65,5 +66,4 @@ class QATStudent:
     def calibration(self):
         """The training images as the CalibrationSet export() hands around: its recipe ids
         let parity warn about overlap, and its held-out images are the validation side."""
-        from edgecls.imaging.datasets import CalibrationSet
         return CalibrationSet(self.split.train, self.spec, source=self.split.validation)

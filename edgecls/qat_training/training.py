@@ -31,9 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from edgecls import hardware, metrics, targets
-from edgecls.errors import UnsupportedOptionError
 import edgecls.qat_training.data as qdata
+from edgecls import hardware, metrics, targets
+from edgecls.backends.onnx import DEFAULT_OPSET
+from edgecls.backends.onnx.bias_correction import available, corrected_module
+from edgecls.backends.onnx.export import export_fp32
+from edgecls.errors import UnsupportedOptionError
+from edgecls.imaging.datasets import CalibrationSet
+from edgecls.io import atomic_paths
 from edgecls.qat_training.families import Family, require, resolve
 from edgecls.qat_training.student import QATStudent
 from edgecls.spec import ModelSpec, safe_name
@@ -119,10 +124,6 @@ def corrected_start(teacher, spec: ModelSpec, split) -> tuple[Any, dict[str, Any
     correction found on the calibration images - where PTQ starts too (backends/onnx/
     bias_correction.py), so epoch 0 is the corrected PTQ model and training goes on from
     there; the teacher itself stays the reference. Without NNCF: the teacher."""
-    from edgecls.backends.onnx import DEFAULT_OPSET
-    from edgecls.backends.onnx.bias_correction import available, corrected_module
-    from edgecls.backends.onnx.export import export_fp32
-    from edgecls.imaging.datasets import CalibrationSet
     if not available():        # (corrected_module says so too; this skips the ONNX export)
         return teacher, None
     with tempfile.TemporaryDirectory(prefix="edgecls-qat-") as work:
@@ -142,6 +143,10 @@ def prepare(model: Any, spec: ModelSpec, quantizer: Any):
     """The fake-quant GraphModule: capture, fold BatchNorm, prepare_qat_pt2e."""
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+    # torchao's private graph pass (0.18): the BatchNorm fold prepare_pt2e runs for PTQ;
+    # torchao has no public one for a captured graph (its public fuse_conv_bn_weights folds
+    # tensors, not graph nodes), and prepare_qat_pt2e keeps BatchNorm (families.py says why
+    # it must go first). Should torchao move it, every QAT test fails on this import.
     from torchao.quantization.pt2e.utils import _fuse_conv_bn_
 
     h, w = spec.input_size
@@ -308,7 +313,6 @@ class Checkpoint:
     def save(self) -> None:
         import torch
 
-        from edgecls.io import atomic_paths
         with atomic_paths(self.path) as (tmp,):
             torch.save({"fingerprint": self.fingerprint, "epoch": self.epoch,
                         "state": self.state, "optimizer": self.optimizer,
@@ -340,7 +344,6 @@ def _recipe(family: Family, target: targets.Target, quantizer: Any, split: qdata
             mode: str, state: Checkpoint, epochs: int, lr: float, seed: int, device: Any,
             seconds: float) -> dict[str, Any]:
     import torchao
-    from edgecls.imaging.datasets import CalibrationSet
     trained = state.history[-1]["epoch"]
     return {
         "method": "qat", "mode": mode, "family": family.name,

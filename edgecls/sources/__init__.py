@@ -24,7 +24,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgecls.backends.base import import_attribute
 from edgecls.errors import SourceError, UnsupportedOptionError
+from edgecls.formats import FORMATS
 from edgecls.imaging.options import FIELDS
 from edgecls.sources.kinds import (BY_NAME, KINDS, MODULE, Resolved, SourceKind,  # noqa: F401
                                         SourceRequest, fit_classes, kind_of, parse_kwargs,
@@ -37,7 +39,6 @@ def resolve(model: Any, request: SourceRequest | None = None,
     request.spec) resolved, its spec final and its reference recorded. With `kind` (a
     recorded kind: parity's rebuild), the text is resolved as that kind, never as another
     its shape suggests, and must really be of it."""
-    from edgecls.backends.base import import_attribute   # "module:attribute", as the format rows
     request = request or SourceRequest()
     recorded, kind = kind is not None, kind or kind_of(model)
     text = str(model) if kind is not MODULE else "a torch module"
@@ -63,7 +64,6 @@ def refuse_format(kind: SourceKind, model: Any, fmt) -> None:
     .pt2 program need a torch module; an ONNX file gives none): one line naming the ways."""
     if kind.input in fmt.starts_from:
         return
-    from edgecls.formats import FORMATS
     able = [f.name for f in FORMATS.values() if f.exporter and kind.input in f.starts_from]
     needs = " or ".join(_WHAT.get(s, s) for s in fmt.starts_from)
     given = _WHAT.get(kind.input, kind.input)

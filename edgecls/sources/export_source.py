@@ -19,7 +19,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from edgecls.backends.onnx import DEFAULT_OPSET
+from edgecls.backends.onnx.export import export_fp32, export_qat
+from edgecls.backends.recipes import HeldOut
+from edgecls.backends.torch.runtime import TorchSession
 from edgecls.spec import ModelSpec
+from edgecls.verdict import tolerances_for
 
 
 @dataclass
@@ -41,12 +46,12 @@ class ExportSource:
     def student(self):
         """The QATStudent being exported (its scales are trained: nothing to calibrate), or
         None for a plain FP32 model."""
+        # torch, and qat_training's package front imports run.py (a workflow above)
         from edgecls.qat_training.student import QATStudent
         return self.model if isinstance(self.model, QATStudent) else None
 
     def qat_onnx(self) -> Path:
         """The student's QDQ ONNX (ONNX Runtime, OpenVINO and TensorRT start from it), made once."""
-        from edgecls.backends.onnx.export import export_qat
         if self._qat_onnx is None:
             path = self.workdir / f"{self.spec.name}.qat.onnx"
             export_qat(self.student, self.spec.derive(format="onnx", precision="int8",
@@ -58,8 +63,6 @@ class ExportSource:
         return self._onnx is not None
 
     def onnx(self, opset: int | None = None) -> Path:
-        from edgecls.backends.onnx import DEFAULT_OPSET
-        from edgecls.backends.onnx.export import export_fp32
         opset = opset or self.onnx_opset or DEFAULT_OPSET
         if self._onnx is None or self.onnx_opset != opset:
             path = self.workdir / f"{self.spec.name}.fp32.onnx"
@@ -77,11 +80,11 @@ class ExportSource:
 
     def reference_session(self, device: str | None = None, threads: int | None = None):
         """A Session running the reference (fed as its .spec says)."""
-        from edgecls.backends.torch.runtime import TorchSession
         return TorchSession.of_module(self.reference, self.spec, device, threads)
 
     def reference_logits(self, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
         """The reference's logits for N x H x W x 3 uint8 crops (resize_crop's output)."""
+        # OpenCV: imaging.preprocess imports cv2
         from edgecls.imaging.preprocess import to_model_input
         if not len(pixels):
             return np.empty((0, self.spec.num_classes), np.float32)
@@ -97,8 +100,7 @@ class ExportSource:
         meaningless. Without calibration (FP32/FP16 candidates of `--to best`): --select
         alone."""
         if self._held_out is None and self.spec.trained:
-            from edgecls.imaging.datasets import load_part
-            from edgecls.backends.recipes import HeldOut
+            from edgecls.imaging.datasets import load_part   # OpenCV (imaging.datasets)
             images = (calibration.held_out(self.selection, self.spec) if calibration is not None
                       else None if self.selection is None
                       else load_part(self.selection, self.spec, "select").subset(500))
@@ -110,5 +112,4 @@ class ExportSource:
 
     def tolerance(self, held_out) -> Any:
         """The INT8 tolerances (verdict.Tolerances); `held_out` says whether there are labels."""
-        from edgecls.verdict import tolerances_for
         return tolerances_for("int8", self.max_drop)

@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgecls.backends.base import import_attribute
 from edgecls.errors import SourceError, UnsupportedOptionError, first_line
-from edgecls.io import sha256
 from edgecls.imaging.options import PreprocessingOptions
+from edgecls.io import sha256
+from edgecls.sources.export_source import ExportSource
 from edgecls.spec import ModelSpec
 
 
@@ -48,7 +50,6 @@ class SourceKind:
         checked with before it is resolved as that kind (never as whatever its shape says)."""
         if not (self.matches(text) and re.fullmatch(self.shape, text)):
             return False
-        from edgecls.backends.base import import_attribute
         return not self.known or bool(import_attribute(self.known)(text))
 
     @property
@@ -162,7 +163,6 @@ class Resolved:
 
     def source(self, workdir: Path):
         """The ExportSource the exporters start from."""
-        from edgecls.sources.export_source import ExportSource
         return ExportSource(self.model, self.spec, workdir)
 
 

@@ -31,9 +31,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from edgecls.errors import ArtifactError, MissingDependencyError, SourceError, first_line
-from edgecls.sources.kinds import BY_NAME, Resolved, SourceRequest, fit_classes
+from edgecls.backends.onnx.container import write_spec
+from edgecls.backends.onnx.runtime import OnnxRuntimeSession
+from edgecls.errors import (ArtifactError, MissingDependencyError, SourceError,
+                            UnsupportedOptionError, first_line)
 from edgecls.sources.export_source import ExportSource
+from edgecls.sources.kinds import BY_NAME, Resolved, SourceRequest, fit_classes
 from edgecls.spec import SPEC_KEY, ModelSpec, safe_name
 
 log = logging.getLogger("edgecls")
@@ -268,7 +271,6 @@ class OnnxFileSource(ExportSource):
     def __init__(self, model: Any, spec: ModelSpec, workdir: Path, onnx_opset: int,
                  parent: Any):
         super().__init__(model, spec, workdir, onnx_opset)
-        from edgecls.backends.onnx.container import write_spec
         path = workdir / f"{spec.name}.fp32.onnx"
         _onnx().save_model(parent, str(path))
         write_spec(path, spec.derive(tools={**spec.tools, "opset": str(onnx_opset)}))
@@ -276,7 +278,6 @@ class OnnxFileSource(ExportSource):
 
     def onnx(self, opset: int | None = None) -> Path:
         if opset is not None and opset != self.onnx_opset:
-            from edgecls.errors import UnsupportedOptionError
             raise UnsupportedOptionError(f"the ONNX file is opset {self.onnx_opset}: --opset "
                                          "applies when edgecls exports from torch")
         return self._onnx
@@ -286,7 +287,6 @@ class OnnxFileSource(ExportSource):
         return self._onnx
 
     def reference_session(self, device: str | None = None, threads: int | None = None):
-        from edgecls.backends.onnx.runtime import OnnxRuntimeSession
         return OnnxRuntimeSession(self._onnx, device=device, threads=threads)
 
 

@@ -22,7 +22,8 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgecls.errors import ArtifactError, DataError, EdgeclsError, first_line
+from edgecls import zoo
+from edgecls.errors import ArtifactError, DataError, EdgeclsError, UnknownModelError, first_line
 from edgecls.io import sha256
 from edgecls.sources import resolve
 from edgecls.sources.kinds import (BY_NAME, HASH_CHARS, MODULE, SourceKind, SourceRequest,
@@ -155,8 +156,6 @@ def _check_files(spec: ModelSpec, rec: dict[str, Any], kind) -> list[str]:
 
 def _legacy_record(spec: ModelSpec) -> dict[str, Any]:
     """Specs written before spec.reference: a zoo name with its weights, or nothing."""
-    from edgecls import zoo
-    from edgecls.errors import UnknownModelError
     try:
         zoo.get_entry(spec.name)
     except UnknownModelError:

@@ -14,9 +14,14 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import edgecls.backends.torch.program as torch_program   # an attribute: tests replace load_program
+from edgecls import zoo
+from edgecls.backends.torch.container import spec_text
 from edgecls.errors import ArtifactError, SourceError, UnknownModelError, first_line
 from edgecls.sources.kinds import BY_NAME, Resolved, SourceRequest
 from edgecls.spec import ModelSpec, safe_name
+from edgecls.zoo import ZooEntry
+from edgecls.zoo.torchvision_shim import import_torchvision
 
 log = logging.getLogger("edgecls")
 
@@ -24,7 +29,6 @@ log = logging.getLogger("edgecls")
 # -- architectures with weights: zoo, timm, torchvision, module:function -----------------------
 def in_zoo(text: str) -> bool:
     """Whether `text` is a zoo name (or alias): what a recorded zoo reference must be."""
-    from edgecls import zoo
     try:
         zoo.get_entry(text)
     except UnknownModelError:
@@ -33,7 +37,6 @@ def in_zoo(text: str) -> bool:
 
 
 def zoo_model(text: str, request: SourceRequest) -> Resolved:
-    from edgecls import zoo
     model, spec = zoo.build(text, request.weights, request.num_classes, request.labels)
     return Resolved(BY_NAME["zoo"], spec, model)
 
@@ -49,8 +52,7 @@ def timm_model(text: str, request: SourceRequest) -> Resolved:
 
 
 def torchvision_model(text: str, request: SourceRequest) -> Resolved:
-    from edgecls.zoo.builders import build_model
-    from edgecls.zoo.torchvision_shim import import_torchvision
+    from edgecls.zoo.builders import build_model   # torch, torchvision
     tv = import_torchvision()
     name = text.removeprefix("torchvision:")
     classifiers = tv.models.list_models(module=tv.models)
@@ -66,7 +68,6 @@ def torchvision_model(text: str, request: SourceRequest) -> Resolved:
 def _built(kind, library: str, name: str, request: SourceRequest, build_model) -> Resolved:
     """A library's model through the zoo's builder: the same weights handling (pretrained,
     none, a checkpoint) and the library's own preprocessing metadata."""
-    from edgecls.zoo import ZooEntry
     entry = ZooEntry(name.split(".")[0], library, library, name)
     model, spec = build_model(entry, request.weights, request.num_classes, request.labels)
     return Resolved(kind, spec, model)
@@ -110,7 +111,7 @@ def given_module(module: Any, request: SourceRequest) -> Resolved:
 
 def _with_weights(model, spec: ModelSpec, request: SourceRequest) -> ModelSpec:
     """--weights PATH (a state_dict or checkpoint, loaded safely), none, or as built."""
-    from edgecls.zoo.builders import load_checkpoint
+    from edgecls.zoo.builders import load_checkpoint   # torch
     if request.weights == "none":
         return spec.derive(weights="none", trained=False)
     if request.weights == "pretrained":     # the default: whatever the factory gave
@@ -123,15 +124,13 @@ def _with_weights(model, spec: ModelSpec, request: SourceRequest) -> ModelSpec:
 # -- files with their weights inside: .pt2 programs, TorchScript and pickled modules ---------
 def program(text: str, request: SourceRequest) -> Resolved:
     """A torch.export program; an edgecls .pt2 brings its spec, any other its input shape."""
-    from edgecls.backends.torch.container import spec_text
-    from edgecls.backends.torch.program import load_program
     path = _existing(text)
     with open(path, "rb") as f:
         embedded = spec_text(f, path)
         # (checked before torch reads anything else of the file)
         spec = ModelSpec.from_json(embedded, str(path)) if embedded else None
         f.seek(0)
-        ep = load_program(f, path, request.trust_remote_code)
+        ep = torch_program.load_program(f, path, request.trust_remote_code)
     shape = _program_input_shape(ep, path)
     if spec is not None:
         spec = spec.derive(format="torch", precision="fp32", quantization=None, parent=None,

@@ -18,9 +18,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgecls.imaging.datasets import IMAGE_SUFFIXES
+from edgecls import zoo
 from edgecls.errors import UnsupportedOptionError
 from edgecls.formats import get_format
+from edgecls.imaging.datasets import IMAGE_SUFFIXES
+from edgecls.io import sha256
 
 #: the cell every model gets, requested or not: the other cells' speed is a ratio to it
 BASELINE = ("onnx", "fp32")
@@ -67,7 +69,6 @@ class Cell:
 def models_of(names: Sequence[Any], families: Sequence[str] = ()) -> list[Model]:
     """Zoo names (and (module, spec) pairs), plus every zoo model of `families` ("all": every
     family), in the zoo's order after the names given."""
-    from edgecls import zoo
     chosen: dict[str, Model] = {}
     for item in names:
         if isinstance(item, tuple):
@@ -169,7 +170,6 @@ def tool_versions() -> dict[str, str]:
 def _weights_identity(weights: str) -> str:
     path = Path(weights)
     if weights not in ("pretrained", "none") and path.is_file():
-        from edgecls.io import sha256
         return f"file:{sha256(path)}"
     return weights
 

@@ -45,12 +45,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from edgecls.imaging.datasets import BUILTIN
+from edgecls import hardware
 from edgecls.errors import (DataError, MissingDependencyError, OutputError,
                             UnsupportedOptionError, one_line)
 from edgecls.formats import get_format
+from edgecls.imaging.datasets import BUILTIN
 from edgecls.sweep.cache import Cache
+from edgecls.sweep.files import write_sweep
 from edgecls.sweep.plan import Cell, Model, cells, export_key, models_of, parity_key, timing_key
+from edgecls.sweep.table import SweepTable
 from edgecls.sweep.work import Packed, Settings, build, time_artifact
 
 log = logging.getLogger("edgecls")
@@ -86,9 +89,6 @@ def sweep(models: Sequence[Any] = (), to: Sequence[str] = ("onnx",),
           retry_failed: bool = False, progress: bool = True):
     """Run (or resume) a sweep; write the table to `out` (sweep.md/.csv/.json/.html) and
     return it (edgecls.sweep.table.SweepTable)."""
-    from edgecls import hardware
-    from edgecls.sweep.table import SweepTable
-
     ray = _import_ray()
     chosen = models_of(models, families)
     planned = cells(chosen, to, precisions, recipes or ("",))
@@ -122,7 +122,6 @@ def sweep(models: Sequence[Any] = (), to: Sequence[str] = ("onnx",),
                                            "seconds": seconds, "where": where,
                                            "cells_run": len(todo),
                                            "cells_cached": len(results) - len(todo)})
-    from edgecls.sweep.files import write_sweep
     write_sweep(table, Path(out))
     return table
 
@@ -222,7 +221,6 @@ def _start_ray(ray, address: str | None, cpus: int | None,
     if ray.is_initialized():
         _check_cluster(ray, threads)
         return None
-    from edgecls import hardware
     # Ray's session files, and the folder its workers start in (they put the folder they
     # start in first on their sys.path): private (0700), empty, removed when done
     place = Path(tempfile.mkdtemp(prefix="edgecls-ray-", dir=_SHORT_TMP))

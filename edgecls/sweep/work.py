@@ -18,8 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgecls import zoo
 from edgecls.errors import DataError, one_line
+from edgecls.exporting import default_output, export
+from edgecls.formats import format_for_path, get_format, read_spec
 from edgecls.sweep.plan import Cell, Model, is_image
+from edgecls.timing import in_subprocess
+from edgecls.verification import parity
+from edgecls.zoo.torchvision_shim import import_torchvision
 
 #: the most bytes of images a packed folder carries (it travels through Ray's object store
 #: to every node that calibrates or validates)
@@ -161,7 +167,6 @@ def time_artifact(files: dict[str, bytes] | None, name: str | None,
                   settings: Settings) -> dict[str, Any]:
     if not files:
         return {"error": "no artifact to time (its export failed)"}
-    from edgecls.timing import in_subprocess
     with tempfile.TemporaryDirectory(prefix="edgecls-time-") as tmp:
         _write(files, Path(tmp))
         try:
@@ -176,18 +181,14 @@ def _torch_model(model: Model, weights: str):
     if isinstance(model.module, bytes):          # pickled by the runner (see _portable)
         import pickle
 
-        from edgecls.zoo.torchvision_shim import import_torchvision
         import_torchvision()
         return pickle.loads(model.module).eval(), model.spec
     if model.module is not None:
         return model.module.eval(), model.spec
-    from edgecls import zoo
     return zoo.build(model.name, weights)
 
 
 def _export(cell: Cell, torch_model, spec, settings: Settings, work: Path) -> dict[str, Any]:
-    from edgecls.exporting import default_output, export
-    from edgecls.formats import get_format, read_spec
     out = default_output(spec, get_format(cell.format), cell.precision, work)
     int8 = cell.precision == "int8"       # calibration settings are refused elsewhere
     calib = _local(settings.calib, work) if int8 else None
@@ -209,7 +210,6 @@ def _export(cell: Cell, torch_model, spec, settings: Settings, work: Path) -> di
 def _parity(path: Path, torch_model, spec, settings: Settings, work: Path) -> dict[str, Any]:
     if not spec.trained:
         return {"skipped": "random weights (--weights none): accuracy is not meaningful"}
-    from edgecls.verification import parity
     data = _local(settings.data, work) if settings.data is not None else DEFAULT_DATA
     try:
         report = parity([path], data=data, reference=torch_model, reference_spec=spec,
@@ -229,7 +229,6 @@ def _local(source: Any, work: Path) -> Any:
 
 
 def _artifact_files(path: Path) -> list[Path]:
-    from edgecls.formats import format_for_path
     return [path] + [path.with_suffix(s) for s in format_for_path(path).companions]
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgecls.errors import UnknownModelError
+from edgecls.errors import DataError, UnknownModelError
 from edgecls.zoo.entries import ALIASES, MODELS, PACKAGED_WEIGHTS, ZooEntry  # noqa: F401
+from edgecls.zoo.offline import require_timm_weights
 
 
 def read_labels(path: Path) -> list[str]:
     """A labels file: one label per line, blank lines ignored."""
-    from edgecls.errors import DataError
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -38,7 +38,7 @@ def build(name: str, weights: str = "pretrained", num_classes: int | None = None
     """(torch model in eval mode, ModelSpec) for a zoo name. Imports torch."""
     entry = get_entry(name)
     if weights == "pretrained" and entry.source == "timm" and entry.name not in PACKAGED_WEIGHTS:
-        from edgecls.zoo.offline import require_timm_weights
         require_timm_weights(entry.name, entry.builder)   # before torch: offline fails fast
+    # torch: the zoo's table is light, building is not
     from edgecls.zoo.builders import build_model
     return build_model(entry, weights, num_classes, labels)

@@ -9,10 +9,11 @@ from typing import Any
 
 import torch
 
-from edgecls.errors import WeightsError, first_line
+from edgecls.errors import MissingDependencyError, WeightsError, first_line
 from edgecls.spec import ModelSpec
 from edgecls.zoo.entries import PACKAGED_WEIGHTS, ZooEntry
 from edgecls.zoo.offline import require_url_weights, weights_unavailable
+from edgecls.zoo.shufflenet_v1 import shufflenet_v1
 from edgecls.zoo.torchvision_shim import import_torchvision
 
 log = logging.getLogger("edgecls")
@@ -109,7 +110,6 @@ def _edgecls(entry: ZooEntry, pretrained: bool, n: int):
     if pretrained:
         raise WeightsError(f"{entry.name} has no public pretrained weights: pass --weights PATH "
                            "(your trained checkpoint) or --weights none")
-    from edgecls.zoo.shufflenet_v1 import shufflenet_v1
     spec = ModelSpec(name=entry.name, architecture="edgecls.shufflenet_v1", num_classes=n,
                      labels=imagenet_labels(), mean=IMAGENET_MEAN, std=IMAGENET_STD)
     return shufflenet_v1(num_classes=n), spec
@@ -144,7 +144,6 @@ def _load_packaged(model: torch.nn.Module, name: str, package: str) -> None:
     try:
         holder = getattr(importlib.import_module(module), f"EfficientnetLite{n}ModelFile")
     except ImportError:
-        from edgecls.errors import MissingDependencyError
         raise MissingDependencyError(package, "torch") from None
     state = torch.load(holder.get_model_file_path(), map_location="cpu", weights_only=True)
     target = model.state_dict()

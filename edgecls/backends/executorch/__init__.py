@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgecls import targets
 from edgecls.backends.base import Format, TargetedOptions, option
 from edgecls.errors import UnsupportedOptionError
 
@@ -27,7 +28,6 @@ class ExecuTorchOptions(TargetedOptions):
             raise UnsupportedOptionError(f"--calib-method for executorch takes "
                                          f"{' or '.join(OBSERVERS)}, not {self.calib_method!r}")
         if precision == "int8":
-            from edgecls import targets
             if targets.resolve(self.target).device != "cpu":
                 raise UnsupportedOptionError(
                     f"--target {self.target} is not an ExecuTorch target; XNNPACK INT8 is the "

@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from edgecls.errors import REEXPORT, ArtifactError
+from edgecls.errors import REEXPORT, ArtifactError, MissingDependencyError
 from edgecls.io import read_artifact
 from edgecls.spec import ModelSpec
 
@@ -157,7 +157,6 @@ def read_spec(path: Path) -> ModelSpec:
 def with_spec(buf: bytes, spec: ModelSpec, source: str = "program") -> bytes:
     """The program `buf` with its spec method returning `spec` (ExecuTorch's serializer:
     delegate segments and named data are kept, aligned as to_executorch() aligns them)."""
-    from edgecls.errors import MissingDependencyError
     try:
         from executorch.exir._serialize._program import (deserialize_pte_binary,
                                                           serialize_pte_binary)

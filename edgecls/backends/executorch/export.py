@@ -21,48 +21,61 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgecls import targets
+from edgecls.backends.base import ExportPaths
 from edgecls.backends.executorch import ExecuTorchOptions
 from edgecls.backends.executorch.program import finish, lower, versions, warn_if_partial
-from edgecls.errors import DataError
+from edgecls.backends.executorch.tuning import ExecuTorchTuner
 from edgecls.backends.onnx.bias_correction import corrected_module
+from edgecls.errors import DataError
 from edgecls.spec import ModelSpec
 
 
-def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
-           options: ExecuTorchOptions):
-    """The format table's exporter for "executorch"; INT8 returns the Tuner (the XNNPACK
-    PT2E quantizer) the recipe search runs."""
+# -- the export paths (base.ExportPaths), the format table's exporter for "executorch"
+def _describe(spec: ModelSpec) -> None:
+    """The spec's fields every path shares."""
     spec.layout = "NCHW"
     spec.exported_from = "torch"
     spec.input_dtype = "float32"
     spec.tools.update(versions())
     spec.notes["batch"] = "fixed 1 (the session loops over a batch)"
-    if source.student is not None:       # QAT: lower the trained scales
-        student = source.student
-        student.record(spec, "executorch")
-        spec.tools.update(versions())
-        program, facts = lower(student.converted(fold_quantize=True), spec)
-        spec.notes["executorch"] = facts
-        warn_if_partial(spec.name, facts)
-        Path(out).write_bytes(finish(program, spec))
-        return None
-    if precision == "int8":
-        from edgecls import targets
-        from edgecls.backends.executorch.tuning import ExecuTorchTuner
-        if not len(calibration):
-            raise DataError("the calibration set is empty")
-        # PT2E quantizes a copy of the model with NNCF's bias correction
-        model, bias_correction = corrected_module(source.model, source.onnx(), source.spec,
-                                                  calibration)
-        return ExecuTorchTuner(model, spec, calibration, targets.resolve(options.target),
-                               observer=options.calib_method or "minmax",
-                               keep_float=tuple(options.keep_float or ()),
-                               bias_correction=bias_correction)
-    program, facts = lower(source.model, spec)
+
+
+def _write(model, spec: ModelSpec, out: Path) -> None:
+    program, facts = lower(model, spec)
     spec.notes["executorch"] = facts
     warn_if_partial(spec.name, facts)
     Path(out).write_bytes(finish(program, spec))
-    return None
+
+
+def fp32(source, spec: ModelSpec, out: Path, *, calibration, options: ExecuTorchOptions) -> None:
+    _describe(spec)
+    _write(source.model, spec, out)
+
+
+def int8(source, spec: ModelSpec, out: Path, *, calibration, options: ExecuTorchOptions):
+    """The Tuner (the XNNPACK PT2E quantizer) the recipe search runs."""
+    _describe(spec)
+    if not len(calibration):
+        raise DataError("the calibration set is empty")
+    # PT2E quantizes a copy of the model with NNCF's bias correction
+    model, bias_correction = corrected_module(source.model, source.onnx(), source.spec,
+                                              calibration)
+    return ExecuTorchTuner(model, spec, calibration, targets.resolve(options.target),
+                           observer=options.calib_method or "minmax",
+                           keep_float=tuple(options.keep_float or ()),
+                           bias_correction=bias_correction)
+
+
+def qat(source, spec: ModelSpec, out: Path, *, calibration, options: ExecuTorchOptions) -> None:
+    """Lowers the trained scales."""
+    _describe(spec)
+    source.student.record(spec, "executorch")
+    spec.tools.update(versions())
+    _write(source.student.converted(fold_quantize=True), spec, out)
+
+
+export = ExportPaths(fp32=fp32, int8=int8, qat=qat)
 
 
 __all__ = ["export"]

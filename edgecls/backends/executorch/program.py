@@ -10,7 +10,7 @@ import logging
 import warnings
 from typing import Any, Iterator
 
-from edgecls.backends.executorch.container import SPEC_METHOD
+from edgecls.backends.executorch.container import SPEC_METHOD, with_spec
 from edgecls.spec import ModelSpec
 
 log = logging.getLogger("edgecls")
@@ -128,7 +128,6 @@ def warn_if_partial(name: str, facts: dict[str, Any]) -> None:
 
 def finish(edge, spec: ModelSpec) -> bytes:
     """The .pte bytes of a lowered program, its spec method returning `spec`."""
-    from edgecls.backends.executorch.container import with_spec
     with quiet():
         buffer = edge.to_executorch().buffer
     return with_spec(bytes(buffer), spec)

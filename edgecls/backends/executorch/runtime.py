@@ -30,7 +30,8 @@ import numpy as np
 from edgecls.backends.base import Session
 from edgecls.backends.executorch import FORMAT
 from edgecls.backends.executorch.container import spec_of
-from edgecls.errors import REEXPORT, ArtifactError, DeviceUnavailableError, first_line
+from edgecls.errors import (REEXPORT, ArtifactError, DeviceUnavailableError, MissingDependencyError,
+                            first_line)
 from edgecls.io import read_artifact
 
 #: serialises threadpool resets against every execute of this module's sessions
@@ -53,7 +54,6 @@ def _runtime():
             from executorch.runtime import Runtime, Verification
             from executorch.extension.pybindings import portable_lib
     except ImportError as e:
-        from edgecls.errors import MissingDependencyError
         raise MissingDependencyError(f"the ExecuTorch runtime ({first_line(e)})",
                                      "executorch") from None
     return Runtime.get(), Verification, portable_lib

@@ -20,6 +20,7 @@ class OnnxOptions(TargetedOptions):
 
     def check(self, precision: str) -> None:
         if precision == "int8":
+            # loaded by an INT8 check, not with the format table
             from edgecls.backends.onnx.quantize import check_recipe
             check_recipe(self.calib_method, self.target)
 

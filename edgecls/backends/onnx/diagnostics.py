@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from edgecls.backends.onnx.quantize import BatchReader
 from edgecls.imaging.preprocess import to_model_input
 from edgecls.spec import ModelSpec
 
@@ -72,8 +73,6 @@ def _simulated_sqnr(int8_path: Path, fp32_path: Path, x: np.ndarray) -> dict[str
                                                          compute_activation_error,
                                                          create_activation_matching,
                                                          modify_model_output_intermediate_tensors)
-
-    from edgecls.backends.onnx.quantize import BatchReader
 
     batches = [x[i:i + 1] for i in range(len(x))]
     with tempfile.TemporaryDirectory(prefix="edgecls-sqnr-") as work:

@@ -8,14 +8,13 @@ from __future__ import annotations
 import shutil
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from edgecls import targets
+from edgecls.backends.base import ExportPaths
 from edgecls.backends.onnx import DEFAULT_OPSET, OnnxOptions
 from edgecls.backends.onnx.container import write_spec
+from edgecls.backends.onnx.tuning import OnnxTuner
 from edgecls.spec import ModelSpec
-
-if TYPE_CHECKING:
-    from edgecls.backends.onnx.tuning import OnnxTuner
 
 
 def export_fp32(model, spec: ModelSpec, out: Path, opset: int = DEFAULT_OPSET) -> None:
@@ -61,33 +60,39 @@ def export_fp16(fp32_path: Path, spec: ModelSpec, out: Path) -> None:
     write_spec(out, spec)
 
 
-def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
-           options: OnnxOptions) -> OnnxTuner | None:
-    """The format table's exporter for "onnx". Every precision starts from the source's FP32
-    ONNX (exported from torch at --opset, or the ONNX file the source is); a QAT student
-    from its own QDQ graph. INT8 returns the Tuner the recipe search runs (nothing written
-    here)."""
-    opset = options.opset
-    if source.student is not None:       # QAT: the trained scales, nothing to calibrate
-        export_qat(source.student, spec, out, opset or DEFAULT_OPSET)
-    elif precision == "fp32":
-        import onnx
-        shutil.copyfile(source.onnx(opset), out)
-        spec.tools.update(onnx=onnx.__version__, opset=str(source.onnx_opset))
-        write_spec(out, spec)
-    elif precision == "fp16":
-        export_fp16(source.onnx(opset), spec, out)
-    else:
-        return int8_tuner(source.onnx(opset), source, spec, calibration, options)
-    return None
+# -- the export paths (base.ExportPaths): every precision starts from the source's FP32 ONNX
+# (exported from torch at --opset, or the ONNX file the source is); a QAT student from its own
+# QDQ graph
+def fp32(source, spec: ModelSpec, out: Path, *, calibration, options: OnnxOptions) -> None:
+    import onnx
+    shutil.copyfile(source.onnx(options.opset), out)
+    spec.tools.update(onnx=onnx.__version__, opset=str(source.onnx_opset))
+    write_spec(out, spec)
 
 
-def int8_tuner(fp32: Path, source, spec: ModelSpec, calibration, options: OnnxOptions) -> OnnxTuner:
+def fp16(source, spec: ModelSpec, out: Path, *, calibration, options: OnnxOptions) -> None:
+    export_fp16(source.onnx(options.opset), spec, out)
+
+
+def int8(source, spec: ModelSpec, out: Path, *, calibration,
+         options: OnnxOptions) -> OnnxTuner:
+    """The Tuner the recipe search runs (nothing written here)."""
+    return int8_tuner(source.onnx(options.opset), source, spec, calibration, options)
+
+
+def qat(source, spec: ModelSpec, out: Path, *, calibration, options: OnnxOptions) -> None:
+    """The trained scales: nothing to calibrate."""
+    export_qat(source.student, spec, out, options.opset or DEFAULT_OPSET)
+
+
+#: the format table's exporter for "onnx"
+export = ExportPaths(fp32=fp32, fp16=fp16, int8=int8, qat=qat)
+
+
+def int8_tuner(fp32_onnx: Path, source, spec: ModelSpec, calibration, options: OnnxOptions) -> OnnxTuner:
     """ORT QDQ with the target's recipe, for the search to measure and, where it misses,
     change; its calibration cache lives in the export's own work folder."""
-    from edgecls import targets
-    from edgecls.backends.onnx.tuning import OnnxTuner
     work = Path(source.workdir) / "ort-quantize"
     work.mkdir(exist_ok=True)
-    return OnnxTuner(fp32, spec, calibration, targets.resolve(options.target), work,
+    return OnnxTuner(fp32_onnx, spec, calibration, targets.resolve(options.target), work,
                      calib_method=options.calib_method, exclude=options.exclude)

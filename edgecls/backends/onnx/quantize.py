@@ -27,10 +27,12 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from edgecls import hardware, targets
 from edgecls.backends.onnx.bias_correction import available as bias_correction_available
 from edgecls.backends.onnx.bias_correction import bias_corrected
 from edgecls.backends.onnx.container import write_spec
 from edgecls.errors import UnsupportedOptionError
+from edgecls.io import sha256
 from edgecls.spec import ModelSpec
 
 log = logging.getLogger("edgecls")
@@ -125,7 +127,6 @@ class BatchReader:
 
 def check_recipe(calib_method: str | None, target: str | None) -> None:
     """Refuse a calibration method or target this module has no recipe for."""
-    from edgecls import targets
     method = (calib_method or "minmax").lower()
     if method in REFUSED_METHODS:
         raise UnsupportedOptionError(REFUSED_METHODS[method])
@@ -222,7 +223,6 @@ class OrtQuantizer:
         """Fill spec.quantization / parent / tools with this recipe."""
         import onnxruntime
 
-        from edgecls.io import sha256
         spec.quantization = {
             **(spec.quantization or {}),
             "tool": f"onnxruntime {onnxruntime.__version__}", "method": self.method,
@@ -252,7 +252,6 @@ def quantize_onnx(fp32_path: Path, spec: ModelSpec, out: Path, calibration, *,
     explicit quantization starts from."""
     import tempfile
 
-    from edgecls import hardware, targets
     with tempfile.TemporaryDirectory(prefix="edgecls-q-") as work:
         quantizer = OrtQuantizer(fp32_path, spec, calibration, Path(work), target=target,
                                  calib_method=calib_method)

@@ -26,7 +26,9 @@ import numpy as np
 from edgecls import hardware, saturation, targets
 from edgecls.backends.onnx import FORMAT
 from edgecls.backends.onnx.quantize import OrtQuantizer, gemm_layers
+from edgecls.backends.onnx.runtime import OnnxRuntimeSession as open_session
 from edgecls.backends.recipes import CandidateKeeper, Recipe, Remedy
+from edgecls.metrics import kl_divergence
 from edgecls.spec import ModelSpec
 
 log = logging.getLogger("edgecls")
@@ -106,9 +108,8 @@ class OnnxTuner(CandidateKeeper):
     def sensitive(self, settings: dict[str, list[str]]) -> list[str]:
         """GEMM layers ranked by how much quantizing each ALONE moves the logits (KL against
         FP32 on calibration images, through the kernels the target runs)."""
+        # OpenCV: imaging.preprocess imports cv2
         from edgecls.imaging.preprocess import to_model_input
-        from edgecls.backends.onnx.runtime import OnnxRuntimeSession as open_session
-        from edgecls.metrics import kl_divergence
 
         fixed = set(settings.get("kept_in_float", [])) | set(settings.get("u8u8_weights", []))
         candidates = [n for n in gemm_layers(self.fp32_path) if n not in fixed]

@@ -22,6 +22,7 @@ class OpenVINOOptions(TargetedOptions):
 
     def check(self, precision: str) -> None:
         if precision == "int8":   # fail before the (slow) conversion, not after it
+            # loaded by an INT8 check, not with the format table
             from edgecls.backends.openvino.quantize import check_recipe
             check_recipe(self.preset, self.calib_method, self.target)
         if self.static_batch is not None and self.static_batch < 1:

@@ -18,8 +18,11 @@ import functools
 import logging
 from pathlib import Path
 
+from edgecls import targets
+from edgecls.backends.base import ExportPaths
 from edgecls.backends.openvino import OpenVINOOptions
 from edgecls.backends.openvino.container import save, write_spec
+from edgecls.backends.openvino.tuning import OpenVINOTuner
 from edgecls.errors import first_line
 from edgecls.spec import ModelSpec
 
@@ -29,25 +32,35 @@ log = logging.getLogger("edgecls")
 COMPRESS_TO_FP16 = {"fp32": False, "fp16": True, "int8": False}
 
 
-def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
-           options: OpenVINOOptions):
-    """The format table's exporter for "openvino": writes `out` and out.with_suffix(".bin");
-    INT8 returns the Tuner (NNCF) the recipe search runs."""
-    finish = functools.partial(_finish, precision=precision, options=options)
-    if source.student is not None:   # QAT: the QDQ ONNX's trained scales become FakeQuantize
-        import openvino as ov
-        model, spec.exported_from = ov.convert_model(str(source.qat_onnx())), "onnx"
-        source.student.record(spec, "openvino")
-        finish(model, spec, out)
-        return None
+# -- the export paths (base.ExportPaths); the format table's exporter for "openvino" writes
+# `out` and out.with_suffix(".bin")
+def fp32(source, spec: ModelSpec, out: Path, *, calibration, options: OpenVINOOptions) -> None:
     model, spec.exported_from = convert(source, spec)
-    if precision != "int8":
-        finish(model, spec, out)
-        return None
-    from edgecls import targets
-    from edgecls.backends.openvino.tuning import OpenVINOTuner
+    _finish(model, spec, out, precision="fp32", options=options)
+
+
+def fp16(source, spec: ModelSpec, out: Path, *, calibration, options: OpenVINOOptions) -> None:
+    model, spec.exported_from = convert(source, spec)
+    _finish(model, spec, out, precision="fp16", options=options)
+
+
+def int8(source, spec: ModelSpec, out: Path, *, calibration, options: OpenVINOOptions):
+    """The Tuner (NNCF) the recipe search runs."""
+    model, spec.exported_from = convert(source, spec)
+    finish = functools.partial(_finish, precision="int8", options=options)
     return OpenVINOTuner(model, source, spec, calibration, targets.resolve(options.target),
                          options, finish)
+
+
+def qat(source, spec: ModelSpec, out: Path, *, calibration, options: OpenVINOOptions) -> None:
+    """The QDQ ONNX's trained scales become FakeQuantize."""
+    import openvino as ov
+    model, spec.exported_from = ov.convert_model(str(source.qat_onnx())), "onnx"
+    source.student.record(spec, "openvino")
+    _finish(model, spec, out, precision="int8", options=options)
+
+
+export = ExportPaths(fp32=fp32, fp16=fp16, int8=int8, qat=qat)
 
 
 def _finish(model, spec: ModelSpec, out: Path, *, precision: str, options: OpenVINOOptions) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from edgecls import targets
 from edgecls.errors import UnsupportedOptionError
 from edgecls.spec import ModelSpec
 
@@ -62,7 +63,6 @@ RECIPES: dict[str, NncfRecipe] = {
 def check_recipe(preset: str | None, calib_method: str | None, target: str | None) -> None:
     """Refuse a preset, range estimator or target NNCF has no recipe for, before any model
     work."""
-    from edgecls import targets
     if preset is not None and preset not in PRESETS:
         raise UnsupportedOptionError(f"unknown --preset {preset!r}; use {' or '.join(PRESETS)}")
     if calib_method is not None and calib_method not in RANGE_ESTIMATORS:
@@ -95,7 +95,7 @@ def nncf_quantize(model, spec: ModelSpec, calibration, settings: dict[str, Any],
         # (0.074 -> 0.035) and on the selection photos (0.131 -> 0.082), for 11 s instead of 5
         return nncf.quantize(model, dataset, advanced_parameters=advanced,
                              fast_bias_correction=False, **kwargs)
-    from edgecls.imaging.preprocess import to_model_input
+    from edgecls.imaging.preprocess import to_model_input   # OpenCV: imaging.preprocess imports cv2
     x = to_model_input(validation.pixels, spec)
     labels = (validation.labels if validation.labels is not None
               else validation.reference.argmax(1))   # unlabelled: FP32's own top-1

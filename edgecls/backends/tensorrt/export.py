@@ -26,12 +26,15 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from edgecls.backends.base import ExportPaths
+from edgecls.backends.onnx.export import export_fp16
 from edgecls.backends.tensorrt import TensorRTOptions
 from edgecls.backends.tensorrt.container import write_engine
 from edgecls.backends.tensorrt.cuda import gpu_facts
 from edgecls.backends.tensorrt.library import ERRORS, import_tensorrt, tensorrt_logger
+from edgecls.backends.tensorrt.quantize import qdq_onnx
 from edgecls.errors import BackendBuildError, DeviceUnavailableError, first_line
 from edgecls.spec import ModelSpec
 
@@ -158,29 +161,25 @@ def _batch_profile(builder, network, config, spec: ModelSpec,
 
 
 def _onnx_to_parse(plan: BuildPlan, source, spec: ModelSpec, calibration, work: Path) -> Path:
-    if source.student is not None:     # QAT: the student's symmetric s8 QDQ ONNX
-        source.student.record(spec, "tensorrt")
-        return source.qat_onnx()
+    """The ONNX a PTQ engine is built from: the FP32 file, its FP16 form or its QDQ form."""
     fp32 = source.onnx()
     if plan.onnx == "fp32":
         return fp32
     if plan.onnx == "fp16":
-        from edgecls.backends.onnx.export import export_fp16
         out = work / f"{spec.name}.fp16.onnx"
         export_fp16(fp32, spec.derive(tools=dict(spec.tools), notes=dict(spec.notes)), out)
         return out
-    from edgecls.backends.tensorrt.quantize import qdq_onnx
     return qdq_onnx(fp32, spec, calibration, work)
 
 
-def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
-           options: TensorRTOptions) -> None:
-    """The format table's exporter for "tensorrt"."""
+def _build(source, spec: ModelSpec, out: Path, precision: str, options: TensorRTOptions,
+           onnx_to_parse: Callable[[BuildPlan, Path], Path]) -> None:
+    """Builds and writes the engine of the ONNX that `onnx_to_parse(plan, work)` gives."""
     trt = import_tensorrt()
     built_on = gpu_facts()            # fails early, and clearly, without a GPU
     plan = build_plan(precision, options.dla_core)
     with tempfile.TemporaryDirectory(prefix="edgecls-trt-") as work:
-        onnx_path = _onnx_to_parse(plan, source, spec, calibration, Path(work))
+        onnx_path = onnx_to_parse(plan, Path(work))
         engine, facts = build_engine(onnx_path, spec, plan, workspace_gb=options.workspace_gb,
                                      dla_core=options.dla_core)
     spec.exported_from = "onnx"
@@ -197,3 +196,28 @@ def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
     write_engine(out, spec, engine)
     log.info("built a TensorRT %s engine on %s (sm %s), %.1f MB", precision, built_on["gpu"],
              built_on["compute_capability"], len(engine) / 1e6)
+
+
+# -- the export paths (base.ExportPaths), the format table's exporter for "tensorrt": INT8 has
+# no recipe search here (the engine is built from the QDQ ONNX and written)
+def _ptq(precision: str):
+    def path(source, spec: ModelSpec, out: Path, *, calibration,
+             options: TensorRTOptions) -> None:
+        _build(source, spec, out, precision, options,
+               lambda plan, work: _onnx_to_parse(plan, source, spec, calibration, work))
+    path.__name__ = path.__qualname__ = precision
+    return path
+
+
+fp32, fp16, int8 = _ptq("fp32"), _ptq("fp16"), _ptq("int8")
+
+
+def qat(source, spec: ModelSpec, out: Path, *, calibration, options: TensorRTOptions) -> None:
+    """The student's symmetric s8 QDQ ONNX."""
+    def student_onnx(plan: BuildPlan, work: Path) -> Path:
+        source.student.record(spec, "tensorrt")
+        return source.qat_onnx()
+    _build(source, spec, out, "int8", options, student_onnx)
+
+
+export = ExportPaths(fp32=fp32, fp16=fp16, int8=int8, qat=qat)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgecls.backends.onnx.quantize import quantize_onnx
 from edgecls.spec import ModelSpec
 
 
 def qdq_onnx(fp32_onnx: Path, spec: ModelSpec, calibration, work: Path) -> Path:
     """The QDQ ONNX to build an INT8 engine from; spec.quantization / parent / tools filled in."""
-    from edgecls.backends.onnx.quantize import quantize_onnx
-
     out = work / f"{spec.name}.int8.qdq.onnx"
     q_spec = spec.derive(tools=dict(spec.tools), notes=dict(spec.notes), format="onnx")
     quantize_onnx(fp32_onnx, q_spec, out, calibration, target="tensorrt")

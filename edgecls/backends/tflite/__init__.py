@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from edgecls import targets
 from edgecls.backends.base import Format, TargetedOptions, option
 from edgecls.errors import UnsupportedOptionError
 
@@ -34,7 +35,6 @@ class TFLiteOptions(TargetedOptions):
     def check(self, precision: str) -> None:
         io_type(self.int8_io)
         if precision == "int8":
-            from edgecls import targets
             if targets.resolve(self.target).device != "cpu":
                 raise UnsupportedOptionError(f"--target {self.target} is not a TFLite target; "
                                              "TFLite INT8 is the same full-integer model on "

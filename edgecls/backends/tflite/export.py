@@ -18,51 +18,66 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from edgecls import targets
+from edgecls.backends.base import ExportPaths
+from edgecls.backends.onnx.bias_correction import corrected_module
 from edgecls.backends.tflite import TFLiteOptions, io_type
 from edgecls.backends.tflite.container import embed_spec
-from edgecls.backends.tflite.quantize import quiet
+from edgecls.backends.tflite.quantize import float_ops, io_dtypes, quantize_fp16, quiet
+from edgecls.backends.tflite.tuning import TFLiteTuner
 from edgecls.errors import DataError, UnsupportedOptionError
 from edgecls.spec import ModelSpec
 
 log = logging.getLogger("edgecls")
 
 
-def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
-           options: TFLiteOptions):
-    """The format table's exporter for "tflite"; INT8 returns the Tuner the recipe search
-    runs (full-integer by ai-edge-quantizer)."""
+# -- the export paths (base.ExportPaths), the format table's exporter for "tflite"
+def _describe(spec: ModelSpec, options: TFLiteOptions) -> str | None:
+    """The spec's fields every path shares; --int8-io's type (None: float I/O)."""
     int8_io = io_type(options.int8_io)
     spec.layout = "NHWC"
     spec.exported_from = "torch"
     spec.input_dtype = int8_io or "float32"
     spec.tools.update(_versions())
-    bias_correction = None
-    if source.student is not None:       # QAT: litert-torch lowers the trained scales
-        model = convert_qat(source.student, spec)
-    elif precision == "int8":
-        # full-integer PTQ quantizes a copy of the model with NNCF's bias correction (found
-        # on the ONNX export, fed as the source's spec says, not this NHWC one)
-        from edgecls.backends.onnx.bias_correction import corrected_module
-        corrected, bias_correction = corrected_module(source.model, source.onnx(), source.spec,
-                                                      calibration)
-        model = convert_fp32(corrected, spec)
-    else:
-        model = convert_fp32(source.model, spec)
-    if precision == "fp16":
-        from edgecls.backends.tflite.quantize import quantize_fp16
-        with quiet():
-            model = quantize_fp16(model)
-        spec.quantization = {"method": "weight-only", "weights": "float16",
-                             "tool": "ai-edge-quantizer"}
-    elif precision == "int8" and source.student is None:
-        from edgecls import targets
-        from edgecls.backends.tflite.tuning import TFLiteTuner
-        if not len(calibration):
-            raise DataError("the calibration set is empty")
-        return TFLiteTuner(model, spec, calibration, targets.resolve(options.target), int8_io,
-                           options.allow_float_ops, bias_correction)
+    return int8_io
+
+
+def fp32(source, spec: ModelSpec, out: Path, *, calibration, options: TFLiteOptions) -> None:
+    _describe(spec, options)
+    Path(out).write_bytes(embed_spec(convert_fp32(source.model, spec), spec))
+
+
+def fp16(source, spec: ModelSpec, out: Path, *, calibration, options: TFLiteOptions) -> None:
+    _describe(spec, options)
+    model = convert_fp32(source.model, spec)
+    with quiet():
+        model = quantize_fp16(model)
+    spec.quantization = {"method": "weight-only", "weights": "float16",
+                         "tool": "ai-edge-quantizer"}
     Path(out).write_bytes(embed_spec(model, spec))
-    return None
+
+
+def int8(source, spec: ModelSpec, out: Path, *, calibration, options: TFLiteOptions):
+    """The Tuner the recipe search runs (full-integer by ai-edge-quantizer)."""
+    int8_io = _describe(spec, options)
+    # full-integer PTQ quantizes a copy of the model with NNCF's bias correction (found
+    # on the ONNX export, fed as the source's spec says, not this NHWC one)
+    corrected, bias_correction = corrected_module(source.model, source.onnx(), source.spec,
+                                                  calibration)
+    model = convert_fp32(corrected, spec)
+    if not len(calibration):
+        raise DataError("the calibration set is empty")
+    return TFLiteTuner(model, spec, calibration, targets.resolve(options.target), int8_io,
+                       options.allow_float_ops, bias_correction)
+
+
+def qat(source, spec: ModelSpec, out: Path, *, calibration, options: TFLiteOptions) -> None:
+    """litert-torch lowers the trained scales."""
+    _describe(spec, options)
+    Path(out).write_bytes(embed_spec(convert_qat(source.student, spec), spec))
+
+
+export = ExportPaths(fp32=fp32, fp16=fp16, int8=int8, qat=qat)
 
 
 def _versions() -> dict[str, str]:
@@ -111,8 +126,6 @@ def convert_qat(student, spec: ModelSpec) -> bytes:
     output come out int8 with the trained scales (the session quantizes and dequantizes)."""
     import torch
     from litert_torch.quantize.quant_config import QuantConfig
-
-    from edgecls.backends.tflite.quantize import float_ops, io_dtypes
 
     h, w = spec.input_size
     with quiet():

@@ -27,7 +27,7 @@ import numpy as np
 from edgecls.backends.base import Session
 from edgecls.backends.tflite import FORMAT
 from edgecls.backends.tflite.container import spec_of
-from edgecls.errors import (REEXPORT, ArtifactError, DeviceUnavailableError,
+from edgecls.errors import (REEXPORT, ArtifactError, DeviceUnavailableError, MissingDependencyError,
                             UnsupportedOptionError, first_line)
 from edgecls.io import read_artifact
 
@@ -45,7 +45,6 @@ def _interpreter_module():
         from tflite_runtime import interpreter  # unmaintained since 2023; needs numpy<2
         return interpreter
     except ImportError:
-        from edgecls.errors import MissingDependencyError
         raise MissingDependencyError("the TFLite runtime (ai-edge-litert)", "tflite") from None
 
 

@@ -19,12 +19,14 @@ from typing import Any
 import numpy as np
 
 from edgecls import hardware, targets
+from edgecls.backends.recipes import CandidateKeeper, Recipe, Remedy
 from edgecls.backends.tflite import FORMAT
 from edgecls.backends.tflite import quantize as q
-from edgecls.backends.tflite.quantize import quiet
 from edgecls.backends.tflite.container import embed_spec
+from edgecls.backends.tflite.quantize import quiet
+from edgecls.backends.tflite.runtime import dequantize, quantize
 from edgecls.errors import UnsupportedOptionError
-from edgecls.backends.recipes import CandidateKeeper, Recipe, Remedy
+from edgecls.metrics import kl_divergence
 from edgecls.spec import ModelSpec
 
 log = logging.getLogger("edgecls")
@@ -86,9 +88,8 @@ class TFLiteTuner(CandidateKeeper):
         """Weighted ops, the one whose float version lowers KL most first."""
         from ai_edge_litert.interpreter import Interpreter
 
-        from edgecls.backends.tflite.runtime import dequantize, quantize
+        # OpenCV: imaging.preprocess imports cv2
         from edgecls.imaging.preprocess import to_model_input
-        from edgecls.metrics import kl_divergence
 
         pixels = self.calibration.images.subset(PROBE_IMAGES).crops(self.spec)
         x = to_model_input(pixels, self.spec.derive(input_dtype="float32"))

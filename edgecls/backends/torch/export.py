@@ -3,13 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgecls.backends.base import ExportOptions
+from edgecls.backends.base import ExportOptions, ExportPaths
 from edgecls.spec import SPEC_KEY, ModelSpec
 
 
-def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
-           options: ExportOptions) -> None:
-    """The format table's exporter for "torch" (FP32 only)."""
+def fp32(source, spec: ModelSpec, out: Path, *, calibration, options: ExportOptions) -> None:
     import torch
 
     h, w = spec.input_size
@@ -19,3 +17,7 @@ def export(source, spec: ModelSpec, out: Path, *, precision: str, calibration,
     spec.exported_from = "torch"
     spec.tools["torch"] = torch.__version__
     torch.export.save(program, str(out), extra_files={SPEC_KEY: spec.to_json()})
+
+
+#: the format table's exporter for "torch" (FP32 only)
+export = ExportPaths(fp32=fp32)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 from unittest import mock       # patch.dict: the environment, restored whatever happens
 
+from edgecls.backends.torch.container import read_member
 from edgecls.errors import ArtifactError, first_line
 
 _ENV_LOCK = threading.Lock()     # the switch is process-wide: one load at a time flips it
@@ -30,7 +31,6 @@ def pickled_objects(archive: zipfile.ZipFile, path: Path) -> list[str]:
     from torch.export.pt2_archive.constants import (CUSTOM_OBJ_FILENAME_PREFIX,
                                                     OPAQUE_OBJ_FILENAME_PREFIX)
 
-    from edgecls.backends.torch.container import read_member
     prefixes = (CUSTOM_OBJ_FILENAME_PREFIX, OPAQUE_OBJ_FILENAME_PREFIX)
     found = []
     for name in archive.namelist():
