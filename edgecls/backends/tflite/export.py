@@ -23,6 +23,7 @@ from edgecls.backends.base import ExportPaths
 from edgecls.backends.onnx.bias_correction import corrected_module
 from edgecls.backends.tflite import TFLiteOptions, io_type
 from edgecls.backends.tflite.container import embed_spec
+from edgecls.backends.tflite.hardswish import xnnpack_hardswish
 from edgecls.backends.tflite.quantize import float_ops, io_dtypes, quantize_fp16, quiet
 from edgecls.backends.tflite.tuning import TFLiteTuner
 from edgecls.errors import DataError, UnsupportedOptionError
@@ -64,6 +65,9 @@ def int8(source, spec: ModelSpec, out: Path, *, calibration, options: TFLiteOpti
     # on the ONNX export, fed as the source's spec says, not this NHWC one)
     corrected, bias_correction = corrected_module(source.model, source.onnx(), source.spec,
                                                   calibration)
+    corrected, rewritten = xnnpack_hardswish(corrected)
+    if rewritten:
+        spec.notes["tflite"] = {"hardswish_for_xnnpack": rewritten}
     model = convert_fp32(corrected, spec)
     if not len(calibration):
         raise DataError("the calibration set is empty")
