@@ -99,7 +99,8 @@ def _mobile_block():
     from torch import nn
 
     class Block(nn.Module):
-        """conv + ReLU6, two chained residual adds, a hard-sigmoid gate."""
+        """conv + ReLU6, two chained residual adds (the second in place, as torchvision's
+        blocks write it), a hard-sigmoid gate, a hard-swish."""
 
         def __init__(self):
             super().__init__()
@@ -108,8 +109,9 @@ def _mobile_block():
 
         def forward(self, x):
             x = x + self.c2(torch.nn.functional.relu6(self.c1(x)))
-            x = x + self.c3(x)
-            return x * self.gate(x)
+            y = self.c3(x)
+            y += x
+            return torch.nn.functional.hardswish(y * self.gate(y))
 
     return Block().eval(), (torch.randn(1, 8, 6, 6),)
 
@@ -123,12 +125,13 @@ def _annotated(quantizer):
     gm = quantizer.transform_for_annotation(gm)
     quantizer.annotate(gm)
     owned, bare_adds = set(), 0
+    adds = (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)
     for n in gm.graph.nodes:
         a = n.meta.get("quantization_annotation")
         if a is not None and a.output_qspec is not None \
                 and not isinstance(a.output_qspec, SharedQuantizationSpec):
             owned.add(str(n.target))
-        if n.target == torch.ops.aten.add.Tensor and (a is None or not a._annotated):
+        if n.target in adds and (a is None or not a._annotated):
             bare_adds += 1
     return owned, bare_adds
 
@@ -143,11 +146,12 @@ def test_litert_quantizer_gaps_are_filled_and_upstream_still_has_them():
     upstream_owned, upstream_bare = _annotated(
         PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)))
     assert "aten.hardtanh.default" not in upstream_owned   # ReLU6 borrows the conv's range
-    assert upstream_bare >= 1                              # a chained residual add is missed
+    assert upstream_bare >= 2                              # chained and in-place residual adds
     assert "aten.hardsigmoid.default" not in upstream_owned
     owned, bare = _annotated(litert_quantizer(False))
     assert "aten.hardtanh.default" in owned and bare == 0
     assert "aten.mul.Tensor" in owned                      # hard-sigmoid, decomposed: x*1/6
+    assert "aten.hardswish.default" not in owned           # decomposed: (x*1/6)*relu6(x+3)
 
 
 # -- digits, supervised ------------------------------------------------------------------------

@@ -16,8 +16,15 @@ gaps, each of which costs the TFLite artifact dearly:
                         no quantized output: the TFLite file gets float ADDs with DEQUANTIZE /
                         QUANTIZE around them (7 of EfficientNet-Lite0's 9). Every add or
                         multiply left unannotated is annotated like litert's own.
+                        torchvision's blocks add in place (`result += input`: aten.add_),
+                        which upstream does not match either (4 float ADDs in
+                        mobilenet_v3_small); both forms are filled.
   hard-sigmoid          Not annotated, and lowered after annotation as float ops; it is
                         rewritten first into relu6(x + 3) * 1/6, whose ops TFLite runs in int8.
+  hard-swish            Annotated, but lowered to one int8 HARD_SWISH, which LiteRT's XNNPACK
+                        delegate runs only on float tensors (backends/tflite/hardswish.py: the
+                        op falls back to TFLite's slow built-in kernel and splits the graph);
+                        rewritten first into (x * 1/6) * relu6(x + 3), as the PTQ export does.
 
 The fillers only touch nodes upstream left unannotated; tests/test_qat.py checks that
 upstream still has each gap, so the day a litert-torch release closes one, a test says this
@@ -36,7 +43,10 @@ CONVOLUTIONS = (torch.ops.aten.conv1d.default, torch.ops.aten.conv2d.default,
                 torch.ops.aten.convolution.default)
 RELU6 = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
 ADD, MUL = torch.ops.aten.add.Tensor, torch.ops.aten.mul.Tensor
+ADDS = (ADD, torch.ops.aten.add_.Tensor)            # out of place and in place (`x += y`)
+MULS = (MUL, torch.ops.aten.mul_.Tensor)
 HARDSIGMOID = (torch.ops.aten.hardsigmoid.default, torch.ops.aten.hardsigmoid_.default)
+HARDSWISH = (torch.ops.aten.hardswish.default, torch.ops.aten.hardswish_.default)
 
 
 def quantization_config(fake_quant: Callable):
@@ -48,23 +58,40 @@ def quantization_config(fake_quant: Callable):
                                weight=fake_quant(base.weight, per_channel=True))
 
 
+def _decompose(gm: torch.fx.GraphModule, targets: tuple, build: Callable) -> None:
+    """Each call of `targets` replaced by the nodes build(graph, x) makes (inserted where
+    the call was, carrying its metadata)."""
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in targets:
+            continue
+        before = set(gm.graph.nodes)
+        with gm.graph.inserting_before(node):
+            result = build(gm.graph, node.args[0])
+        for new in set(gm.graph.nodes) - before:
+            new.meta.update({k: v for k, v in node.meta.items()
+                             if k in ("val", "nn_module_stack", "stack_trace")})
+        node.replace_all_uses_with(result)
+        gm.graph.erase_node(node)
+    gm.recompile()
+
+
+def _relu6_shifted(graph: torch.fx.Graph, x: torch.fx.Node) -> torch.fx.Node:
+    return graph.call_function(RELU6[0], (graph.call_function(ADD, (x, 3.0)), 0.0, 6.0))
+
+
 def decompose_hardsigmoid(gm: torch.fx.GraphModule) -> None:
     """hardsigmoid(x) -> relu6(x + 3) * (1/6): ops that each get quantized, as TFLite runs
     them (ADD with a fused RELU6, MUL). Left whole, litert-torch decomposes it after
     annotation, into float ops between one dequantize and one quantize."""
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in HARDSIGMOID:
-            continue
-        with gm.graph.inserting_before(node):
-            shifted = gm.graph.call_function(ADD, (node.args[0], 3.0))
-            clamped = gm.graph.call_function(RELU6[0], (shifted, 0.0, 6.0))
-            scaled = gm.graph.call_function(MUL, (clamped, 1 / 6))
-        for new in (shifted, clamped, scaled):
-            new.meta.update({k: v for k, v in node.meta.items()
-                             if k in ("val", "nn_module_stack", "stack_trace")})
-        node.replace_all_uses_with(scaled)
-        gm.graph.erase_node(node)
-    gm.recompile()
+    _decompose(gm, HARDSIGMOID,
+               lambda g, x: g.call_function(MUL, (_relu6_shifted(g, x), 1 / 6)))
+
+
+def decompose_hardswish(gm: torch.fx.GraphModule) -> None:
+    """hardswish(x) -> (x * 1/6) * relu6(x + 3): MUL, ADD with a fused RELU6, MUL, which
+    XNNPACK runs in int8 (the one HARD_SWISH op it does not)."""
+    _decompose(gm, HARDSWISH, lambda g, x: g.call_function(
+        MUL, (g.call_function(MUL, (x, 1 / 6)), _relu6_shifted(g, x))))
 
 
 def _is_relu6(node: torch.fx.Node) -> bool:
@@ -78,10 +105,10 @@ def annotate_fused_relu6(gm: torch.fx.GraphModule, config) -> None:
         if clamp.op != "call_function" or not _is_relu6(clamp):
             continue
         producer = clamp.args[0]
-        if getattr(producer, "target", None) not in CONVOLUTIONS + (ADD,) \
+        if getattr(producer, "target", None) not in CONVOLUTIONS + ADDS \
                 or len(producer.users) != 1:
             continue
-        if producer.target == ADD:
+        if producer.target in ADDS:
             inputs = {a: upstream.get_input_act_qspec(config) for a in producer.args[:2]
                       if isinstance(a, torch.fx.Node)}
         else:
@@ -102,7 +129,7 @@ def annotate_fused_relu6(gm: torch.fx.GraphModule, config) -> None:
 def annotate_remaining_binary(gm: torch.fx.GraphModule, config) -> None:
     """Adds and multiplies upstream left unannotated: inputs and output quantized."""
     for node in gm.graph.nodes:
-        if node.op != "call_function" or node.target not in (ADD, MUL) \
+        if node.op != "call_function" or node.target not in ADDS + MULS \
                 or upstream._is_annotated([node]):
             continue
         node.meta["quantization_annotation"] = QuantizationAnnotation(
@@ -116,6 +143,7 @@ class LiteRTQuantizer(pt2e_quantizer.PT2EQuantizer):
 
     def transform_for_annotation(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
         decompose_hardsigmoid(model)
+        decompose_hardswish(model)
         return super().transform_for_annotation(model)   # scalars -> tensor attributes
 
     def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
