@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -59,6 +61,28 @@ def assert_user_error(proc, *fragments: str, only_line: bool = True) -> str:
     return errors_[0]
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """A folder of artifacts built once per test session, by whichever xdist worker asks
+    first (pytest-xdist's recipe: a file lock in the folder the workers' temporary folders
+    share); the other workers wait for it and reuse its files, never Python objects (they
+    rebuild those from the files). `build(folder)` writes into the empty folder; a `.done`
+    marker written after it says the folder is complete (a build that failed part-way is
+    started again by the next worker that asks). The folder is shared: tests read its files
+    and write their own elsewhere."""
+    from filelock import FileLock
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = root / "built-once" / name
+    done = folder / ".done"
+    with FileLock(str(root / f"built-once-{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            build(folder)
+            done.touch()
+    return folder
+
+
 def pytest_collection_modifyitems(config, items):
     if importlib.util.find_spec("tensorrt") is None:
         skip = pytest.mark.skip(reason="TensorRT is not installed (needs an NVIDIA GPU and "
@@ -85,14 +109,8 @@ def digits_spec():
                      weights="file:trained-in-test-session")
 
 
-@pytest.fixture(scope="session")
-def digits_model(digits_data):
-    """A small CNN (with BatchNorm, residual add and a squeeze-excite-like multiply, so
-    quantizers meet the ops real mobile nets have) trained on the digits: ~97% accuracy."""
-    import torch
+def _digits_cnn():
     from torch import nn
-
-    torch.manual_seed(0)
 
     class DigitsCNN(nn.Module):
         def __init__(self):
@@ -110,9 +128,29 @@ def digits_model(digits_data):
             x = x + y * self.gate(y)
             return self.head(self.down(x))
 
-    spec = digits_spec()
-    _, _, _, train_items = digits_data
-    return train(DigitsCNN(), train_items, spec, DIGITS_EPOCHS), spec
+    return DigitsCNN()
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits_data, tmp_path_factory):
+    """A small CNN (with BatchNorm, residual add and a squeeze-excite-like multiply, so
+    quantizers meet the ops real mobile nets have) trained on the digits: ~97% accuracy.
+    Trained once per session (built_once); the other workers load the trained weights and
+    torch's random state as training left it."""
+    import torch
+
+    def build(folder: Path):
+        torch.manual_seed(0)
+        _, _, _, train_items = digits_data
+        model = train(_digits_cnn(), train_items, digits_spec(), DIGITS_EPOCHS)
+        torch.save({"state": model.state_dict(), "rng": torch.get_rng_state()},
+                   folder / "digits_cnn.pt")
+
+    saved = torch.load(built_once(tmp_path_factory, "digits-cnn", build) / "digits_cnn.pt")
+    model = _digits_cnn()
+    model.load_state_dict(saved["state"])
+    torch.set_rng_state(saved["rng"])
+    return model.eval(), digits_spec()
 
 
 def train(model, items, spec, epochs: int):
@@ -149,40 +187,43 @@ def digits_val(digits_model, digits_data):
 
 
 @pytest.fixture(scope="session")
-def digits_onnx(digits_model, tmp_path_factory) -> Path:
-    from edgecls.exporting import export
-    model, spec = digits_model
-    return export(model, to="onnx", out=tmp_path_factory.mktemp("digits") / "digits.onnx", spec=spec)
+def digits_onnx(request, tmp_path_factory) -> Path:
+    return _digits_artifact(request, tmp_path_factory, "onnx", "digits.onnx")
+
+
+def _digits_artifact(request, tmp_path_factory, to: str, name: str) -> Path:
+    """The digits CNN exported once per session (built_once) as `name`."""
+    def build(folder: Path):
+        from edgecls.exporting import export
+        model, spec = request.getfixturevalue("digits_model")
+        export(model, to=to, out=folder / name, spec=spec)
+
+    return built_once(tmp_path_factory, f"digits-{to}", build) / name
 
 
 @pytest.fixture(scope="session")
-def digits_ir(digits_model, tmp_path_factory) -> Path:
+def digits_ir(request, tmp_path_factory) -> Path:
     """The digits CNN as an FP32 OpenVINO IR (.xml + .bin)."""
-    from edgecls.exporting import export
-    model, spec = digits_model
-    return export(model, to="openvino", out=tmp_path_factory.mktemp("digits-ir") / "digits.xml",
-                  spec=spec)
+    return _digits_artifact(request, tmp_path_factory, "openvino", "digits.xml")
 
 
 @pytest.fixture(scope="session")
-def digits_tflite_fp32(digits_model, tmp_path_factory) -> Path:
-    from edgecls.exporting import export
-    model, spec = digits_model
-    return export(model, to="tflite", out=tmp_path_factory.mktemp("digits-tfl") / "digits.tflite",
-                  spec=spec)
+def digits_tflite_fp32(request, tmp_path_factory) -> Path:
+    return _digits_artifact(request, tmp_path_factory, "tflite", "digits.tflite")
 
 
 @pytest.fixture(scope="session")
-def digits_pt2(digits_model, tmp_path_factory) -> Path:
-    from edgecls.exporting import export
-    model, spec = digits_model
-    return export(model, to="torch", out=tmp_path_factory.mktemp("pt2") / "digits.pt2", spec=spec)
+def digits_pt2(request, tmp_path_factory) -> Path:
+    return _digits_artifact(request, tmp_path_factory, "torch", "digits.pt2")
 
 
 @pytest.fixture(scope="session")
 def effl0_onnx(tmp_path_factory) -> Path:
-    from edgecls.exporting import export
-    return export("efficientnet_lite0", to="onnx", out=tmp_path_factory.mktemp("effl0") / "effl0.onnx")
+    def build(folder: Path):
+        from edgecls.exporting import export
+        export("efficientnet_lite0", to="onnx", out=folder / "effl0.onnx")
+
+    return built_once(tmp_path_factory, "effl0-onnx", build) / "effl0.onnx"
 
 
 @pytest.fixture(scope="session")
@@ -190,9 +231,12 @@ def effl0_int8_auto(tmp_path_factory) -> Path:
     """EfficientNet-Lite0 INT8 ONNX made for THIS machine (--target auto), calibrated on one
     half of the photo crops and searched/checked on the other (minutes on an AVX2-only CPU,
     where the target's recipe saturates and the search runs)."""
-    from edgecls.exporting import export
-    return export("efficientnet_lite0", to="onnx", precision="int8", calib="photos",
-                  out=tmp_path_factory.mktemp("effl0-int8") / "effl0.int8.onnx")
+    def build(folder: Path):
+        from edgecls.exporting import export
+        export("efficientnet_lite0", to="onnx", precision="int8", calib="photos",
+               out=folder / "effl0.int8.onnx")
+
+    return built_once(tmp_path_factory, "effl0-int8", build) / "effl0.int8.onnx"
 
 
 @pytest.fixture(scope="session")
