@@ -38,6 +38,47 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: i
                           capture_output=True, text=True, env=full_env, timeout=timeout)
 
 
+@pytest.fixture
+def cli(capfd, monkeypatch):
+    """run_cli without a new process: `cli(*args, cwd=...)` runs edgecls.cli.main(args) here
+    (no interpreter start and torch import, seconds each) and returns what run_cli returns:
+    the exit status (argparse's SystemExit included) and stdout and stderr as written to the
+    file descriptors (native libraries' output too), with the log handler main() installs
+    (the root logger's pytest handlers are set aside meanwhile, so main's logging.basicConfig
+    takes effect as in a process of its own). For user errors decided before any native
+    library prints; what is about a real process (an interpreter's exit status and traceback,
+    signals, the environment it starts with, startup warnings) keeps run_cli."""
+    import logging
+
+    from edgecls.cli import main
+
+    def run(*args, cwd: Path) -> subprocess.CompletedProcess:
+        argv = [str(a) for a in args]
+        capfd.readouterr()
+        monkeypatch.chdir(cwd)
+        monkeypatch.setenv("COLUMNS", "200")
+        environ = dict(os.environ)
+        root, ours = logging.getLogger(), logging.getLogger("edgecls")
+        handlers, levels = root.handlers[:], (root.level, ours.level)
+        root.handlers.clear()
+        try:
+            code = main(argv)
+        except SystemExit as e:          # argparse's usage errors
+            code = e.code
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            root.handlers[:] = handlers
+            root.setLevel(levels[0])
+            ours.setLevel(levels[1])
+            os.environ.clear()           # main() sets OPENCV_LOG_LEVEL for its process
+            os.environ.update(environ)
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(["edgecls", *argv], code, out, err)
+
+    return run
+
+
 def offline_env(tmp_path: Path) -> dict[str, str]:
     """No weights cache and no network, whatever machine the tests run on."""
     dead = "http://127.0.0.1:9"
