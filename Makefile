@@ -25,13 +25,13 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check --no-cache edgecls tests benchmarks fuzz
 
-# every core (pytest-xdist), tests handed out one by one, the long ones first (tests/conftest.py:
-# LONG_FIRST). --maxschedchunk 1: plain --dist load sends runs of consecutive tests (an eighth
-# of the suite each at the start), so one worker can get the long tests of several files. Not
-# --dist loadgroup: with pytest 9 xdist 3.8 cannot tag a test with its group (it sets
-# Item._nodeid, which pytest 9 no longer reads). The expensive fixtures are built once per
-# session, by the first worker that needs them, and shared as files (conftest.py: built_once).
-XDIST := -n auto --dist load --maxschedchunk 1
+# every core (pytest-xdist): whole files handed to whichever worker is free (their module
+# fixtures built once), the zoo's tests one by one, the files with the longest fixtures first
+# and the zoo last (tests/conftest.py: LONG_FIRST, pytest_xdist_make_scheduler). Not --dist
+# loadgroup: with pytest 9 xdist 3.8 cannot tag a test with its group (it sets Item._nodeid,
+# which pytest 9 no longer reads). Session fixtures used by several files are built once, by
+# the first worker that needs them, and shared as files (tests/conftest.py: built_once).
+XDIST := -n auto --dist loadfile --no-loadscope-reorder
 
 test: lint
 	$(PY) -m pytest -q $(XDIST)

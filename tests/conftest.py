@@ -124,13 +124,15 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> 
     return folder
 
 
-#: `make test` hands tests out one at a time in collection order (--maxschedchunk 1): these
-#: files go first, longest first, so that no worker is left with a long test at the end
-#: (seconds on 2 busy cores: the EfficientNet-Lite0 QAT 134, its ExecuTorch programs 85, the
-#: sweep 147, its INT8 ONNX 75, the grayscale CNN through every format 78, the zoo 36-45 a
-#: model); the other files follow in their own order
+#: `make test` (--dist loadfile --no-loadscope-reorder, and pytest_xdist_make_scheduler below)
+#: hands whole files to whichever worker is free, in collection order: these files first,
+#: longest first, so that no worker is left with a long one at the end (seconds on 2 busy
+#: cores: the EfficientNet-Lite0 QAT 134, its ExecuTorch programs 85, the sweep 147, its INT8
+#: ONNX 75, the grayscale CNN through every format 78); then the other files in their own
+#: order; the zoo last, one test at a time (36-45 s a model at most), to even out the end
 LONG_FIRST = ("test_qat.py", "test_executorch.py", "test_sweep.py", "test_onnx_int8.py",
-              "test_int8_targets.py", "test_sources.py", "test_zoo_export.py")
+              "test_int8_targets.py", "test_sources.py")
+ONE_TEST_AT_A_TIME = ("test_zoo_export.py",)
 #: in those files, the tests that build the long fixture start the file (prefixes of names)
 STARTS_ITS_FILE = {"test_qat.py": ("test_effl0_",), "test_executorch.py": ("test_efficientnet_",),
                    "test_sweep.py": ("test_sweep_table", "test_failing_cells",
@@ -144,8 +146,25 @@ STARTS_ITS_FILE = {"test_qat.py": ("test_effl0_",), "test_executorch.py": ("test
 
 def _start_order(item) -> tuple[int, bool]:
     file = item.path.name
-    rank = LONG_FIRST.index(file) if file in LONG_FIRST else len(LONG_FIRST)
+    rank = (LONG_FIRST.index(file) if file in LONG_FIRST
+            else len(LONG_FIRST) + (file in ONE_TEST_AT_A_TIME))
     return rank, not item.name.startswith(STARTS_ITS_FILE.get(file, ()))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile (a file's tests on one worker: its module fixtures are built once),
+    except the files in ONE_TEST_AT_A_TIME, whose tests are handed out one by one (a unit of
+    work each: they share no fixture worth keeping together)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return nodeid if file.rsplit("/", 1)[-1] in ONE_TEST_AT_A_TIME else file
+
+    return FileScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
