@@ -106,15 +106,15 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> 
     """A folder of artifacts built once per test session, by whichever xdist worker asks
     first (pytest-xdist's recipe: a file lock in the folder the workers' temporary folders
     share); the other workers wait for it and reuse its files, never Python objects (they
-    rebuild those from the files). `build(folder)` writes into the empty folder; a `.done`
-    marker written after it says the folder is complete (a build that failed part-way is
-    started again by the next worker that asks). The folder is shared: tests read its files
-    and write their own elsewhere."""
+    rebuild those from the files). `build(folder)` writes into the empty folder; a marker
+    beside it, written after, says the folder is complete (a build that failed part-way is
+    started again by the next worker that asks). The folder holds only what `build` wrote; it
+    is shared: tests read its files and write their own elsewhere."""
     from filelock import FileLock
     base = tmp_path_factory.getbasetemp()
     root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     folder = root / "built-once" / name
-    done = folder / ".done"
+    done = root / "built-once" / f"{name}.done"
     with FileLock(str(root / f"built-once-{name}.lock")):
         if not done.exists():
             shutil.rmtree(folder, ignore_errors=True)

@@ -426,12 +426,12 @@ def test_cli_artifact_errors(tmp_path, bad_artifacts, digits_onnx, digit_png, cl
                       "cannot read image", "nope.jpg")
 
 
-def test_cli_device_unavailable(tmp_path, digits_onnx, digit_png):
+def test_cli_device_unavailable(tmp_path, digits_onnx, digit_png, cli):
     import onnxruntime
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("a GPU execution provider is present")
     img, label = digit_png
-    assert_user_error(run_cli("predict", digits_onnx, img, "--device", "gpu", cwd=tmp_path),
+    assert_user_error(cli("predict", digits_onnx, img, "--device", "gpu", cwd=tmp_path),
                       "device 'gpu'", "--fallback")
     proc = run_cli("predict", digits_onnx, img, "--device", "gpu", "--fallback", "--json",
                    cwd=tmp_path)
