@@ -25,17 +25,21 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check --no-cache edgecls tests benchmarks fuzz
 
-# every core (pytest-xdist), tests handed out one by one. Not --dist loadgroup: with pytest
-# 9 xdist 3.8 cannot tag a test with its group (it sets Item._nodeid, which pytest 9 no longer
-# reads), so every test would be its own group anyway; a worker builds the session fixtures
-# it needs itself.
+# every core (pytest-xdist): whole files handed to whichever worker is free (their module
+# fixtures built once), the zoo's tests one by one, the files with the longest fixtures first
+# and the zoo last (tests/conftest.py: LONG_FIRST, pytest_xdist_make_scheduler). Not --dist
+# loadgroup: with pytest 9 xdist 3.8 cannot tag a test with its group (it sets Item._nodeid,
+# which pytest 9 no longer reads). Session fixtures used by several files are built once, by
+# the first worker that needs them, and shared as files (tests/conftest.py: built_once).
+XDIST := -n auto --dist loadfile --no-loadscope-reorder
+
 test: lint
-	$(PY) -m pytest -q -n auto --dist load
+	$(PY) -m pytest -q $(XDIST)
 
 # the inner loop: lint and the tests without the whole-zoo export, QAT, the sweep and the
 # EfficientNet-Lite0 INT8 searches (what `make test` adds; see the README)
 check: lint
-	$(PY) -m pytest -q -n auto --dist load -m "not slow" --ignore=tests/test_qat.py \
+	$(PY) -m pytest -q $(XDIST) -m "not slow" --ignore=tests/test_qat.py \
 		--ignore=tests/test_sweep.py --ignore=tests/test_onnx_int8.py \
 		--ignore=tests/test_int8_targets.py --ignore=tests/test_executorch.py
 

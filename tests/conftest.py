@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -36,6 +38,48 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: i
                           capture_output=True, text=True, env=full_env, timeout=timeout)
 
 
+@pytest.fixture
+def cli(capfd, monkeypatch):
+    """run_cli without a new process: `cli(*args, cwd=...)` runs edgecls.cli.main(args) here
+    (no interpreter start: about 0.5 s each on 2 busy cores, as these errors are decided
+    before torch is imported) and returns what run_cli returns:
+    the exit status (argparse's SystemExit included) and stdout and stderr as written to the
+    file descriptors (native libraries' output too), with the log handler main() installs
+    (the root logger's pytest handlers are set aside meanwhile, so main's logging.basicConfig
+    takes effect as in a process of its own). For user errors decided before any native
+    library prints; what is about a real process (an interpreter's exit status and traceback,
+    signals, the environment it starts with, startup warnings) keeps run_cli."""
+    import logging
+
+    from edgecls.cli import main
+
+    def run(*args, cwd: Path) -> subprocess.CompletedProcess:
+        argv = [str(a) for a in args]
+        capfd.readouterr()
+        monkeypatch.chdir(cwd)
+        monkeypatch.setenv("COLUMNS", "200")
+        environ = dict(os.environ)
+        root, ours = logging.getLogger(), logging.getLogger("edgecls")
+        handlers, levels = root.handlers[:], (root.level, ours.level)
+        root.handlers.clear()
+        try:
+            code = main(argv)
+        except SystemExit as e:          # argparse's usage errors
+            code = e.code
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            root.handlers[:] = handlers
+            root.setLevel(levels[0])
+            ours.setLevel(levels[1])
+            os.environ.clear()           # main() sets OPENCV_LOG_LEVEL for its process
+            os.environ.update(environ)
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(["edgecls", *argv], code, out, err)
+
+    return run
+
+
 def offline_env(tmp_path: Path) -> dict[str, str]:
     """No weights cache and no network, whatever machine the tests run on."""
     dead = "http://127.0.0.1:9"
@@ -59,7 +103,73 @@ def assert_user_error(proc, *fragments: str, only_line: bool = True) -> str:
     return errors_[0]
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """A folder of artifacts built once per test session, by whichever xdist worker asks
+    first (pytest-xdist's recipe: a file lock in the folder the workers' temporary folders
+    share); the other workers wait for it and reuse its files, never Python objects (they
+    rebuild those from the files). `build(folder)` writes into the empty folder; a marker
+    beside it, written after, says the folder is complete (a build that failed part-way is
+    started again by the next worker that asks). The folder holds only what `build` wrote; it
+    is shared: tests read its files and write their own elsewhere."""
+    from filelock import FileLock
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = root / "built-once" / name
+    done = root / "built-once" / f"{name}.done"
+    with FileLock(str(root / f"built-once-{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            build(folder)
+            done.touch()
+    return folder
+
+
+#: `make test` (--dist loadfile --no-loadscope-reorder, and pytest_xdist_make_scheduler below)
+#: hands whole files to whichever worker is free, in collection order: these files first,
+#: longest first, so that no worker is left with a long one at the end (seconds on 2 busy
+#: cores: the EfficientNet-Lite0 QAT 134, its ExecuTorch programs 85, the sweep 147, its INT8
+#: ONNX 75, the grayscale CNN through every format 78); then the other files in their own
+#: order; the zoo last, one test at a time (36-45 s a model at most), to even out the end
+LONG_FIRST = ("test_qat.py", "test_executorch.py", "test_sweep.py", "test_onnx_int8.py",
+              "test_int8_targets.py", "test_sources.py")
+ONE_TEST_AT_A_TIME = ("test_zoo_export.py",)
+#: in those files, the tests that build the long fixture start the file (prefixes of names)
+STARTS_ITS_FILE = {"test_qat.py": ("test_effl0_",), "test_executorch.py": ("test_efficientnet_",),
+                   "test_sweep.py": ("test_sweep_table", "test_failing_cells",
+                                     "test_sweep_writes", "test_resume_skips"),
+                   "test_onnx_int8.py": ("test_efficientnet_", "test_verdicts_hold",
+                                         "test_the_spec_names"),
+                   "test_int8_targets.py": ("test_efficientnet_lite0_int8_made_here",
+                                            "test_guard_warns", "test_emulation_predicts"),
+                   "test_sources.py": ("test_gray_cnn_through_the_cli",)}
+
+
+def _start_order(item) -> tuple[int, bool]:
+    file = item.path.name
+    rank = (LONG_FIRST.index(file) if file in LONG_FIRST
+            else len(LONG_FIRST) + (file in ONE_TEST_AT_A_TIME))
+    return rank, not item.name.startswith(STARTS_ITS_FILE.get(file, ()))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile (a file's tests on one worker: its module fixtures are built once),
+    except the files in ONE_TEST_AT_A_TIME, whose tests are handed out one by one (a unit of
+    work each: they share no fixture worth keeping together)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return nodeid if file.rsplit("/", 1)[-1] in ONE_TEST_AT_A_TIME else file
+
+    return FileScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=_start_order)      # stable: the rest keep their order
     if importlib.util.find_spec("tensorrt") is None:
         skip = pytest.mark.skip(reason="TensorRT is not installed (needs an NVIDIA GPU and "
                                        "pip install 'edgecls[tensorrt]')")
@@ -85,14 +195,8 @@ def digits_spec():
                      weights="file:trained-in-test-session")
 
 
-@pytest.fixture(scope="session")
-def digits_model(digits_data):
-    """A small CNN (with BatchNorm, residual add and a squeeze-excite-like multiply, so
-    quantizers meet the ops real mobile nets have) trained on the digits: ~97% accuracy."""
-    import torch
+def _digits_cnn():
     from torch import nn
-
-    torch.manual_seed(0)
 
     class DigitsCNN(nn.Module):
         def __init__(self):
@@ -110,9 +214,29 @@ def digits_model(digits_data):
             x = x + y * self.gate(y)
             return self.head(self.down(x))
 
-    spec = digits_spec()
-    _, _, _, train_items = digits_data
-    return train(DigitsCNN(), train_items, spec, DIGITS_EPOCHS), spec
+    return DigitsCNN()
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits_data, tmp_path_factory):
+    """A small CNN (with BatchNorm, residual add and a squeeze-excite-like multiply, so
+    quantizers meet the ops real mobile nets have) trained on the digits: ~97% accuracy.
+    Trained once per session (built_once); the other workers load the trained weights and
+    torch's random state as training left it."""
+    import torch
+
+    def build(folder: Path):
+        torch.manual_seed(0)
+        _, _, _, train_items = digits_data
+        model = train(_digits_cnn(), train_items, digits_spec(), DIGITS_EPOCHS)
+        torch.save({"state": model.state_dict(), "rng": torch.get_rng_state()},
+                   folder / "digits_cnn.pt")
+
+    saved = torch.load(built_once(tmp_path_factory, "digits-cnn", build) / "digits_cnn.pt")
+    model = _digits_cnn()
+    model.load_state_dict(saved["state"])
+    torch.set_rng_state(saved["rng"])
+    return model.eval(), digits_spec()
 
 
 def train(model, items, spec, epochs: int):
@@ -149,40 +273,43 @@ def digits_val(digits_model, digits_data):
 
 
 @pytest.fixture(scope="session")
-def digits_onnx(digits_model, tmp_path_factory) -> Path:
-    from edgecls.exporting import export
-    model, spec = digits_model
-    return export(model, to="onnx", out=tmp_path_factory.mktemp("digits") / "digits.onnx", spec=spec)
+def digits_onnx(request, tmp_path_factory) -> Path:
+    return _digits_artifact(request, tmp_path_factory, "onnx", "digits.onnx")
+
+
+def _digits_artifact(request, tmp_path_factory, to: str, name: str) -> Path:
+    """The digits CNN exported once per session (built_once) as `name`."""
+    def build(folder: Path):
+        from edgecls.exporting import export
+        model, spec = request.getfixturevalue("digits_model")
+        export(model, to=to, out=folder / name, spec=spec)
+
+    return built_once(tmp_path_factory, f"digits-{to}", build) / name
 
 
 @pytest.fixture(scope="session")
-def digits_ir(digits_model, tmp_path_factory) -> Path:
+def digits_ir(request, tmp_path_factory) -> Path:
     """The digits CNN as an FP32 OpenVINO IR (.xml + .bin)."""
-    from edgecls.exporting import export
-    model, spec = digits_model
-    return export(model, to="openvino", out=tmp_path_factory.mktemp("digits-ir") / "digits.xml",
-                  spec=spec)
+    return _digits_artifact(request, tmp_path_factory, "openvino", "digits.xml")
 
 
 @pytest.fixture(scope="session")
-def digits_tflite_fp32(digits_model, tmp_path_factory) -> Path:
-    from edgecls.exporting import export
-    model, spec = digits_model
-    return export(model, to="tflite", out=tmp_path_factory.mktemp("digits-tfl") / "digits.tflite",
-                  spec=spec)
+def digits_tflite_fp32(request, tmp_path_factory) -> Path:
+    return _digits_artifact(request, tmp_path_factory, "tflite", "digits.tflite")
 
 
 @pytest.fixture(scope="session")
-def digits_pt2(digits_model, tmp_path_factory) -> Path:
-    from edgecls.exporting import export
-    model, spec = digits_model
-    return export(model, to="torch", out=tmp_path_factory.mktemp("pt2") / "digits.pt2", spec=spec)
+def digits_pt2(request, tmp_path_factory) -> Path:
+    return _digits_artifact(request, tmp_path_factory, "torch", "digits.pt2")
 
 
 @pytest.fixture(scope="session")
 def effl0_onnx(tmp_path_factory) -> Path:
-    from edgecls.exporting import export
-    return export("efficientnet_lite0", to="onnx", out=tmp_path_factory.mktemp("effl0") / "effl0.onnx")
+    def build(folder: Path):
+        from edgecls.exporting import export
+        export("efficientnet_lite0", to="onnx", out=folder / "effl0.onnx")
+
+    return built_once(tmp_path_factory, "effl0-onnx", build) / "effl0.onnx"
 
 
 @pytest.fixture(scope="session")
@@ -190,9 +317,12 @@ def effl0_int8_auto(tmp_path_factory) -> Path:
     """EfficientNet-Lite0 INT8 ONNX made for THIS machine (--target auto), calibrated on one
     half of the photo crops and searched/checked on the other (minutes on an AVX2-only CPU,
     where the target's recipe saturates and the search runs)."""
-    from edgecls.exporting import export
-    return export("efficientnet_lite0", to="onnx", precision="int8", calib="photos",
-                  out=tmp_path_factory.mktemp("effl0-int8") / "effl0.int8.onnx")
+    def build(folder: Path):
+        from edgecls.exporting import export
+        export("efficientnet_lite0", to="onnx", precision="int8", calib="photos",
+               out=folder / "effl0.int8.onnx")
+
+    return built_once(tmp_path_factory, "effl0-int8", build) / "effl0.int8.onnx"
 
 
 @pytest.fixture(scope="session")

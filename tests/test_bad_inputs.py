@@ -68,10 +68,12 @@ def expect_error(call: Callable[[], object], error: type[EdgeclsError], *fragmen
 
 
 def expect_cli_error(tmp_path: Path, *args, fragments: tuple[str, ...] = (),
-                     env: dict[str, str] | None = None) -> str:
-    """`edgecls ARGS` exits 2 with one `edgecls: error:` line and writes nothing."""
+                     env: dict[str, str] | None = None, run=None) -> str:
+    """`edgecls ARGS` exits 2 with one `edgecls: error:` line and writes nothing; in a
+    process of its own, or through `run` (conftest's `cli`: in this process)."""
     before = _tree(tmp_path)
-    line = assert_user_error(run_cli(*args, cwd=tmp_path, env=env), *fragments)
+    proc = run(*args, cwd=tmp_path) if run else run_cli(*args, cwd=tmp_path, env=env)
+    line = assert_user_error(proc, *fragments)
     assert _tree(tmp_path) == before, "left on disk"
     return line
 
@@ -137,14 +139,15 @@ def test_broken_artifact(good, tmp_path, suffix, kind):
     assert what in message and todo in message, message
 
 
-def test_broken_artifact_cli(good, tmp_path):
+def test_broken_artifact_cli(good, tmp_path, cli):
     """The same through the command line: `predict` and `info`."""
     digit = tmp_path / "digit.png"
     cv2.imwrite(str(digit), np.zeros((8, 8, 3), np.uint8))
     onnx = _make_bad(good, ".onnx", "truncated", tmp_path)
-    expect_cli_error(tmp_path, "predict", onnx, digit, fragments=("ONNX Runtime cannot load it",))
+    expect_cli_error(tmp_path, "predict", onnx, digit, fragments=("ONNX Runtime cannot load it",),
+                     run=cli)
     engine = _make_bad(good, ".engine", "renamed", tmp_path)
-    expect_cli_error(tmp_path, "info", engine, fragments=("without an edgecls header",))
+    expect_cli_error(tmp_path, "info", engine, fragments=("without an edgecls header",), run=cli)
 
 
 def test_openvino_ir_without_its_bin(good, tmp_path):
@@ -418,14 +421,14 @@ def test_unusable_calibration_folder(digits_model, tmp_path, case):
                  folder=tmp_path)
 
 
-def test_unusable_parity_folder_cli(digits_onnx, tmp_path):
+def test_unusable_parity_folder_cli(digits_onnx, tmp_path, cli):
     root = _folder_case(tmp_path / "val", "mislabelled-classes")
     expect_cli_error(tmp_path, "parity", digits_onnx, "--data", root,
-                     "--reference", digits_onnx, fragments=("three", "rename them"))
+                     "--reference", digits_onnx, fragments=("three", "rename them"), run=cli)
     expect_cli_error(tmp_path, "parity", digits_onnx, "--data", tmp_path / "absent",
-                     fragments=("not a folder of images",))      # before any model is built
+                     fragments=("not a folder of images",), run=cli)   # before any model is built
     expect_cli_error(tmp_path, "parity", digits_onnx, "--data", "digits", "--limit", "0",
-                     "--reference", digits_onnx, fragments=("--limit", ">= 1"))
+                     "--reference", digits_onnx, fragments=("--limit", ">= 1"), run=cli)
 
 
 # -- 6. names: model, format, device, target, calibration method ------------------------------------
@@ -453,15 +456,15 @@ def test_unknown_names(digits_model, digits_onnx, tmp_path):
                  UnsupportedOptionError, "minmax", folder=tmp_path)
 
 
-def test_argument_errors_are_one_line(tmp_path, digits_onnx):
+def test_argument_errors_are_one_line(tmp_path, digits_onnx, cli):
     expect_cli_error(tmp_path, "export", SMALL, "--to", "coreml",
-                     fragments=("unknown format 'coreml'", "--help"))
+                     fragments=("unknown format 'coreml'", "--help"), run=cli)
     expect_cli_error(tmp_path, "predict", digits_onnx,
-                     fragments=("required", "images"))
+                     fragments=("required", "images"), run=cli)
     expect_cli_error(tmp_path, "predict", digits_onnx, "x.png", "--device", "tpu",
-                     fragments=("invalid choice: 'tpu'",))
+                     fragments=("invalid choice: 'tpu'",), run=cli)
     expect_cli_error(tmp_path, "bench", digits_onnx, "--batch", "one",
-                     fragments=("invalid int value",))
+                     fragments=("invalid int value",), run=cli)
 
 
 # -- 7. options a format does not take: refused, never ignored ----------------------------------------
@@ -508,12 +511,12 @@ def test_option_the_format_does_not_take(digits_model, tmp_path, case):
                  UnsupportedOptionError, says, folder=tmp_path)
 
 
-def test_refused_options_cli(tmp_path):
+def test_refused_options_cli(tmp_path, cli):
     expect_cli_error(tmp_path, "export", SMALL, "--weights", "none", "--to", "tflite",
                      "--data", "digits", "-o", tmp_path / "o.tflite",
-                     fragments=("data", "--int8"))
+                     fragments=("data", "--int8"), run=cli)
     expect_cli_error(tmp_path, "export", SMALL, "--weights", "none", "--calib-size", "10",
-                     "-o", tmp_path / "o.onnx", fragments=("--calib-size", "--int8"))
+                     "-o", tmp_path / "o.onnx", fragments=("--calib-size", "--int8"), run=cli)
 
 
 # -- 8. a missing optional dependency -----------------------------------------------------------------

@@ -404,34 +404,34 @@ def test_atomic_paths_cleans_up_on_failure(tmp_path):
 
 
 # -- the command line -----------------------------------------------------------------------------
-def test_cli_unknown_model(tmp_path):
-    proc = run_cli("export", "resnt18", "-o", tmp_path / "out" / "x.onnx", cwd=tmp_path)
+def test_cli_unknown_model(tmp_path, cli):
+    proc = cli("export", "resnt18", "-o", tmp_path / "out" / "x.onnx", cwd=tmp_path)
     assert_user_error(proc, "unknown model 'resnt18'", "did you mean", "resnet18")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
-def test_cli_artifact_errors(tmp_path, bad_artifacts, digits_onnx, digit_png):
+def test_cli_artifact_errors(tmp_path, bad_artifacts, digits_onnx, digit_png, cli):
     img, _ = digit_png
     pb = tmp_path / "model.pb"
     pb.write_bytes(b"x")
-    assert_user_error(run_cli("predict", pb, img, cwd=tmp_path), "unknown artifact type '.pb'")
-    assert_user_error(run_cli("predict", bad_artifacts["text"], img, cwd=tmp_path),
+    assert_user_error(cli("predict", pb, img, cwd=tmp_path), "unknown artifact type '.pb'")
+    assert_user_error(cli("predict", bad_artifacts["text"], img, cwd=tmp_path),
                       "notes.onnx", "cannot load")
-    assert_user_error(run_cli("predict", bad_artifacts["truncated"], img, cwd=tmp_path),
+    assert_user_error(cli("predict", bad_artifacts["truncated"], img, cwd=tmp_path),
                       "truncated.onnx")
-    assert_user_error(run_cli("info", bad_artifacts["nospec"], cwd=tmp_path),
+    assert_user_error(cli("info", bad_artifacts["nospec"], cwd=tmp_path),
                       "without an edgecls spec")
-    assert_user_error(run_cli("info", tmp_path / "absent.onnx", cwd=tmp_path), "no such file")
-    assert_user_error(run_cli("predict", digits_onnx, tmp_path / "nope.jpg", cwd=tmp_path),
+    assert_user_error(cli("info", tmp_path / "absent.onnx", cwd=tmp_path), "no such file")
+    assert_user_error(cli("predict", digits_onnx, tmp_path / "nope.jpg", cwd=tmp_path),
                       "cannot read image", "nope.jpg")
 
 
-def test_cli_device_unavailable(tmp_path, digits_onnx, digit_png):
+def test_cli_device_unavailable(tmp_path, digits_onnx, digit_png, cli):
     import onnxruntime
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("a GPU execution provider is present")
     img, label = digit_png
-    assert_user_error(run_cli("predict", digits_onnx, img, "--device", "gpu", cwd=tmp_path),
+    assert_user_error(cli("predict", digits_onnx, img, "--device", "gpu", cwd=tmp_path),
                       "device 'gpu'", "--fallback")
     proc = run_cli("predict", digits_onnx, img, "--device", "gpu", "--fallback", "--json",
                    cwd=tmp_path)
@@ -497,18 +497,18 @@ def test_offline_hub_weights_fail_without_trying_the_network(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_mismatched_weights_leave_nothing(tmp_path, small_state):
+def test_cli_mismatched_weights_leave_nothing(tmp_path, small_state, cli):
     _, plain, _ = small_state
     out = tmp_path / "out"
-    proc = run_cli("export", "squeezenet1_1", "--weights", plain, "-o", out / "sq.onnx",
-                   cwd=tmp_path)
+    proc = cli("export", "squeezenet1_1", "--weights", plain, "-o", out / "sq.onnx",
+               cwd=tmp_path)
     assert_user_error(proc, "does not fit this model", only_line=False)
     assert not out.exists() or list(out.iterdir()) == []
 
 
-def test_cli_models_lists_every_name(tmp_path):
+def test_cli_models_lists_every_name(tmp_path, cli):
     from edgecls.zoo import list_models
-    proc = run_cli("models", cwd=tmp_path)
+    proc = cli("models", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     for entry in list_models():
         assert entry.name in proc.stdout, entry.name

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_concurrently
+from conftest import built_once, run_concurrently
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,19 +26,21 @@ FP32_RTOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def digits_pte(digits_model, digits_data, tmp_path_factory) -> dict[str, Path]:
-    """The digits CNN as FP32 and INT8 (calibrated on the digits calibration subset)."""
-    from edgecls.exporting import export
-    model, spec = digits_model
-    _, calib, _, _ = digits_data
-    folder = tmp_path_factory.mktemp("executorch")
-    return {
-        "fp32": export(model, to="executorch", out=folder / "digits.pte", spec=spec),
+def digits_pte(request, tmp_path_factory) -> dict[str, Path]:
+    """The digits CNN as FP32 and INT8 (calibrated on the digits calibration subset), made
+    once per session (built_once)."""
+    def build(folder: Path):
+        from edgecls.exporting import export
+        model, spec = request.getfixturevalue("digits_model")
+        _, calib, _, _ = request.getfixturevalue("digits_data")
+        export(model, to="executorch", out=folder / "digits.pte", spec=spec)
         # INT8 accuracy is checked below against torch on the validation subset; the
         # exporter's own parity check is the parity module's test
-        "int8": export(model, to="executorch", out=folder / "digits.int8.pte", spec=spec,
-                       precision="int8", calib=calib, check=False),
-    }
+        export(model, to="executorch", out=folder / "digits.int8.pte", spec=spec,
+               precision="int8", calib=calib, check=False)
+
+    folder = built_once(tmp_path_factory, "digits-pte", build)
+    return {"fp32": folder / "digits.pte", "int8": folder / "digits.int8.pte"}
 
 
 def _logits(path: Path, pixels: np.ndarray, **options) -> np.ndarray:
@@ -301,17 +303,22 @@ def effl0(tmp_path_factory):
     and 48 held-out photo crops (other photos' views than calibration's)."""
     from edgecls import zoo
     from edgecls.imaging.datasets import load_part
-    from edgecls.exporting import export
-    folder = tmp_path_factory.mktemp("effl0-pte")
-    fp32 = export("efficientnet_lite0", to="executorch", out=folder / "effl0.pte")
-    # the target's recipe as it is (no search: each candidate is a full prepare / calibrate /
-    # lower, minutes on 2 cores); the verdict below is parity's, on the verification photos
-    int8 = export("efficientnet_lite0", to="executorch", out=folder / "effl0.int8.pte",
-                  precision="int8", calib="photos", calib_size=48, check=False,
-                  options={"no_search": True})
+
+    def build(folder: Path):     # once per session (built_once)
+        from edgecls.exporting import export
+        export("efficientnet_lite0", to="executorch", out=folder / "effl0.pte")
+        # the target's recipe as it is (no search: each candidate is a full prepare /
+        # calibrate / lower, minutes on 2 cores); the verdict below is parity's, on the
+        # verification photos
+        export("efficientnet_lite0", to="executorch", out=folder / "effl0.int8.pte",
+               precision="int8", calib="photos", calib_size=48, check=False,
+               options={"no_search": True})
+
+    folder = built_once(tmp_path_factory, "effl0-pte", build)
     model, spec = zoo.build("efficientnet_lite0", "pretrained", None, None)
     crops = load_part("photos", spec, "val").subset(48).crops(spec)
-    return {"fp32": fp32, "int8": int8, "model": model, "spec": spec, "crops": crops}
+    return {"fp32": folder / "effl0.pte", "int8": folder / "effl0.int8.pte", "model": model,
+            "spec": spec, "crops": crops}
 
 
 def test_efficientnet_lite0_fp32_matches_torch(effl0):

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import built_once
 
 from edgecls.exporting import export
 from edgecls.spec import SPEC_KEY, ModelSpec
@@ -12,17 +13,22 @@ from edgecls.verification import parity
 
 
 @pytest.fixture(scope="module")
-def digits_artifacts(digits_model, digits_data, tmp_path_factory):
-    model, spec = digits_model
-    _, calib, _, _ = digits_data
-    folder = tmp_path_factory.mktemp("digits-int8")
-    out = {"fp32": export(model, to="onnx", out=folder / "d.onnx", spec=spec),
-           "fp16": export(model, to="onnx", out=folder / "d.fp16.onnx", spec=spec, precision="fp16")}
-    for method in ("minmax", "entropy", "percentile"):
-        out[method] = export(model, to="onnx", out=folder / f"d.int8.{method}.onnx", spec=spec,
-                             precision="int8", calib=calib, calib_size=200,
-                             options={"calib_method": method})
-    return out
+def digits_artifacts(request, tmp_path_factory):
+    """Made once per session (built_once)."""
+    def build(folder: Path):
+        model, spec = request.getfixturevalue("digits_model")
+        _, calib, _, _ = request.getfixturevalue("digits_data")
+        export(model, to="onnx", out=folder / "d.onnx", spec=spec)
+        export(model, to="onnx", out=folder / "d.fp16.onnx", spec=spec, precision="fp16")
+        for method in ("minmax", "entropy", "percentile"):
+            export(model, to="onnx", out=folder / f"d.int8.{method}.onnx", spec=spec,
+                   precision="int8", calib=calib, calib_size=200,
+                   options={"calib_method": method})
+
+    folder = built_once(tmp_path_factory, "digits-onnx-int8", build)
+    return {"fp32": folder / "d.onnx", "fp16": folder / "d.fp16.onnx",
+            **{method: folder / f"d.int8.{method}.onnx"
+               for method in ("minmax", "entropy", "percentile")}}
 
 
 def test_every_calibration_method_keeps_digits_accuracy(digits_model, digits_data, digits_artifacts, tmp_path):
@@ -132,14 +138,22 @@ def test_strict_int8_export_fails_loudly_and_writes_nothing(tmp_path, photo_file
     assert not out_dir.exists() or not list(out_dir.iterdir())
 
 
+@pytest.fixture(scope="module")
+def effl0_fp16(tmp_path_factory) -> Path:
+    """EfficientNet-Lite0 FP16 ONNX, made once per session (built_once)."""
+    def build(folder: Path):
+        export("efficientnet_lite0", to="onnx", out=folder / "e.fp16.onnx", precision="fp16")
+
+    return built_once(tmp_path_factory, "effl0-fp16", build) / "e.fp16.onnx"
+
+
 def test_efficientnet_lite0_fp16_passes_and_int8_is_judged_on_photos_no_choice_saw(
-        effl0_onnx, effl0_int8_auto, tmp_path):
+        effl0_onnx, effl0_fp16, effl0_int8_auto, tmp_path):
     """Real ImageNet weights, judged on the 351 verification crops of photos that neither
     calibrated nor selected the INT8 recipe. FP16 is the noise floor and passes; INT8 keeps
     the decisive answers and is measurably further from FP32 than FP16."""
     from edgecls.verdict import PASS
-    int8 = effl0_int8_auto
-    fp16 = export("efficientnet_lite0", to="onnx", out=tmp_path / "e.fp16.onnx", precision="fp16")
+    int8, fp16 = effl0_int8_auto, effl0_fp16
     report = parity([effl0_onnx, fp16, int8], data="photos", out=tmp_path / "report")
     fp32_r, fp16_r, int8_r = report.results
     assert report.data["name"] == "photos-verify" and report.data["n"] == 351
@@ -156,7 +170,7 @@ def test_efficientnet_lite0_fp16_passes_and_int8_is_judged_on_photos_no_choice_s
     assert int8_r.worst_layers and int8_r.worst_layers[0]["module"]
 
 def test_verdicts_hold_on_two_disjoint_halves_of_the_verification_photos(
-        effl0_onnx, effl0_int8_auto, tmp_path):
+        effl0_onnx, effl0_fp16, effl0_int8_auto):
     """The verdict measures the artifact, not the images: the demo's FP16 and INT8 artifacts
     get the same outcome on either half of the verification photos (split by photo)."""
     from edgecls.imaging.datasets import ImageSet, load_part, photo_of
@@ -165,8 +179,7 @@ def test_verdicts_hold_on_two_disjoint_halves_of_the_verification_photos(
     halves = [ImageSet(f"half{k}", [i for i in verify.items if photo_of(i) in photos[k::2]])
               for k in (0, 1)]
     assert not {photo_of(i) for i in halves[0].items} & {photo_of(i) for i in halves[1].items}
-    fp16 = export("efficientnet_lite0", to="onnx", out=tmp_path / "e.fp16.onnx", precision="fp16")
-    outcomes = [[r.outcome for r in parity([fp16, effl0_int8_auto], data=half, reference=effl0_onnx,
+    outcomes = [[r.outcome for r in parity([effl0_fp16, effl0_int8_auto], data=half, reference=effl0_onnx,
                                            sqnr=False, progress=False).results]
                 for half in halves]
     assert outcomes[0] == outcomes[1], outcomes

@@ -4,11 +4,12 @@ TFLite, judged on images the training never saw."""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from conftest import digits_spec
+from conftest import built_once, digits_spec
 
 import torchao  # noqa: E402,F401  (a dev dependency: missing fails, never skips)
 
@@ -51,12 +52,17 @@ def digits_students(digits_model, digits_data, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def digits_qat_artifacts(digits_students, digits_model, tmp_path_factory):
+def digits_qat_artifacts(request, digits_model, tmp_path_factory):
+    """The students' artifacts, made once per session (built_once)."""
     _, spec = digits_model
-    folder = tmp_path_factory.mktemp("qat-digits-artifacts")
-    return {to: export(student, to=to, out=folder / f"digits.int8-qat.{to}", precision="int8",
-                       spec=spec, check=False)
-            for to, student in digits_students.items()}
+
+    def build(folder: Path):
+        for to, student in request.getfixturevalue("digits_students").items():
+            export(student, to=to, out=folder / f"digits.int8-qat.{to}", precision="int8",
+                   spec=spec, check=False)
+
+    folder = built_once(tmp_path_factory, "digits-qat", build)
+    return {to: folder / f"digits.int8-qat.{to}" for to in ("onnx", "tflite")}
 
 
 # -- data ------------------------------------------------------------------------------------

@@ -39,20 +39,20 @@ def _files(folder: Path) -> list[str]:
 
 # -- the output is the input --------------------------------------------------------------
 @pytest.mark.parametrize("force", [[], ["--force"]], ids=["plain", "force"])
-def test_export_onto_its_own_input_is_refused(theirs, tmp_path, force):
+def test_export_onto_its_own_input_is_refused(theirs, tmp_path, force, cli):
     before = theirs.read_bytes()
-    proc = run_cli("export", theirs, "--fp16", "-o", theirs, *force, cwd=tmp_path)
+    proc = cli("export", theirs, "--fp16", "-o", theirs, *force, cwd=tmp_path)
     assert_user_error(proc, "is the input", "their.onnx", "-o another path")
     assert theirs.read_bytes() == before
     assert _files(tmp_path) == ["their.onnx"]
 
 
 @pytest.mark.parametrize("link", ["hard", "symbolic"])
-def test_export_onto_a_link_to_its_input_is_refused(theirs, tmp_path, link):
+def test_export_onto_a_link_to_its_input_is_refused(theirs, tmp_path, link, cli):
     before = theirs.read_bytes()
     alias = tmp_path / "alias.onnx"
     (os.link if link == "hard" else os.symlink)(theirs, alias)
-    proc = run_cli("export", theirs, "--fp16", "-o", alias, "--force", cwd=tmp_path)
+    proc = cli("export", theirs, "--fp16", "-o", alias, "--force", cwd=tmp_path)
     assert_user_error(proc, "is the input", "alias.onnx", "--force never replaces an input")
     assert theirs.read_bytes() == before
     assert alias.read_bytes() == before
@@ -61,11 +61,11 @@ def test_export_onto_a_link_to_its_input_is_refused(theirs, tmp_path, link):
 
 
 # -- the output exists ----------------------------------------------------------------------
-def test_existing_onnx_is_kept_without_force_and_replaced_with_it(theirs, tmp_path):
+def test_existing_onnx_is_kept_without_force_and_replaced_with_it(theirs, tmp_path, cli):
     out = tmp_path / "out" / "m.onnx"
     out.parent.mkdir()
     out.write_bytes(PRECIOUS)
-    proc = run_cli("export", theirs, "-o", out, cwd=tmp_path)
+    proc = cli("export", theirs, "-o", out, cwd=tmp_path)
     message = assert_user_error(proc, "m.onnx exists", "pass --force to replace it",
                                 "or -o another path")
     assert "Traceback" not in proc.stderr, message
@@ -81,12 +81,12 @@ def test_existing_onnx_is_kept_without_force_and_replaced_with_it(theirs, tmp_pa
 
 @pytest.mark.parametrize("present", [("m.xml", "m.bin"), ("m.bin",), ("m.xml",)],
                          ids=["xml-and-bin", "bin-only", "xml-only"])
-def test_existing_openvino_files_are_kept_without_force(theirs, tmp_path, present):
+def test_existing_openvino_files_are_kept_without_force(theirs, tmp_path, present, cli):
     out = tmp_path / "ir"
     out.mkdir()
     for name in present:
         (out / name).write_bytes(PRECIOUS)
-    proc = run_cli("export", theirs, "--to", "openvino", "-o", out / "m.xml", cwd=tmp_path)
+    proc = cli("export", theirs, "--to", "openvino", "-o", out / "m.xml", cwd=tmp_path)
     assert_user_error(proc, f"{present[0]} exists", "--force")
     for name in present:
         assert (out / name).read_bytes() == PRECIOUS, name
@@ -114,12 +114,12 @@ def test_the_api_takes_force(digits_model, tmp_path):
     assert made == folder / "digits_cnn.onnx" and made.is_file()
 
 
-def test_best_checks_every_candidates_files_before_the_race(theirs, tmp_path):
+def test_best_checks_every_candidates_files_before_the_race(theirs, tmp_path, cli):
     """--to best does not know the winner's suffix before the race: every candidate's
     output is checked first, and the command is refused at once."""
     out = tmp_path / "m.onnx"
     out.write_bytes(PRECIOUS)
-    proc = run_cli("export", theirs, "--to", "best", "-o", out, cwd=tmp_path, timeout=120)
+    proc = cli("export", theirs, "--to", "best", "-o", out, cwd=tmp_path)
     assert_user_error(proc, "m.onnx exists", "--force")
     assert out.read_bytes() == PRECIOUS
     assert "--to best:" not in proc.stdout       # no candidate was raced
@@ -142,19 +142,19 @@ def test_a_file_that_appears_while_writing_is_not_replaced(tmp_path):
 
 # -- a refused command makes no folder --------------------------------------------------------
 @pytest.mark.parametrize("case", ["refused-option", "unknown-model"])
-def test_refused_command_leaves_no_output_folder(theirs, tmp_path, case):
+def test_refused_command_leaves_no_output_folder(theirs, tmp_path, case, cli):
     newdir = tmp_path / "newdir"
     args = ([theirs, "--calib-size", "10"] if case == "refused-option" else ["resnt18"])
-    proc = run_cli("export", *args, "--to", "onnx,openvino", "-o", newdir, cwd=tmp_path)
+    proc = cli("export", *args, "--to", "onnx,openvino", "-o", newdir, cwd=tmp_path)
     assert_user_error(proc)
     assert not newdir.exists()
     assert not (tmp_path / "out").exists()
 
 
-def test_output_folder_spelled_with_a_separator_is_made_on_write(theirs, tmp_path):
+def test_output_folder_spelled_with_a_separator_is_made_on_write(theirs, tmp_path, cli):
     newdir = tmp_path / "newdir"
-    proc = run_cli("export", theirs, "--calib-size", "10", "-o", f"{newdir}{os.sep}",
-                   cwd=tmp_path)
+    proc = cli("export", theirs, "--calib-size", "10", "-o", f"{newdir}{os.sep}",
+               cwd=tmp_path)
     assert_user_error(proc, "--calib-size")
     assert not newdir.exists()
     proc = run_cli("export", theirs, "-o", f"{newdir}{os.sep}", cwd=tmp_path)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+from conftest import built_once
 
 import openvino  # noqa: E402,F401  (dev dependencies: a broken install fails, never skips)
 import ray  # noqa: E402,F401
@@ -39,10 +40,13 @@ def ray_local():
 
 @pytest.fixture(scope="module")
 def digits_folders(digits_data, tmp_path_factory):
-    _, calib, val, _ = digits_data
-    root = tmp_path_factory.mktemp("digits-folders")
-    return (_write_images(calib.items[:64], root / "calib", labelled=False),
-            _write_images(val.items, root / "val", labelled=True))
+    def build(folder: Path):
+        _, calib, val, _ = digits_data
+        _write_images(calib.items[:64], folder / "calib", labelled=False)
+        _write_images(val.items, folder / "val", labelled=True)
+
+    root = built_once(tmp_path_factory, "sweep-digits-folders", build)
+    return root / "calib", root / "val"
 
 
 def _untraceable():
@@ -73,14 +77,28 @@ def _small_mobilenet():
 
 
 @pytest.fixture(scope="module")
-def swept(ray_local, digits_model, digits_folders, tmp_path_factory):
+def swept(request, digits_model, digits_folders, tmp_path_factory):
+    """The sweep, run once per session on the first worker's Ray (built_once); every worker
+    gets its own copy of the output folder (test_resume_skips_finished_cells changes it) and
+    the table the sweep returned (pickled beside it)."""
+    import pickle
+    import shutil
+
     from edgecls.sweep import sweep
     calib, val = digits_folders
-    out = tmp_path_factory.mktemp("sweep")
     args = dict(models=[digits_model, _small_mobilenet(), _untraceable()],
                 to=("onnx", "openvino"), precisions=("fp32", "int8"), calib=calib, calib_size=48,
-                data=val, out=out, threads=1, batch=4, seconds=SECONDS, progress=False)
-    return sweep(**args), args
+                data=val, threads=1, batch=4, seconds=SECONDS, progress=False)
+
+    def build(folder: Path):
+        request.getfixturevalue("ray_local")
+        table = sweep(**args, out=folder / "sweep")
+        (folder / "table.pickle").write_bytes(pickle.dumps(table))
+
+    shared = built_once(tmp_path_factory, "sweep", build)
+    out = tmp_path_factory.mktemp("sweep")
+    shutil.copytree(shared / "sweep", out, dirs_exist_ok=True)
+    return pickle.loads((shared / "table.pickle").read_bytes()), {**args, "out": out}
 
 
 def _row(table, model, fmt, precision):
