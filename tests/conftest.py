@@ -133,7 +133,7 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> 
 #: order; the zoo last, one test at a time (36-45 s a model at most), to even out the end
 LONG_FIRST = ("test_qat.py", "test_executorch.py", "test_sweep.py", "test_onnx_int8.py",
               "test_int8_targets.py", "test_sources.py")
-ONE_TEST_AT_A_TIME = ("test_zoo_export.py",)
+ONE_TEST_AT_A_TIME = ("test_zoo_export.py", "test_qat_tflite_families.py")
 #: in those files, the tests that build the long fixture start the file (prefixes of names)
 STARTS_ITS_FILE = {"test_qat.py": ("test_effl0_",), "test_executorch.py": ("test_efficientnet_",),
                    "test_sweep.py": ("test_sweep_table", "test_failing_cells",
