@@ -82,7 +82,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.qat:
         if args.fp16:
             raise UnsupportedOptionError("--qat makes INT8 artifacts; it does not go with --fp16")
-        from edgecls.qat_training import export_with_qat
+        from edgecls.qat_training.run import export_with_qat
         outs = export_with_qat(args.model, args.to, args.output, train=args.train,
                                epochs=args.epochs, lr=args.lr, resume=args.resume,
                                options=options, **common)

@@ -111,7 +111,7 @@ def qat_row(model, spec, report, out: Path, console) -> Path | None:
     and QAT side by side on the verification photos."""
     # OpenCV and torch (exporting, qat_training) only when the demo runs
     from edgecls.exporting import export
-    from edgecls.qat_training import qat
+    from edgecls.qat_training.training import qat
 
     short = [r for r in report.results if r.precision == "int8" and not r.passed]
     if not short:

@@ -34,6 +34,8 @@ from edgecls.formats import format_for_path, get_format, open_session
 from edgecls.imaging.datasets import CalibrationSet, check_source, selection_for, verification_for
 from edgecls.imaging.preprocess import to_model_input
 from edgecls.io import atomic_paths
+from edgecls.qat_training.comparison import ptq_options
+from edgecls.qat_training.student import QATStudent
 from edgecls.search import export_int8
 from edgecls.sources import SourceRequest, kind_of, refuse_format, resolve
 from edgecls.sources.export_source import ExportSource
@@ -182,9 +184,6 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
     `out`: the artifact's path, or a folder for the default name (an existing one, or a path
     ending in a separator). An `out` that exists is refused unless `force` (one that is an
     input, always)."""
-    # qat_training's package front imports run.py, which imports this module
-    from edgecls.qat_training.student import QATStudent
-
     fmt = get_format(to)
     fmt.check_precision(precision)
     student = model if isinstance(model, QATStudent) else None
@@ -383,8 +382,6 @@ def refuse_ptq_options(options: ExportOptions, fmt: Format) -> None:
 def ptq_twin(student, fmt: Format, work: Path, options: dict[str, Any], calib_size: int) -> Path:
     """The PTQ artifact of the same format, target and images that a QAT artifact is compared
     with: the teacher calibrated on the student's training images."""
-    # qat_training's package front imports run.py, which imports this module
-    from edgecls.qat_training.comparison import ptq_options
     out = default_output(student.spec, fmt, "int8-ptq", work / "ptq")
     return export(student.teacher, to=fmt.name, out=out, precision="int8", spec=student.spec,
                   calib=student.calibration(), calib_size=calib_size, check=False,

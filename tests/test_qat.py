@@ -17,7 +17,7 @@ from edgecls.imaging.datasets import ImageSet, load_part, photo_of  # noqa: E402
 from edgecls.errors import DataError, UnsupportedOptionError  # noqa: E402
 from edgecls.exporting import export  # noqa: E402
 from edgecls.formats import read_spec  # noqa: E402
-from edgecls.qat_training import qat  # noqa: E402
+from edgecls.qat_training.training import qat  # noqa: E402
 from edgecls.qat_training.data import split  # noqa: E402
 from edgecls.verification import parity  # noqa: E402
 

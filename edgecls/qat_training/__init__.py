@@ -18,11 +18,8 @@ Modules: families (which PT2E quantizer per backend family), litert (litert-torc
 quantizer with its gaps filled), data (the photo-disjoint split, streamed batches),
 training (qat(): capture, ranges, epochs, checkpoints), student (what export() takes),
 comparison (the PTQ recipe a QAT artifact is shown next to), run (the CLI's driver).
+
+This front imports nothing: run.py is a workflow above exporting.py, which uses student.py
+and comparison.py, so a front that imported run.py would make those imports circular. The
+public names are edgecls.qat and edgecls.QATStudent (edgecls/__init__.py, lazily).
 """
-from __future__ import annotations
-
-from edgecls.qat_training.run import export_with_qat
-from edgecls.qat_training.student import QATStudent
-from edgecls.qat_training.training import qat
-
-__all__ = ["qat", "export_with_qat", "QATStudent"]

@@ -46,7 +46,7 @@ class ExportSource:
     def student(self):
         """The QATStudent being exported (its scales are trained: nothing to calibrate), or
         None for a plain FP32 model."""
-        # torch, and qat_training's package front imports run.py (a workflow above)
+        # OpenCV: a student carries its images (imaging.datasets); this module stays without
         from edgecls.qat_training.student import QATStudent
         return self.model if isinstance(self.model, QATStudent) else None
 
