@@ -21,7 +21,7 @@ gaps, each of which costs the TFLite artifact dearly:
                         mobilenet_v3_small); both forms are filled.
   hard-sigmoid          Not annotated, and lowered after annotation as float ops; it is
                         rewritten first into relu6(x + 3) * 1/6, whose ops TFLite runs in int8.
-  hard-swish            Annotated, but lowered to one int8 HARD_SWISH, which LiteRT's XNNPACK
+  hard-swish            Lowered to one int8 HARD_SWISH, which LiteRT's XNNPACK
                         delegate runs only on float tensors (backends/tflite/hardswish.py: the
                         op falls back to TFLite's slow built-in kernel and splits the graph);
                         rewritten first into (x * 1/6) * relu6(x + 3), as the PTQ export does.

@@ -60,6 +60,8 @@ def fp16(source, spec: ModelSpec, out: Path, *, calibration, options: TFLiteOpti
 
 def int8(source, spec: ModelSpec, out: Path, *, calibration, options: TFLiteOptions):
     """The Tuner the recipe search runs (full-integer by ai-edge-quantizer)."""
+    if not len(calibration):          # before the conversions: nothing to quantize with
+        raise DataError("the calibration set is empty")
     int8_io = _describe(spec, options)
     # full-integer PTQ quantizes a copy of the model with NNCF's bias correction (found
     # on the ONNX export, fed as the source's spec says, not this NHWC one)
@@ -69,8 +71,6 @@ def int8(source, spec: ModelSpec, out: Path, *, calibration, options: TFLiteOpti
     if rewritten:
         spec.notes["tflite"] = {"hardswish_for_xnnpack": rewritten}
     model = convert_fp32(corrected, spec)
-    if not len(calibration):
-        raise DataError("the calibration set is empty")
     return TFLiteTuner(model, spec, calibration, targets.resolve(options.target), int8_io,
                        options.allow_float_ops, bias_correction)
 
