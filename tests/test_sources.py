@@ -266,6 +266,45 @@ def test_gray_cnn_through_the_cli_to_every_format(gray, tmp_path, capsys, digits
             assert [p[0].label for p in clf.predict(files)].count("seven") >= 4, path
 
 
+def test_qat_through_the_cli_to_two_formats_then_resumed(gray, tmp_path, capsys):
+    """`edgecls export ... --qat --to onnx,tflite --train DIR`: one supervised student per
+    format family (ONNX and TFLite train different quantizers), both artifacts keep the
+    torch model's accuracy on held-out images; `--resume --epochs 2` continues each
+    checkpoint for one more epoch instead of starting again, and refuses to overwrite the
+    artifacts without --force."""
+    from edgecls.classifier import Classifier
+    from edgecls.formats import read_spec
+    from edgecls.imaging.datasets import load_part
+
+    out = tmp_path / "out"
+    args = ["export", *gray.factory, *PREPROCESSING, "--to", "onnx,tflite", "--qat",
+            "--train", gray.calib, "--data", gray.val, "-o", out]
+    code, err = cli(capsys, *args, "--epochs", "1")
+    assert code == 0, err
+    artifacts = sorted(p for p in out.iterdir() if p.suffix in (".onnx", ".tflite"))
+    assert [p.suffix for p in artifacts] == [".onnx", ".tflite"], sorted(out.iterdir())
+    first = {p.suffix: read_spec(p).quantization for p in artifacts}
+    val = load_part(gray.val, gray.spec, "val")
+    for path in artifacts:
+        q = first[path.suffix]
+        assert q["method"] == "qat" and q["mode"] == "supervised", q
+        assert [h["epoch"] for h in q["history"]] == [0, 1]   # 0: the PTQ starting point
+        with Classifier(path) as clf:
+            accuracy = float((clf.probabilities(val.crops(clf.spec)).argmax(1)
+                              == val.labels()).mean())
+        assert accuracy >= gray.accuracy - INT8_MAX_DROP / 100, (path.name, accuracy)
+    assert first[".onnx"]["family"] != first[".tflite"]["family"]
+
+    message = cli_error(capsys, *args, "--epochs", "2", "--resume")
+    assert "--force" in message and "exists" in message
+    code, err = cli(capsys, *args, "--epochs", "2", "--resume", "--force")
+    assert code == 0, err
+    for path in artifacts:
+        history = read_spec(path).quantization["history"]
+        assert [h["epoch"] for h in history] == [0, 1, 2], path
+        assert history[:2] == first[path.suffix]["history"], path     # continued, not redone
+
+
 def test_the_factory_and_its_options_fail_in_one_line(gray, tmp_path, capsys):
     out = tmp_path / "out"
     kw = json.dumps({"width": WIDTH})

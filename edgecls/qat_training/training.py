@@ -151,7 +151,7 @@ def prepare(model: Any, spec: ModelSpec, quantizer: Any):
 
     h, w = spec.input_size
     batch = torch.export.Dim("batch", min=1, max=4096)
-    captured = torch.export.export(copy.deepcopy(model).eval(), (torch.randn(2, 3, h, w),),
+    captured = torch.export.export(copy.deepcopy(model).eval(), (torch.randn(2, spec.channels, h, w),),
                                    dynamic_shapes=({0: batch},)).module()
     _fuse_conv_bn_(captured)     # what prepare_pt2e does for PTQ; see families.py for QAT
     captured.recompile()

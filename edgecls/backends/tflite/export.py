@@ -136,7 +136,7 @@ def convert_qat(student, spec: ModelSpec) -> bytes:
         import litert_torch
         with torch.no_grad():
             edge = litert_torch.convert(_nhwc(student.converted(fold_quantize=False)),
-                                        (torch.zeros(1, h, w, 3),),
+                                        (torch.zeros(1, h, w, spec.channels),),
                                         quant_config=QuantConfig(pt2e_quantizer=student.quantizer))
         model = bytes(edge.model_content())
     leftover = float_ops(model)
