@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 MODELS = ("efficientnet_lite0", "mobilenet_v2", "mobilenet_v3_large")
-REAL_WEIGHTS = {"efficientnet_lite0"}
+REAL_WEIGHTS = {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}
 FORMATS = ("onnx", "openvino", "tflite", "executorch")
 SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite", "executorch": ".pte"}
 NAME = {"onnx": "ORT", "openvino": "OpenVINO", "tflite": "TFLite", "executorch": "ExecuTorch"}
@@ -76,6 +76,21 @@ def parity(model: str, paths: list[Path], out: Path, limit: int | None) -> dict[
     return {Path(r["path"]).name: r for r in report["results"]}
 
 
+def methods(q: dict[str, Any] | None) -> str:
+    """What was applied beyond min/max calibration, from the artifact's spec."""
+    q = q or {}
+    done = []
+    if q.get("bias_correction"):
+        done.append(f"bias correction ({q['bias_correction'].get('layers')} layers)")
+    kept = q.get("kept_in_float") or []
+    if kept:
+        done.append(f"{len(kept)} layer(s) kept in float by the search")
+    search = q.get("search") or {}
+    if search.get("candidates"):
+        done.append(f"search over {len(search['candidates'])} candidates")
+    return "; ".join(done) or "min/max only"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(MODELS))
@@ -114,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 "delegated_share": facts.get("delegated_share"),
                 "portable_ops": facts.get("portable_ops"),
                 "recipe": (spec.quantization or {}).get("method") if precision == "int8" else None,
+                "methods": methods(spec.quantization) if precision == "int8" else None,
             })
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "executorch_table.json").write_text(json.dumps(
@@ -127,12 +143,17 @@ def render(rows: list[dict[str, Any]], machine: str, threads: int) -> str:
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     lines = [f"{machine}, {threads} threads; speed = ORT FP32 p50 / p50, batch 1, one "
              "interleaved run per model (> 1: faster)", "",
-             "| model | artifact | runs as | speed vs ORT FP32 | agreement | decisive | KL to FP32 "
-             "| verdict | delegated | size MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | artifact | runs as | recipe | speed vs ORT FP32 | agreement | decisive "
+             "| KL to FP32 [95% CI] | verdict | delegated | size MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         model = r["model"] + (" (random weights)" if r["weights"] == "random" else "")
         kl = "-" if r["kl"] is None else f"{r['kl']:.2g}"
+        if r["kl"] is not None and r.get("kl_ci"):
+            kl += f" [{r['kl_ci'][0]:.2g}, {r['kl_ci'][1]:.2g}]"
+        recipe = f"{r['recipe']}: {r['methods']}" if r.get("recipe") else ""
         lines.append(f"| {model} | {r['backend']} {r['precision'].upper()} | {r['runs_as']} | "
+                     f"{recipe} | "
                      f"{r['speed_vs_ort_fp32']:.2f}x | {pct(r['agreement'])} | "
                      f"{pct(r['decisive_agreement'])} | {kl} | {r['outcome']} | "
                      f"{pct(r['delegated_share']) if r['delegated_share'] is not None else ''} | "

@@ -107,8 +107,9 @@ def int8_recipes(artifacts: list[Path], console) -> None:
 def qat_row(model, spec, report, out: Path, console) -> Path | None:
     """Quantization-aware training for the INT8 format whose PTQ falls short on this machine
     (the furthest from FP32 by KL of those that did not pass). The student trains on the
-    calibration photos and keeps the epoch the selection photos prefer; its export shows PTQ
-    and QAT side by side on the verification photos."""
+    calibration photos and keeps the epoch the selection photos prefer; its export writes
+    the closer of QAT and its PTQ twin on the selection photos and shows both on the
+    verification photos."""
     # OpenCV and torch (exporting, qat_training) only when the demo runs
     from edgecls.exporting import export
     from edgecls.qat_training.training import qat

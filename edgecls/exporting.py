@@ -246,11 +246,13 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
             if check and precision != "int8":
                 report_check(check_against_reference(temps[0], source), spec_out)
             if check and precision == "int8":
-                # a QAT artifact is shown next to the PTQ one of the same format and target
-                alongside = {} if student is None else {
-                    "PTQ, same target and images": ptq_twin(
-                        student, fmt, Path(work), given, calib_size or DEFAULT_CALIB_SIZE)}
-                check_int8(temps[0], out.name, source, calibration, strict, alongside)
+                shown, alongside = out.name, {}
+                if student is not None:    # QAT earns its place, or its PTQ twin is written
+                    twin = ptq_twin(student, fmt, Path(work), given,
+                                    calib_size or DEFAULT_CALIB_SIZE)
+                    shown, alongside = write_the_closer(temps, twin, fmt, out.name, source,
+                                                        student)
+                check_int8(temps[0], shown, source, calibration, strict, alongside)
     except OSError as e:
         if e.errno not in _WRITE_ERRNOS:
             raise
@@ -377,6 +379,35 @@ def refuse_ptq_options(options: ExportOptions, fmt: Format) -> None:
     if given:
         raise UnsupportedOptionError(f"{', '.join(given)}: a QAT student's quantization is "
                                      f"trained; {fmt.name}'s PTQ options do not apply to it")
+
+
+def write_the_closer(temps: Sequence[Path], twin: Path, fmt: Format, name: str,
+                     source: ExportSource, student) -> tuple[str, dict[str, Path]]:
+    """Keep the QAT artifact in `temps` or put its PTQ `twin` there: whichever is closer to
+    the teacher (mean KL) on the selection images the student's epoch was chosen on, never
+    on the verification images that judge it; QAT keeps ties. Returns the written
+    artifact's name and the other one's, for the check's table; the log says why."""
+    import shutil
+
+    qat_copy = Path(twin).parent.parent / "qat" / name
+    qat_copy.parent.mkdir(parents=True, exist_ok=True)
+    for temp, kept in zip(temps, artifact_files(qat_copy, fmt)):
+        shutil.copyfile(temp, kept)
+    report = parity([qat_copy, twin], data=student.split.validation, role="selection",
+                     reference=source.reference, reference_spec=source.spec, sqnr=False,
+                     progress=False, device=fmt.default_device())
+    qat_kl, ptq_kl = (r.kl_mean for r in report.results)
+    measured = f"selection KL QAT {qat_kl:.4g}, PTQ {ptq_kl:.4g}"
+    if qat_kl <= ptq_kl:
+        log.info("QAT is closer to the teacher than its PTQ twin on the selection images "
+                 "(%s): writing the QAT artifact", measured)
+        return f"{name} (QAT)", {"PTQ twin, not written": twin}
+    log.warning("QAT is not closer to the teacher than its PTQ twin on the selection images "
+                "(%s): writing the PTQ twin instead; more epochs or another --lr may change "
+                "that", measured)
+    for temp, twin_file in zip(temps, artifact_files(Path(twin), fmt)):
+        shutil.copyfile(twin_file, temp)
+    return f"{name} (PTQ twin)", {"QAT, not written": qat_copy}
 
 
 def ptq_twin(student, fmt: Format, work: Path, options: dict[str, Any], calib_size: int) -> Path:

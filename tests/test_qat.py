@@ -237,14 +237,52 @@ def test_tflite_qat_is_full_integer(digits_qat_artifacts):
     assert {"ADD", "MUL", "CONV_2D"} <= {op for op, _, _ in op_table(model)}
 
 
-def test_export_shows_ptq_next_to_qat(digits_students, digits_model, digits_data, tmp_path,
-                                      capsys):
-    _, spec = digits_model
-    _, verify = _digits_roles(digits_data)
-    export(digits_students["onnx"], to="onnx", out=tmp_path / "d.onnx", precision="int8",
-           spec=spec, options={"data": verify})
-    table = capsys.readouterr().out
-    assert "d.onnx" in table and "PTQ" in table
+@pytest.mark.parametrize("broken", [False, True], ids=["as-trained", "weights-damaged"])
+def test_export_writes_the_closer_of_qat_and_its_ptq_twin(broken, digits_students, digits_model,
+                                                          digits_qat_artifacts, tmp_path, capsys,
+                                                          caplog):
+    """With the check on, a QAT export writes the QAT artifact or its PTQ twin, whichever is
+    closer to the teacher on the SELECTION images (the student's epoch chooser), and its
+    table shows both and which was written. The oracle: parity, on those images, of the QAT
+    artifact made without the check and of a PTQ export of the teacher made here. A student
+    whose weights were damaged after training (noise of half their spread) must lose."""
+    import copy
+
+    import torch
+    model, spec = digits_model
+    student = digits_students["onnx"]
+    if broken:
+        student = copy.copy(student)
+        student.module = copy.deepcopy(student.module)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for p in student.module.parameters():
+                if p.dim() > 1:
+                    p += 0.5 * p.std() * torch.randn_like(p)
+    qat_only = digits_qat_artifacts["onnx"]
+    if broken:
+        qat_only = export(student, to="onnx", out=tmp_path / "qat-only.onnx", precision="int8",
+                          spec=spec, check=False)
+    ptq = export(model, to="onnx", out=tmp_path / "ptq.onnx", precision="int8", spec=spec,
+                 calib=student.calibration(), check=False)
+    oracle = parity([qat_only, ptq], data=student.split.validation, reference=model,
+                    reference_spec=spec, sqnr=False, progress=False)
+    qat_kl, ptq_kl = (r.kl_mean for r in oracle.results)
+    capsys.readouterr()
+
+    written = export(student, to="onnx", out=tmp_path / "d.onnx", precision="int8", spec=spec,
+                     options={"data": student.split.verification})
+    table = " ".join(capsys.readouterr().out.split())    # the table's rows, unwrapped
+    method = read_spec(written).quantization["method"]
+    if broken:
+        assert ptq_kl < qat_kl, (qat_kl, ptq_kl)        # the damage is real
+    if qat_kl <= ptq_kl:
+        assert method == "qat" and "writing the QAT artifact" in caplog.text
+        assert "PTQ twin, not" in table
+    else:
+        assert method == read_spec(ptq).quantization["method"] != "qat"
+        assert "writing the PTQ twin instead" in caplog.text and "QAT, not" in table
+    assert f"QAT {qat_kl:.4g}, PTQ {ptq_kl:.4g}" in caplog.text     # the measure, as the oracle's
 
 
 def test_a_student_exports_only_what_it_was_trained_for(digits_students, digits_model, tmp_path):
