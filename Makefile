@@ -36,7 +36,7 @@ XDIST := -n auto --dist loadfile --no-loadscope-reorder
 test: lint
 	$(PY) -m pytest -q $(XDIST)
 
-# the inner loop: lint and the tests without the whole-zoo export, QAT, the sweep and the
+# the inner loop: lint and the tests without the zoo's ONNX exports, QAT, the sweep and the
 # EfficientNet-Lite0 INT8 searches (what `make test` adds; see the README)
 check: lint
 	$(PY) -m pytest -q $(XDIST) -m "not slow" --ignore=tests/test_qat.py \

@@ -123,19 +123,21 @@ SMALL_INPUT = {**{n: 112 for n in ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vg
                                    "vgg16_bn", "vgg19", "vgg19_bn")},
                "resnet152": 128, "densenet161": 128, "densenet169": 128, "densenet201": 128,
                "resnext101_32x8d": 128, "efficientnet_b3": 160, "inception_v3": 139}
-#: One name per architecture code path goes through the ONNX exporter. The others are depth or
-#: width variants of one of these (resnet152 of resnet50, vgg19_bn of vgg11_bn, densenet201 of
-#: densenet121, efficientnet_b3 of b0, ...): the same blocks, so the same ONNX ops through the
+#: One name per architecture code path goes through the ONNX exporter. The others are depth,
+#: width or configuration variants of one of these (resnet18/152 of resnet50, vgg19_bn of
+#: vgg11_bn, densenet201 of densenet121, efficientnet_b3 of b0, mobilenet_v3_large of _small,
+#: ...): the same builder and the same kinds of blocks, so the same ONNX ops through the
 #: same exporter code. Exporting them too cost 10-12 CPU-minutes of CI's two cores (the dynamo
 #: exporter takes 15-20 s for resnet152 or densenet201 whatever the input size; AMD EPYC);
 #: they are still built, run in torch and checked against their entries.
-EXPORTED = ("alexnet", "vgg11", "vgg11_bn", "resnet18", "resnet50", "resnext50_32x4d",
-            "densenet121", "shufflenet_v1", "shufflenet_v2_x0_5", "mobilenet_v1", "mobilenet_v2",
-            "mobilenet_v3_small", "mobilenet_v3_large", "squeezenet1_0", "squeezenet1_1",
-            "efficientnet_b0", "efficientnet_lite0", "googlenet", "inception_v3")
+EXPORTED = ("alexnet", "vgg11", "vgg11_bn", "resnet50", "resnext50_32x4d", "densenet121",
+            "shufflenet_v1", "shufflenet_v2_x0_5", "mobilenet_v1", "mobilenet_v2",
+            "mobilenet_v3_small", "squeezenet1_1", "efficientnet_b0", "efficientnet_lite0",
+            "googlenet", "inception_v3")
 VARIANT_OF = {"vgg13": "vgg11", "vgg16": "vgg11", "vgg19": "vgg11", "vgg13_bn": "vgg11_bn",
-              "vgg16_bn": "vgg11_bn", "vgg19_bn": "vgg11_bn", "resnet34": "resnet18",
-              "resnet101": "resnet50", "resnet152": "resnet50",
+              "vgg16_bn": "vgg11_bn", "vgg19_bn": "vgg11_bn", "resnet18": "resnet50",
+              "resnet34": "resnet50", "resnet101": "resnet50", "resnet152": "resnet50",
+              "mobilenet_v3_large": "mobilenet_v3_small", "squeezenet1_0": "squeezenet1_1",
               "resnext101_32x8d": "resnext50_32x4d", "densenet161": "densenet121",
               "densenet169": "densenet121", "densenet201": "densenet121",
               "shufflenet_v2_x1_0": "shufflenet_v2_x0_5", "shufflenet_v2_x1_5": "shufflenet_v2_x0_5",
