@@ -331,7 +331,7 @@ def effl0_tflite_pair(tmp_path_factory):
     from edgecls import zoo
     model, spec = zoo.build("efficientnet_lite0")
     folder = tmp_path_factory.mktemp("qat-effl0")
-    student = qat(model, spec, calib="photos", to="tflite", epochs=3,
+    student = qat(model, spec, calib="photos", to="tflite", epochs=2,
                   checkpoint=folder / "effl0.pt", progress=False)
     qat_path = export(student, to="tflite", out=folder / "effl0.int8-qat.tflite",
                       precision="int8", spec=spec, check=False)
@@ -352,8 +352,9 @@ def test_effl0_distillation_qat_lowers_kl_below_ptq_on_unseen_photos(effl0_tflit
                     reference_spec=spec, sqnr=False, progress=False)
     qat_result, ptq_result = report.results
     assert qat_result.calibration_overlap == 0 == ptq_result.calibration_overlap
-    # both start from the bias-corrected model; measured (AMD EPYC, VNNI): QAT 0.0305, its
-    # PTQ twin 0.0319 (a QAT started from the uncorrected teacher: 0.068). Training numerics
+    # both start from the bias-corrected model; measured (AMD EPYC, VNNI): QAT 0.0284 after
+    # 2 epochs (0.0305 after 3), its PTQ twin 0.0319 (a QAT started from the uncorrected
+    # teacher: 0.068). Training numerics
     # move a little between CPU kinds, so "not worse" allows 10%
     assert qat_result.kl_mean <= 1.1 * ptq_result.kl_mean, (qat_result.kl_mean,
                                                               ptq_result.kl_mean)
