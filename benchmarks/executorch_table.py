@@ -45,9 +45,10 @@ def export(model: str, folder: Path) -> None:
     """The CLI exports of a model's missing artifacts (one command per precision)."""
     paths = artifacts(model, folder)
     for precision in ("fp32", "int8"):
-        if all(paths[f, precision].is_file() for f in FORMATS):
+        missing = [f for f in FORMATS if not paths[f, precision].is_file()]
+        if not missing:
             continue
-        cmd = [*EDGECLS, "export", model, "--to", ",".join(FORMATS), "-o", f"{folder}/"]
+        cmd = [*EDGECLS, "export", model, "--to", ",".join(missing), "-o", f"{folder}/"]
         if model not in REAL_WEIGHTS:
             cmd += ["--weights", "none"]
         if precision == "int8":

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,8 +251,8 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
                 if student is not None:    # QAT earns its place, or its PTQ twin is written
                     twin = ptq_twin(student, fmt, Path(work), given,
                                     calib_size or DEFAULT_CALIB_SIZE)
-                    shown, alongside = write_the_closer(temps, twin, fmt, out.name, source,
-                                                        student)
+                    shown, alongside = write_the_closer(temps, twin, Path(work), fmt, out.name,
+                                                        source, student)
                 check_int8(temps[0], shown, source, calibration, strict, alongside)
     except OSError as e:
         if e.errno not in _WRITE_ERRNOS:
@@ -381,15 +382,14 @@ def refuse_ptq_options(options: ExportOptions, fmt: Format) -> None:
                                      f"trained; {fmt.name}'s PTQ options do not apply to it")
 
 
-def write_the_closer(temps: Sequence[Path], twin: Path, fmt: Format, name: str,
+def write_the_closer(temps: Sequence[Path], twin: Path, work: Path, fmt: Format, name: str,
                      source: ExportSource, student) -> tuple[str, dict[str, Path]]:
     """Keep the QAT artifact in `temps` or put its PTQ `twin` there: whichever is closer to
     the teacher (mean KL) on the selection images the student's epoch was chosen on, never
     on the verification images that judge it; QAT keeps ties. Returns the written
-    artifact's name and the other one's, for the check's table; the log says why."""
-    import shutil
-
-    qat_copy = Path(twin).parent.parent / "qat" / name
+    artifact's name and the other one's, for the check's table; the log says why. `work`:
+    a scratch folder for a copy of the QAT artifact under its own name."""
+    qat_copy = work / "qat" / name
     qat_copy.parent.mkdir(parents=True, exist_ok=True)
     for temp, kept in zip(temps, artifact_files(qat_copy, fmt)):
         shutil.copyfile(temp, kept)
