@@ -81,8 +81,11 @@ def methods(q: dict[str, Any] | None) -> str:
     """What was applied beyond min/max calibration, from the artifact's spec."""
     q = q or {}
     done = []
-    if q.get("bias_correction"):
-        done.append(f"bias correction ({q['bias_correction'].get('layers')} layers)")
+    corrected = q.get("bias_correction")
+    if isinstance(corrected, dict):
+        done.append(f"bias correction ({corrected.get('layers')} layers)")
+    elif corrected:          # a sentence: why it was not applied
+        done.append(f"bias correction: {corrected}")
     kept = q.get("kept_in_float") or []
     if kept:
         done.append(f"{len(kept)} layer(s) kept in float by the search")
