@@ -160,7 +160,7 @@ def _verify(chosen: Trial, source) -> dict[str, Any] | None:
 def _trial(fmt: Format, path: Path, held_out, tolerance, fp32_ms: float, threads, seconds) -> Trial:
     made = fmt.read_spec(path)
     search = (made.quantization or {}).get("search", {})
-    options = search.get("measured_with", {})
+    options = made.measured_with()
     label = f"{fmt.name} {made.precision}" + (f": {search['chosen']}" if search.get("chosen") else "")
     if held_out is None:          # random weights: nothing to judge, speed alone decides
         agree, kl, passed, drop = float("nan"), float("nan"), True, None

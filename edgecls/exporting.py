@@ -345,10 +345,8 @@ def check_int8(path: Path, name: str, source: ExportSource, calibration, strict:
                     "selection images %s, which chose the recipe - optimistic, not a verdict; "
                     "judge it with `edgecls parity %s --data DIR`", held_out.name, name)
     fmt = format_for_path(path)
-    recipe = fmt.read_spec(path).quantization or {}
-    measured_with = recipe.get("search", {}).get("measured_with", {})
-    report = judge({name: path, **alongside}, source, data, role=role, options=measured_with,
-                   device=fmt.default_device())
+    report = judge({name: path, **alongside}, source, data, role=role,
+                   options=fmt.read_spec(path).measured_with(), device=fmt.default_device())
     result = report.results[0]
     if not result.passed:       # fail, or inconclusive: both named with their criteria
         failed = result.outcome == FAIL
@@ -386,16 +384,14 @@ def write_the_closer(temps: Sequence[Path], twin: Path, work: Path, fmt: Format,
                      source: ExportSource, student) -> tuple[str, dict[str, Path]]:
     """Keep the QAT artifact in `temps` or put its PTQ `twin` there: whichever is closer to
     the teacher (mean KL) on the selection images the student's epoch was chosen on, never
-    on the verification images that judge it; QAT keeps ties. Returns the written
-    artifact's name and the other one's, for the check's table; the log says why. `work`:
-    a scratch folder for a copy of the QAT artifact under its own name."""
-    qat_copy = work / "qat" / name
-    qat_copy.parent.mkdir(parents=True, exist_ok=True)
-    for temp, kept in zip(temps, artifact_files(qat_copy, fmt)):
-        shutil.copyfile(temp, kept)
-    report = parity([qat_copy, twin], data=student.split.validation, role="selection",
-                     reference=source.reference, reference_spec=source.spec, sqnr=False,
-                     progress=False, device=fmt.default_device())
+    on the verification images that judge it; QAT keeps ties. Both are measured with the
+    twin's session options (the target's kernels, as its recipe was chosen). Returns the
+    written artifact's name and the other one's, for the check's table; the log says why.
+    `work`: a scratch folder, for the QAT artifact when the twin takes its place."""
+    report = parity([temps[0], twin], data=student.split.validation, role="selection",
+                    reference=source.reference, reference_spec=source.spec, sqnr=False,
+                    progress=False, device=fmt.default_device(),
+                    options=fmt.read_spec(twin).measured_with())
     qat_kl, ptq_kl = (r.kl_mean for r in report.results)
     measured = f"selection KL QAT {qat_kl:.4g}, PTQ {ptq_kl:.4g}"
     if qat_kl <= ptq_kl:
@@ -405,7 +401,11 @@ def write_the_closer(temps: Sequence[Path], twin: Path, work: Path, fmt: Format,
     log.warning("QAT is not closer to the teacher than its PTQ twin on the selection images "
                 "(%s): writing the PTQ twin instead; more epochs or another --lr may change "
                 "that", measured)
-    for temp, twin_file in zip(temps, artifact_files(Path(twin), fmt)):
+    qat_copy = work / "qat" / name           # kept for the check's table
+    qat_copy.parent.mkdir(parents=True, exist_ok=True)
+    for temp, kept, twin_file in zip(temps, artifact_files(qat_copy, fmt),
+                                     artifact_files(Path(twin), fmt)):
+        shutil.copyfile(temp, kept)
         shutil.copyfile(twin_file, temp)
     return f"{name} (PTQ twin)", {"QAT, not written": qat_copy}
 

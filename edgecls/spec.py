@@ -293,6 +293,11 @@ class ModelSpec:
     def label(self, index: int) -> str:
         return self.labels[index] if 0 <= index < len(self.labels) else str(index)
 
+    def measured_with(self) -> dict[str, Any]:
+        """The session options an INT8 recipe was chosen with (e.g. exact kernels for a
+        VNNI target made on an AVX2 CPU): what it is judged with too. {} for the others."""
+        return dict(((self.quantization or {}).get("search") or {}).get("measured_with", {}))
+
     def summary(self) -> dict[str, Any]:
         """What `edgecls info` shows first (labels abbreviated)."""
         d = dataclasses.asdict(self)
