@@ -30,7 +30,8 @@ lint: $(STAMP)
 # and the zoo last (tests/conftest.py: LONG_FIRST, pytest_xdist_make_scheduler). Not --dist
 # loadgroup: with pytest 9 xdist 3.8 cannot tag a test with its group (it sets Item._nodeid,
 # which pytest 9 no longer reads). Session fixtures used by several files are built once, by
-# the first worker that needs them, and shared as files (tests/conftest.py: built_once).
+# the first worker that needs them, and shared as files (tests/conftest.py: built_once). Each
+# worker's runtimes use its share of the cores (tests/conftest.py: _share_the_cores_between_workers).
 XDIST := -n auto --dist loadfile --no-loadscope-reorder
 
 test: lint

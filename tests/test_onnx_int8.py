@@ -134,6 +134,35 @@ def test_strict_int8_export_fails_loudly_and_writes_nothing(digits_pt2, tmp_path
     assert not out_dir.exists() or not list(out_dir.iterdir())
 
 
+def test_bias_correction_is_found_once_per_graph_and_images(digits_onnx, digits_data,
+                                                            tmp_path, monkeypatch):
+    """QAT, its PTQ twin and an INT8 export of one model from one calibration set ask for
+    the same bias correction: NNCF finds it once per process (bias_correction._FOUND); the
+    oracle for the reused one is the file NNCF's own run wrote. Other images: NNCF again."""
+    from edgecls.backends.onnx import bias_correction
+    from edgecls.backends.onnx.quantize import first_and_last_layers
+    from edgecls.formats import read_spec
+    from edgecls.imaging.datasets import CalibrationSet
+    spec = read_spec(digits_onnx)
+    _, calib, _, _ = digits_data
+    nncf_runs = []
+    run_nncf = bias_correction._nncf_biases
+    monkeypatch.setattr(bias_correction, "_nncf_biases",
+                        lambda *args: nncf_runs.append(1) or run_nncf(*args))
+    monkeypatch.setattr(bias_correction, "_FOUND", {})
+    some, others = (CalibrationSet(images, spec) for images in (calib.subset(48, seed=0),
+                                                               calib.subset(48, seed=1)))
+    # the first and last layers left alone, as the recipes that keep them in float do (NNCF
+    # 3.4 raises KeyError on this graph's first convolution: its input is the graph's)
+    float_layers = first_and_last_layers(digits_onnx)
+    outs = [tmp_path / f"{i}.onnx" for i in range(3)]
+    changed = [bias_correction.bias_corrected(digits_onnx, spec, images, out, float_layers)
+               for images, out in zip((some, some, others), outs)]
+    assert len(nncf_runs) == 2
+    assert changed[0] == changed[1] > 0 and changed[2] > 0
+    assert outs[1].read_bytes() == outs[0].read_bytes() != outs[2].read_bytes()
+
+
 @pytest.fixture(scope="module")
 def effl0_fp16(tmp_path_factory) -> Path:
     """EfficientNet-Lite0 FP16 ONNX, made once per session (built_once)."""
