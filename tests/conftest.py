@@ -147,8 +147,8 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> 
 #: `make test` (--dist loadfile --no-loadscope-reorder, and pytest_xdist_make_scheduler below)
 #: hands whole files to whichever worker is free, in collection order: these files first,
 #: longest first, so that no worker is left with a long one at the end (fixture seconds in
-#: `make test` on 2 cores, AMD EPYC: the EfficientNet-Lite0 QAT 231, its ExecuTorch programs
-#: 119, the sweep 113, its FP16/INT8 ONNX 85, the grayscale CNN through every format 34);
+#: `make test` on 2 cores, AMD EPYC: the EfficientNet-Lite0 QAT 146, its ExecuTorch programs
+#: 89, the sweep 96, its FP16/INT8 ONNX 73, the grayscale CNN through every format 24);
 #: then the other files in their own order; the zoo and the per-family QAT lowerings last,
 #: one test at a time (5-33 s each), to even out the end
 LONG_FIRST = ("test_qat.py", "test_executorch.py", "test_sweep.py", "test_onnx_int8.py",
