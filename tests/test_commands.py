@@ -1,6 +1,7 @@
 """The commands people compare results with, run as they are run: `edgecls bench`, `edgecls
 parity` (with --reference, --limit, -o) and what its report files say; `--calib-size`
-really limiting the calibration set; TFLite `--int8-io` from the command line.
+really limiting the calibration set; TFLite `--int8-io` from the command line; `edgecls
+formats`.
 
 Real artifacts of the digits CNN trained in this session; one of them deliberately broken
 (its spec's normalisation is wrong) so the report has a failure to show.
@@ -209,3 +210,34 @@ def test_tflite_int8_io_from_the_cli(tmp_path, photo_files):
         np.testing.assert_allclose(s.run(preprocess([photo_files["chelsea"]], s.spec)), logits,
                                    atol=1e-6)
     assert np.ptp(logits) > 10 * out_scale      # not a flat output: the comparison has teeth
+
+
+def test_formats_lists_each_format_with_what_is_installed_here(tmp_path):
+    """`edgecls formats`, run as a user runs it: one row per format with its suffixes and
+    precisions (as the README documents them), "installed" saying whether its runtime
+    imports here (the oracle: importlib, not edgecls), the pip extra that installs it; every
+    export option it lists is one `edgecls export` takes."""
+    import importlib.util
+    proc = run_cli("formats", cwd=tmp_path, env={"COLUMNS": "250"})
+    assert proc.returncode == 0, proc.stderr
+    rows = {}
+    for line in proc.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if len(cells) == 8 and cells[0]:
+            rows[cells[0]] = cells
+    documented = {"onnx": (".onnx", "fp32 fp16 int8", "onnxruntime"),
+                  "openvino": (".xml", "fp32 fp16 int8", "openvino"),
+                  "tflite": (".tflite", "fp32 fp16 int8", "ai_edge_litert"),
+                  "tensorrt": (".engine .plan", "fp32 fp16 int8", "tensorrt"),
+                  "torch": (".pt2", "fp32", "torch"),
+                  "executorch": (".pte", "fp32 int8", "executorch")}
+    assert set(documented) <= set(rows), sorted(rows)
+    export_help = run_cli("export", "--help", cwd=tmp_path).stdout
+    for name, (suffixes, precisions, runtime) in documented.items():
+        _, got_suffixes, got_precisions, devices, options, installed, extra, _ = rows[name]
+        assert (got_suffixes, got_precisions) == (suffixes, precisions), rows[name]
+        assert installed == ("yes" if importlib.util.find_spec(runtime) else "no"), rows[name]
+        assert extra == name, rows[name]
+        assert ("cpu" in devices.split()) == (name != "tensorrt"), rows[name]  # TensorRT: GPU/DLA
+        for flag in options.split():
+            assert flag.startswith("--") and flag in export_help, (name, flag)

@@ -266,6 +266,41 @@ def test_gray_cnn_through_the_cli_to_every_format(gray, tmp_path, capsys, digits
             assert [p[0].label for p in clf.predict(files)].count("seven") >= 4, path
 
 
+def test_best_int8_through_the_cli(gray, tmp_path, capsys):
+    """`edgecls export ... --to best --int8 --calib DIR --data DIR --no-search`: every
+    installed INT8 backend (its target's recipe as it is) is raced on the calibration folder's images that did not calibrate (--calib-size
+    100 of 200), the fastest that meets the tolerance is judged on --data and is the one file
+    written, its record naming every candidate; the oracle for the winner is its accuracy in
+    its own runtime against the torch model's on the held-out digits."""
+    from edgecls.classifier import Classifier
+    from edgecls.formats import read_spec
+    from edgecls.imaging.datasets import load_part
+
+    out = tmp_path / "out"
+    code, err = cli(capsys, "export", *gray.factory, *PREPROCESSING, "--to", "best", "--int8",
+                    "--calib", gray.calib, "--calib-size", "100", "--data", gray.val,
+                    "--max-drop", INT8_MAX_DROP, "--no-search", "-o", out / "gray")
+    assert code == 0, err
+    assert "--to best: int8 artifacts ranked on the selection images" in err
+    written = sorted(p.name for p in out.iterdir())
+    assert len([n for n in written if not n.endswith(".bin")]) == 1, written   # the winner alone
+    winner = next(p for p in out.iterdir() if p.suffix != ".bin")
+    record = read_spec(winner).notes["best"]
+    raced = [c["recipe"].split()[0] for c in record["candidates"]]
+    assert {"onnx", "openvino", "tflite"} <= set(raced), raced
+    assert all(c["recipe"].split()[1].startswith("int8") for c in record["candidates"])
+    passing = [c for c in record["candidates"] if c["passed"]]
+    assert record["chosen"] == min(passing, key=lambda c: c["latency_ms"])["recipe"]
+    assert winner.suffix == {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite",
+                             "executorch": ".pte"}[record["chosen"].split()[0]]
+    assert record["verification"]["outcome"] == "pass"
+    assert record["verification"]["images"].startswith("val")
+    val = load_part(gray.val, gray.spec, "val")
+    with Classifier(winner) as clf:
+        accuracy = float((clf.probabilities(val.crops(clf.spec)).argmax(1) == val.labels()).mean())
+    assert accuracy >= gray.accuracy - INT8_MAX_DROP / 100, accuracy
+
+
 def test_qat_through_the_cli_to_two_formats_then_resumed(gray, tmp_path, capsys):
     """`edgecls export ... --qat --to onnx,openvino --train DIR`: ONNX and OpenVINO are one
     family (the same x86 quantizer), so ONE supervised student is trained and written as
