@@ -217,6 +217,7 @@ def _parity(artifacts, first, ref: Reference, data, max_drop, limit, out, calib,
         ref_info["macc"] = verdict.mean_per_class_accuracy(ref_logits, labels)
 
     results, preds = [], {"reference": [ref.spec.label(int(i)) for i in ref_pred]}
+    fp32_exports = _fp32_onnx_exports(artifacts) if sqnr else []
     with tempfile.TemporaryDirectory(prefix="edgecls-parity-") as work:
         for index, path in enumerate(_progress(list(artifacts), progress)):
             session = first if index == 0 and first is not None else opener(path)
@@ -226,8 +227,9 @@ def _parity(artifacts, first, ref: Reference, data, max_drop, limit, out, calib,
                                             digests, groups)
             diagnose = get_format(spec.format).load_int8_diagnostics()
             if sqnr and spec.precision == "int8" and diagnose is not None:
-                res.worst_layers, res.worst_layers_note = _worst_layers(diagnose, path, ref,
-                                                                        pixels, Path(work))
+                sibling = next((p for p, s in fp32_exports if _same_model(s, spec)), None)
+                res.worst_layers, res.worst_layers_note = _worst_layers(
+                    diagnose, path, ref, pixels, Path(work), sibling)
             preds[res.name] = [spec.label(int(i)) for i in cand_logits.argmax(1)]
             results.append(res)
 
@@ -319,16 +321,39 @@ def _compare(session: Session, pixels, ref_logits, labels, max_drop, digests, gr
 
 
 # -- where INT8 goes wrong ---------------------------------------------------------------------
-def _worst_layers(diagnose, path: str | Path, ref, pixels: np.ndarray,
-                  work: Path) -> tuple[list[dict[str, Any]], str]:
+def _fp32_onnx_exports(artifacts) -> list[tuple[Path, ModelSpec]]:
+    """The FP32 ONNX files among the compared artifacts, with their specs (one that cannot
+    be read is left to the comparison, which says why)."""
+    found = []
+    for path in artifacts:
+        try:
+            spec = read_spec(path)
+        except (ArtifactError, UnknownFormatError):
+            continue
+        if spec.format == "onnx" and spec.precision == "fp32":
+            found.append((Path(path), spec))
+    return found
+
+
+def _same_model(fp32: ModelSpec, other: ModelSpec) -> bool:
+    """Whether `fp32` is an export of the model `other` came from: the same source and
+    weights, fed the same input."""
+    return (fp32.reference is not None and fp32.reference == other.reference
+            and (fp32.input_size, fp32.channels) == (other.input_size, other.channels))
+
+
+def _worst_layers(diagnose, path: str | Path, ref, pixels: np.ndarray, work: Path,
+                  fp32: Path | None = None) -> tuple[list[dict[str, Any]], str]:
     """The tensors of an INT8 artifact with the lowest SQNR against the FP32 model, named by
     the torch module they came from, and the method that measured them (the format table's
-    int8_diagnostics)."""
-    if not ref.has_fp32_onnx:
+    int8_diagnostics). The FP32 model is `fp32`, an FP32 ONNX export of the same model
+    among the compared artifacts, else the reference exported to ONNX (EfficientNet-Lite0:
+    19 s of the 65 s a parity run of the demo's three ONNX artifacts took, AMD EPYC)."""
+    if fp32 is None and not ref.has_fp32_onnx:
         return [], "needs the FP32 model the artifact came from"
     try:
-        return diagnose(Path(path), ref.fp32_onnx(work), ref.spec, pixels[:SQNR_IMAGES],
-                        WORST_LAYERS)
+        return diagnose(Path(path), fp32 or ref.fp32_onnx(work), ref.spec,
+                        pixels[:SQNR_IMAGES], WORST_LAYERS)
     except Exception as e:  # diagnostics must never hide the parity result itself
         log.warning("SQNR diagnostics unavailable for %s: %s", path, first_line(e))
         return [], f"unavailable: {type(e).__name__}: {first_line(e, 120)}"

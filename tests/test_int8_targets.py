@@ -428,3 +428,34 @@ def test_tflite_float_ops_only_when_allowed(digits_model, digits_data, digits_va
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.95
 
 
+
+
+def test_predict_warns_only_where_this_cpu_saturates_the_recipe(digits_model, digits_data,
+                                                                tmp_path):
+    """`edgecls predict` of a VNNI-recipe INT8 artifact in a real process on this CPU, nothing
+    patched: one warning naming both fixes exactly where this CPU's kernels saturate u8 x s8
+    products (SATURATES: checked against ONNX Runtime's own kernel in
+    test_this_cpu_is_classified_from_its_own_flags), none with --precise-int8; both name the
+    digits. On an AVX2-only CPU the warning branch runs, on a VNNI or ARM one the other."""
+    import cv2
+    from conftest import run_cli
+    model, spec = digits_model
+    _, calib, val, _ = digits_data
+    path = export(model, to="onnx", out=tmp_path / "vnni.int8.onnx", spec=spec,
+                  precision="int8", calib=calib, check=False,
+                  options={"target": "x86-vnni", "no_search": True})
+    files = []
+    for item in val.items[:6]:
+        files.append(tmp_path / f"{item.label}-{len(files)}.png")
+        cv2.imwrite(str(files[-1]), cv2.cvtColor(item.rgb(), cv2.COLOR_RGB2BGR))
+    for extra in ([], ["--precise-int8"]):
+        proc = run_cli("predict", path, *files, "--json", *extra, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        warnings = [line for line in proc.stderr.splitlines()
+                    if "re-export it on this machine with --target auto" in line]
+        assert len(warnings) == (1 if SATURATES and not extra else 0), proc.stderr
+        if warnings:
+            assert "--precise-int8" in warnings[0] and "x86-vnni" in warnings[0]
+        top1 = {Path(k).name: v[0]["label"] for k, v in json.loads(proc.stdout).items()}
+        right = sum(top1[f.name] == f.name.split("-")[0] for f in files)
+        assert right >= 5, top1          # the CNN is ~97% on these digits

@@ -301,6 +301,29 @@ def test_best_int8_through_the_cli(gray, tmp_path, capsys):
     assert accuracy >= gray.accuracy - INT8_MAX_DROP / 100, accuracy
 
 
+def test_int8_diagnostics_use_the_fp32_export_among_the_compared(gray, tmp_path, monkeypatch):
+    """Parity's worst INT8 layers (SQNR against the FP32 model) come from an FP32 ONNX export
+    of the same model when one is among the compared artifacts, instead of exporting the
+    reference again; the oracle is the same diagnosis against the reference's own export."""
+    from edgecls.exporting import export
+    from edgecls.verification import Reference, parity
+    common = dict(weights=str(gray.weights), labels=LABELS, model_kwargs={"width": WIDTH},
+                  preprocessing={"input_size": "40x32", "resize": "none", "channels": 1,
+                                 "mean": [76.5], "std": [102]})
+    fp32 = export("graynet:build", out=tmp_path / "g.onnx", **common)
+    int8 = export("graynet:build", out=tmp_path / "g.int8.onnx", precision="int8",
+                  calib=gray.calib, options={"no_search": True}, check=False, **common)
+    alone = parity([int8], data=gray.val, reference=["graynet:build"], limit=40,
+                   progress=False).results[-1]
+    monkeypatch.setattr(Reference, "fp32_onnx",
+                        lambda self, work: pytest.fail("exported the reference again"))
+    both = parity([fp32, int8], data=gray.val, reference=["graynet:build"], limit=40,
+                  progress=False).results[-1]
+    assert both.worst_layers and both.worst_layers_note == alone.worst_layers_note
+    assert [(w["module"], round(w["sqnr_db"], 3)) for w in both.worst_layers] == \
+        [(w["module"], round(w["sqnr_db"], 3)) for w in alone.worst_layers]
+
+
 def test_qat_through_the_cli_to_two_formats_then_resumed(gray, tmp_path, capsys):
     """`edgecls export ... --qat --to onnx,openvino --train DIR`: ONNX and OpenVINO are one
     family (the same x86 quantizer), so ONE supervised student is trained and written as
