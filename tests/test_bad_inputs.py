@@ -351,6 +351,36 @@ def test_bombs_are_refused_before_decoding_pil_and_arrays(digits_onnx, tmp_path)
                  "positive whole number")
 
 
+def test_parity_and_calibration_take_max_pixels(digits_onnx, tmp_path):
+    """max_pixels reaches the image files parity compares on and those an INT8 export
+    calibrates on: a folder with one 1200 x 900 photo among small ones is refused, naming
+    it, under a 1-megapixel limit, and used whole under a 2-megapixel one."""
+    import cv2
+
+    from edgecls.formats import read_spec
+    from edgecls.imaging.datasets import CalibrationSet
+    from edgecls.verification import parity
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"small{i}.png"), np.full((32, 32, 3), 60 * i, np.uint8))
+    cv2.imwrite(str(folder / "big.png"), np.full((900, 1200, 3), 200, np.uint8))
+    spec = read_spec(digits_onnx)
+
+    def compare(limit):
+        return parity([digits_onnx], data=folder, reference=digits_onnx, max_pixels=limit,
+                      sqnr=False, progress=False)
+
+    def calibrate(limit):
+        return np.concatenate(list(CalibrationSet.from_source(folder, spec, max_pixels=limit)
+                                   .batches()))
+
+    for run in (compare, calibrate):
+        expect_error(lambda: run(1_000_000), ImageReadError, "big.png", "1200 x 900")
+    assert compare(2_000_000).data["n"] == 4
+    assert calibrate(2_000_000).shape[0] == 4
+
+
 ARRAYS = {
     "nan": (np.full((8, 8, 3), np.nan, np.float32), "NaN or infinite"),
     "inf": (np.pad(np.full((7, 8, 3), 0.5), ((0, 1), (0, 0), (0, 0)), constant_values=np.inf),
