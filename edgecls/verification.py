@@ -327,6 +327,8 @@ def _fp32_onnx_exports(artifacts) -> list[tuple[Path, ModelSpec]]:
     found = []
     for path in artifacts:
         try:
+            if format_for_path(path).name != "onnx":
+                continue
             spec = read_spec(path)
         except (ArtifactError, UnknownFormatError):
             continue
