@@ -762,6 +762,40 @@ def test_pickled_and_torchscript_modules(gray, tmp_path, capsys):
     assert code == 0, err
 
 
+def test_parity_reference_names_other_weights(gray, tmp_path, capsys):
+    """`edgecls parity ART --reference FACTORY --reference WEIGHTS`: the reference is built
+    from the weights file named, not the one the spec records: the artifact's own weights,
+    moved elsewhere, give the torch model's accuracy and full agreement; the same network
+    with its last layer's weights negated (the oracle's own edit) makes the FP32 artifact
+    fail, as it no longer is that model."""
+    import shutil
+
+    import torch
+
+    from edgecls.exporting import export
+    art = export("graynet:build", out=tmp_path / "g.onnx", weights=str(gray.weights),
+                 labels=LABELS, model_kwargs={"width": WIDTH},
+                 preprocessing={"input_size": "40x32", "resize": "none", "channels": 1,
+                                "mean": [76.5], "std": [102]})
+    moved = shutil.copyfile(gray.weights, tmp_path / "moved.pth")
+    saved = torch.load(gray.weights)
+    last = [k for k in saved["state_dict"] if k.endswith("weight")][-1]
+    saved["state_dict"][last] = -saved["state_dict"][last]
+    torch.save(saved, tmp_path / "other.pth")
+    outcomes = {}
+    for weights in (moved, tmp_path / "other.pth"):
+        report = tmp_path / weights.stem
+        code, err = cli(capsys, "parity", art, "--data", gray.val, "--reference",
+                        "graynet:build", "--reference", weights, "-o", report)
+        data = json.loads((report / "report.json").read_text())
+        outcomes[weights.stem] = (code, data["reference"], data["results"][0])
+    code, reference, result = outcomes["moved"]
+    assert code == 0 and result["outcome"] == "pass" and result["agreement"] == 1.0
+    assert reference["top1"] == pytest.approx(gray.accuracy)
+    code, reference, result = outcomes["other"]
+    assert code == 1 and result["outcome"] == "fail" and result["agreement"] < 0.5, result
+
+
 def test_parity_reference_errors_say_what_to_pass(gray, digits_onnx, tmp_path, capsys):
     """Specs whose reference cannot be rebuilt (an in-memory module, or a spec written before
     references were recorded) and a weights file for a reference that carries its own."""
