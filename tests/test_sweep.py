@@ -383,3 +383,29 @@ def test_packed_folders_travel_whole(digits_folders, tmp_path):
     assert source_digest(copy) == source_digest(val)
     original, moved = ImageSet.load(val), ImageSet.load(copy)
     assert moved.labelled and [i.label for i in moved.items] == [i.label for i in original.items]
+
+
+def test_sweep_from_the_command_line_with_tflite_and_fp16_cells(ray_local, tmp_path, capsys):
+    """`edgecls sweep squeezenet1_1 --weights none --to onnx tflite --precision fp32 fp16` on
+    the Ray this module started (the command joins a Ray its process already runs): four
+    timed cells, each FP16 artifact about half its FP32 twin's size (FP16 stores each weight
+    in 2 bytes instead of 4: the oracle), random weights recorded as not judged; run again
+    with --retry-failed, nothing had failed and every cell comes from the cache."""
+    from edgecls.cli import main
+    out = tmp_path / "sweep"
+    args = ["sweep", "squeezenet1_1", "--weights", "none", "--to", "onnx", "tflite",
+            "--precision", "fp32", "fp16", "--seconds", "0.05", "--threads", "1", "-o", out]
+    assert main([str(a) for a in args]) == 0, capsys.readouterr().err
+    data = json.loads((out / "sweep.json").read_text())
+    rows = {(r["format"], r["precision"]): r for r in data["rows"]}
+    assert set(rows) == {(f, p) for f in ("onnx", "tflite") for p in ("fp32", "fp16")}, rows
+    for row in rows.values():
+        assert row["model"] == "squeezenet1_1" and row["p50_ms"] > 0, row
+        assert row["accuracy"] is None and row["verdict"] != "pass", row
+    for fmt in ("onnx", "tflite"):
+        ratio = rows[(fmt, "fp16")]["size_mb"] / rows[(fmt, "fp32")]["size_mb"]
+        assert 0.4 < ratio < 0.6, (fmt, ratio)
+    assert data["settings"]["cells_run"] == 4
+    assert main([str(a) for a in args + ["--retry-failed"]]) == 0
+    again = json.loads((out / "sweep.json").read_text())
+    assert again["settings"]["cells_run"] == 0 and again["settings"]["cells_cached"] == 4
