@@ -217,7 +217,7 @@ def _parity(artifacts, first, ref: Reference, data, max_drop, limit, out, calib,
         ref_info["macc"] = verdict.mean_per_class_accuracy(ref_logits, labels)
 
     results, preds = [], {"reference": [ref.spec.label(int(i)) for i in ref_pred]}
-    fp32_exports = _fp32_onnx_exports(artifacts) if sqnr else []
+    specs = []                       # each artifact's spec, as its session read it
     with tempfile.TemporaryDirectory(prefix="edgecls-parity-") as work:
         for index, path in enumerate(_progress(list(artifacts), progress)):
             session = first if index == 0 and first is not None else opener(path)
@@ -225,13 +225,17 @@ def _parity(artifacts, first, ref: Reference, data, max_drop, limit, out, calib,
                 spec = session.spec
                 res, cand_logits = _compare(session, pixels, ref_logits, labels, max_drop,
                                             digests, groups)
-            diagnose = get_format(spec.format).load_int8_diagnostics()
-            if sqnr and spec.precision == "int8" and diagnose is not None:
-                sibling = next((p for p, s in fp32_exports if _same_model(s, spec)), None)
-                res.worst_layers, res.worst_layers_note = _worst_layers(
-                    diagnose, path, ref, pixels, Path(work), sibling)
+            specs.append((Path(path), spec))
             preds[res.name] = [spec.label(int(i)) for i in cand_logits.argmax(1)]
             results.append(res)
+        # once every artifact is read: an FP32 ONNX export among them may come after the
+        # INT8 one it serves
+        for res, (path, spec) in zip(results, specs):
+            diagnose = get_format(spec.format).load_int8_diagnostics()
+            if sqnr and spec.precision == "int8" and diagnose is not None:
+                fp32 = next((p for p, s in specs if _fp32_export_of(s, spec)), None)
+                res.worst_layers, res.worst_layers_note = _worst_layers(
+                    diagnose, path, ref, pixels, Path(work), fp32)
 
     # the thumbnails: every disagreement where the reference is sure first (those are what a
     # user must look at), then the unsure ones, 24 in all
@@ -321,26 +325,11 @@ def _compare(session: Session, pixels, ref_logits, labels, max_drop, digests, gr
 
 
 # -- where INT8 goes wrong ---------------------------------------------------------------------
-def _fp32_onnx_exports(artifacts) -> list[tuple[Path, ModelSpec]]:
-    """The FP32 ONNX files among the compared artifacts, with their specs (one that cannot
-    be read is left to the comparison, which says why)."""
-    found = []
-    for path in artifacts:
-        try:
-            if format_for_path(path).name != "onnx":
-                continue
-            spec = read_spec(path)
-        except (ArtifactError, UnknownFormatError):
-            continue
-        if spec.format == "onnx" and spec.precision == "fp32":
-            found.append((Path(path), spec))
-    return found
-
-
-def _same_model(fp32: ModelSpec, other: ModelSpec) -> bool:
-    """Whether `fp32` is an export of the model `other` came from: the same source and
-    weights, fed the same input."""
-    return (fp32.reference is not None and fp32.reference == other.reference
+def _fp32_export_of(fp32: ModelSpec, other: ModelSpec) -> bool:
+    """Whether `fp32` is an FP32 ONNX export of the model `other` came from: the same source
+    and weights, fed the same input (what the INT8 diagnostics measure against is ONNX)."""
+    return (fp32.format == "onnx" and fp32.precision == "fp32" and fp32.reference is not None
+            and fp32.reference == other.reference
             and (fp32.input_size, fp32.channels) == (other.input_size, other.channels))
 
 
