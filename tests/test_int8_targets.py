@@ -296,11 +296,11 @@ def test_the_fastest_recipe_that_passes_wins(digits_model, digits_data, tmp_path
 
     class TwoRecipes(OnnxTuner):
         def bases(self):
-            from edgecls.backends.onnx.quantize import gemm_layers
+            from edgecls.backends.onnx.quantize import weighted_layers
             default = self.quantizer.default_settings()   # first conv, classifier in float
-            more = default["kept_in_float"] + gemm_layers(self.fp32_path)[1::2]
+            more = default["kept_in_float"] + weighted_layers(self.fp32_path)[1::2]
             return [Recipe("default", default),
-                    Recipe("every other GEMM float too", {**default, "kept_in_float": more})]
+                    Recipe("every other layer float too", {**default, "kept_in_float": more})]
 
     # a target this CPU measures natively, so that both recipes are judged as they run here
     tuner = TwoRecipes(source.onnx(), spec, calibration, targets.resolve("auto"), tmp_path)

@@ -25,7 +25,7 @@ import numpy as np
 
 from edgecls import hardware, saturation, targets
 from edgecls.backends.onnx import FORMAT
-from edgecls.backends.onnx.quantize import OrtQuantizer, gemm_layers
+from edgecls.backends.onnx.quantize import OrtQuantizer, weighted_layers
 from edgecls.backends.onnx.runtime import OnnxRuntimeSession as open_session
 from edgecls.backends.recipes import CandidateKeeper, Recipe, Remedy
 from edgecls.metrics import kl_divergence
@@ -50,9 +50,8 @@ class OnnxTuner(CandidateKeeper):
                  exclude: Sequence[str] | None = None):
         self.fp32_path, self.spec, self.calibration, self.target = fp32_path, spec, calibration, target
         self.quantizer = OrtQuantizer(fp32_path, spec, calibration, work, target=target.name,
-                                      calib_method=calib_method)
+                                      calib_method=calib_method, exclude=exclude)
         self.work = Path(work)
-        self.exclude = exclude
         self.isa = isa = hardware.cpu().int8_isa
         # a target that never saturates (x86-vnni, arm64) computes exact integer products, which
         # any CPU can reproduce: natively, or with ORT's exact kernels where this CPU saturates;
@@ -65,7 +64,7 @@ class OnnxTuner(CandidateKeeper):
 
     # -- the search's side ----------------------------------------------------------------
     def bases(self) -> list[Recipe]:
-        settings = self.quantizer.default_settings(self.exclude)
+        settings = self.quantizer.default_settings()
         base = f"{self.target.name} {self.quantizer.recipe.short}"
         if self.quantizer.bias_correction:
             base += " + bias correction"
@@ -106,13 +105,15 @@ class OnnxTuner(CandidateKeeper):
         return [r.node for r in self._ranked if r.relative_error > floor and r.node not in skip]
 
     def sensitive(self, settings: dict[str, list[str]]) -> list[str]:
-        """GEMM layers ranked by how much quantizing each ALONE moves the logits (KL against
-        FP32 on calibration images, through the kernels the target runs)."""
+        """Layers with weights (depthwise convolutions included: EfficientNet-Lite0's first
+        two hold 40% of its weight-rounding error) ranked by how much quantizing each ALONE
+        moves the logits (KL against FP32 on calibration images, through the kernels the
+        target runs)."""
         # OpenCV: imaging.preprocess imports cv2
         from edgecls.imaging.preprocess import to_model_input
 
         fixed = set(settings.get("kept_in_float", [])) | set(settings.get("u8u8_weights", []))
-        candidates = [n for n in gemm_layers(self.fp32_path) if n not in fixed]
+        candidates = [n for n in weighted_layers(self.fp32_path) if n not in fixed]
         pixels = self.calibration.images.subset(PROBE_IMAGES).crops(self.spec)
         x = to_model_input(pixels, self.spec)
         with open_session(self.fp32_path, device="cpu") as fp32:
