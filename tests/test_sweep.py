@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import onnx
 import pytest
 from conftest import built_once
 
@@ -409,3 +410,42 @@ def test_sweep_from_the_command_line_with_tflite_and_fp16_cells(ray_local, tmp_p
     assert main([str(a) for a in args + ["--retry-failed"]]) == 0
     again = json.loads((out / "sweep.json").read_text())
     assert again["settings"]["cells_run"] == 0 and again["settings"]["cells_cached"] == 4
+
+
+def test_sweep_joins_a_cluster_by_its_address_and_compares_calibration_methods(
+        ray_local, digits_folders, tmp_path):
+    """`edgecls sweep ... --address HEAD --calib DIR --calib-method minmax entropy`, run as a
+    user runs it (its own process) against the Ray this module started, as against a
+    cluster: the --calib folder travels packed to the nodes, and each method is its own INT8
+    cell. The oracle for "each cell used its method": ORT's min/max ranges cover every value
+    seen, entropy's clip the tails, so no activation scale of the entropy artifact exceeds its
+    min/max twin's and some are smaller."""
+    import subprocess
+
+    from onnx import numpy_helper
+
+    calib, _ = digits_folders
+    address = ray_local.get_runtime_context().gcs_address
+    out = tmp_path / "sweep"
+    args = ["sweep", "squeezenet1_1", "--weights", "none", "--to", "onnx", "--precision", "int8",
+            "--calib", calib, "--calib-size", "32", "--calib-method", "minmax", "entropy",
+            "--address", address, "--seconds", "0.05", "--threads", "1", "-o", out]
+    done = subprocess.run([sys.executable, "-m", "edgecls", *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads((out / "sweep.json").read_text())
+    assert data["settings"]["where"] == address
+    rows = {(r["format"], r["precision"], r["calib_method"]): r for r in data["rows"]}
+    assert {("onnx", "int8", "minmax"), ("onnx", "int8", "entropy")} <= set(rows), list(rows)
+
+    def activation_scales(row):
+        graph = onnx.load(row["artifact"]).graph
+        values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        return {n.input[0]: float(values[n.input[1]]) for n in graph.node
+                if n.op_type == "QuantizeLinear" and values[n.input[1]].size == 1}
+
+    minmax, entropy = (activation_scales(rows[("onnx", "int8", m)]) for m in ("minmax", "entropy"))
+    shared = sorted(set(minmax) & set(entropy))
+    assert len(shared) > 10, shared
+    assert all(entropy[t] <= minmax[t] * (1 + 1e-6) for t in shared)
+    assert sum(entropy[t] < 0.9 * minmax[t] for t in shared) >= len(shared) // 4
