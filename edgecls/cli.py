@@ -187,8 +187,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                   calib_size=args.calib_size, recipes=_listed(args.calib_method) or ("",),
                   data=args.data, max_drop=args.max_drop, out=args.output, address=args.address,
                   cpus=args.cpus, threads=args.threads, batch=args.batch, seconds=args.seconds,
-                  retry_failed=args.retry_failed)
+                  retry_failed=args.retry_failed, dry_run=args.dry_run)
     table.print(_console())
+    if args.dry_run:
+        return 0
     _console().print(f"[green]wrote[/green] {term_markup(args.output)}/sweep.{{md,csv,json,html}}")
     return 0
 
@@ -332,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, default=8, help="N of the FPS at batch N column")
     s.add_argument("--seconds", type=float, default=3.0, help="timing per cell and batch size")
     s.add_argument("--retry-failed", action="store_true", help="run cells that failed before")
+    s.add_argument("--dry-run", action="store_true",
+                   help="list the cells and which the output folder's cache holds; run nothing")
     s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("demo", help="the main job on the built-in default (make demo)")

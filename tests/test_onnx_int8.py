@@ -189,15 +189,21 @@ def test_efficientnet_lite0_fp16_passes_and_int8_is_judged_on_photos_no_choice_s
     # INT8 on decisive inputs: 97.3% (ORT recipes, VNNI EPYC) - 98.0% (NNCF); 95% leaves
     # room for the AVX2 recipe, whose per-layer search targets exactly these flips
     assert int8_r.decisive_agreement >= 0.95, int8_r.decisive_agreement
-    # the distance says what agreement cannot: INT8 (0.035-0.106 for the recipes measured on
-    # a VNNI EPYC) is 100x further from FP32 than FP16 (5e-5), and far from broken
-    assert 100 * fp16_r.kl_mean < int8_r.kl_mean < 0.2, (fp16_r.kl_mean, int8_r.kl_mean)
+    # the distance says what agreement cannot: INT8 (ORT with bias correction and the first
+    # depthwise convolution in float: 0.014 on a VNNI EPYC; other recipes measured up to
+    # 0.106) is 20x further from FP32 than FP16 (2e-4 here) - 60x measured - and far from
+    # broken
+    assert 20 * fp16_r.kl_mean < int8_r.kl_mean < 0.2, (fp16_r.kl_mean, int8_r.kl_mean)
     assert int8_r.worst_layers and int8_r.worst_layers[0]["module"]
 
 def test_verdicts_hold_on_two_disjoint_halves_of_the_verification_photos(
         effl0_onnx, effl0_fp16, effl0_int8_auto):
-    """The verdict measures the artifact, not the images: the demo's FP16 and INT8 artifacts
-    get the same outcome on either half of the verification photos (split by photo)."""
+    """The verdict measures the artifact, not the images: on either half of the verification
+    photos (split by photo) the demo's FP16 and INT8 artifacts never get opposite outcomes
+    (pass on one half, fail on the other), and FP16 passes on both. An artifact near the
+    tolerance may be inconclusive on one half, where half the images make a wider interval:
+    the INT8 one (KL 0.014 on all 351 crops, tolerance 0.02) passes on one half and is
+    inconclusive on the other (AMD EPYC with VNNI)."""
     from edgecls.imaging.datasets import ImageSet, load_part, photo_of
     verify = load_part("photos", None, "verify")
     photos = sorted({photo_of(i) for i in verify.items})
@@ -207,8 +213,9 @@ def test_verdicts_hold_on_two_disjoint_halves_of_the_verification_photos(
     outcomes = [[r.outcome for r in parity([effl0_fp16, effl0_int8_auto], data=half, reference=effl0_onnx,
                                            sqnr=False, progress=False).results]
                 for half in halves]
-    assert outcomes[0] == outcomes[1], outcomes
-    assert outcomes[0][0] == "pass"
+    for fp16_or_int8 in zip(*outcomes):
+        assert set(fp16_or_int8) != {"pass", "fail"}, outcomes
+    assert outcomes[0][0] == outcomes[1][0] == "pass", outcomes
 
 
 def test_the_spec_names_the_selection_images_and_parity_finds_them(effl0_int8_auto):

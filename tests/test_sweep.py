@@ -449,3 +449,26 @@ def test_sweep_joins_a_cluster_by_its_address_and_compares_calibration_methods(
     assert len(shared) > 10, shared
     assert all(entropy[t] <= minmax[t] * (1 + 1e-6) for t in shared)
     assert sum(entropy[t] < 0.9 * minmax[t] for t in shared) >= len(shared) // 4
+
+
+def test_dry_run_lists_every_cell_of_all_families_and_runs_nothing(tmp_path, capsys):
+    """`edgecls sweep --families all ... --dry-run`: one line per cell for every zoo model
+    (the zoo's own list is the oracle), the ORT FP32 baseline included, each "to run" in an
+    empty output folder; nothing exported, nothing written."""
+    from edgecls import zoo
+    from edgecls.cli import main
+    out = tmp_path / "sweep"
+    code = main(["sweep", "--families", "all", "--weights", "none", "--to", "onnx,openvino",
+                 "--precision", "fp32,int8", "--calib", "photos", "--calib-method", "minmax,entropy",
+                 "-o", str(out), "--dry-run"])
+    text = capsys.readouterr().out
+    assert code == 0
+    names = {e.name for e in zoo.list_models()}
+    assert len(names) >= 40
+    # per model: ONNX and OpenVINO FP32, each INT8 twice (minmax, entropy)
+    cells = 6 * len(names)
+    assert f"{cells} cells: 0 cached, {cells} to run" in text, text[-500:]
+    listed = {line.split("│")[1].strip() for line in text.splitlines()
+              if line.count("│") > 6 and "to run" in line}
+    assert names <= listed, sorted(names - listed)
+    assert not out.exists() or not any(out.rglob("*.json"))

@@ -86,10 +86,11 @@ def sweep(models: Sequence[Any] = (), to: Sequence[str] = ("onnx",),
           recipes: Sequence[str] = ("",), data: Any = None, max_drop: float | None = None,
           out: str | Path = "reports/sweep", address: str | None = None, cpus: int | None = None,
           threads: int | None = None, batch: int = 8, seconds: float = 3.0,
-          retry_failed: bool = False, progress: bool = True):
+          retry_failed: bool = False, progress: bool = True, dry_run: bool = False):
     """Run (or resume) a sweep; write the table to `out` (sweep.md/.csv/.json/.html) and
-    return it (edgecls.sweep.table.SweepTable)."""
-    ray = _import_ray()
+    return it (edgecls.sweep.table.SweepTable). `dry_run`: run nothing, start no Ray, write
+    nothing; return the SweepPlan (every cell, and whether `out`'s cache already holds it)."""
+    ray = None if dry_run else _import_ray()
     chosen = models_of(models, families)
     planned = cells(chosen, to, precisions, recipes or ("",))
     if any(c.precision == "int8" for c in planned) and calib is None:
@@ -105,6 +106,8 @@ def sweep(models: Sequence[Any] = (), to: Sequence[str] = ("onnx",),
     results = [_from_cache(c, chosen, cache, weights, calib, calib_size, data, max_drop,
                            threads, batch, seconds, where, retry_failed) for c in planned]
     todo = [r for r in results if len(r.cached) < 3]
+    if dry_run:
+        return SweepPlan(results, where)
     if todo:
         if address:    # cluster nodes may not see this machine's folders
             calib, data = (Packed.of(Path(s)) if s is not None and Path(str(s)).is_dir()
@@ -124,6 +127,29 @@ def sweep(models: Sequence[Any] = (), to: Sequence[str] = ("onnx",),
                                            "cells_cached": len(results) - len(todo)})
     write_sweep(table, Path(out))
     return table
+
+
+@dataclass
+class SweepPlan:
+    """What a sweep would run (`edgecls sweep --dry-run`): each cell, cached or to run."""
+    results: list[CellResult]
+    where: str
+
+    def print(self, console: Any = None) -> None:
+        from rich.console import Console
+        from rich.table import Table
+        console = console or Console()
+        table = Table(title=f"sweep plan ({self.where})")
+        for header in ("model", "family", "format", "precision", "calib", "status"):
+            table.add_column(header)
+        for r in self.results:
+            c = r.cell
+            status = ("cached" if len(r.cached) == 3 else
+                      f"to run ({', '.join(s for s in ('export', 'parity', 'timing') if s not in r.cached)})")
+            table.add_row(c.model, c.family, c.format, c.precision, c.recipe or "-", status)
+        console.print(table)
+        done = sum(len(r.cached) == 3 for r in self.results)
+        console.print(f"{len(self.results)} cells: {done} cached, {len(self.results) - done} to run")
 
 
 def _from_cache(cell: Cell, models: list[Model], cache: Cache, weights, calib, calib_size, data,
