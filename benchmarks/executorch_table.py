@@ -88,7 +88,7 @@ def methods(q: dict[str, Any] | None) -> str:
         done.append(f"bias correction: {corrected}")
     kept = q.get("kept_in_float") or []
     if kept:
-        done.append(f"{len(kept)} layer(s) kept in float by the search")
+        done.append(f"{len(kept)} layer(s) in float")
     search = q.get("search") or {}
     if search.get("candidates"):
         done.append(f"search over {len(search['candidates'])} candidates")

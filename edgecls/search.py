@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edgecls import verdict
+from edgecls.errors import one_line
 from edgecls.backends.recipes import HeldOut, Recipe, Remedy, Tuner  # noqa: F401  (re-exported)
 from edgecls.formats import open_session
 from edgecls.timing import in_subprocess
@@ -129,7 +130,12 @@ def _remedy(tuner: Tuner, start: Trial, attempt: Callable[[Recipe], Trial]) -> T
     best = start
     for remedy in tuner.remedies(start.recipe):
         for layer in list(remedy.rank())[:MAX_STEPS]:
-            trial = attempt(best.recipe.with_layer(remedy, layer))
+            candidate = best.recipe.with_layer(remedy, layer)
+            try:
+                trial = attempt(candidate)
+            except Exception as e:   # e.g. XNNPACK refuses a float conv between quantized ones
+                log.warning("  %-48s not built: %s", candidate.label, one_line(e))
+                continue
             if trial.kl < best.kl or trial.passed:
                 best = trial
             if best.passed:

@@ -459,3 +459,43 @@ def test_predict_warns_only_where_this_cpu_saturates_the_recipe(digits_model, di
         top1 = {Path(k).name: v[0]["label"] for k, v in json.loads(proc.stdout).items()}
         right = sum(top1[f.name] == f.name.split("-")[0] for f in files)
         assert right >= 5, top1          # the CNN is ~97% on these digits
+
+
+def test_a_remedy_candidate_the_backend_cannot_build_is_skipped(digits_model, digits_data,
+                                                                tmp_path, caplog):
+    """A candidate of the search that the backend refuses to build (XNNPACK refused an
+    EfficientNet-Lite2 program with one conv in float: "Weight and Input should both be
+    quantized", and the export died with a traceback) is logged and skipped; the search goes
+    on with the next layer. Here ONNX Runtime's float remedy, its second-ranked layer made
+    unbuildable, under a tolerance nothing meets (so every ranked layer is tried)."""
+    from edgecls.backends.onnx.tuning import OnnxTuner
+    from edgecls.imaging.datasets import CalibrationSet
+    from edgecls.search import run
+    from edgecls.sources.export_source import ExportSource
+    from edgecls.verdict import Tolerances
+
+    model, spec = digits_model
+    _, calib, val, _ = digits_data
+    source = ExportSource(model, spec, tmp_path, selection=val)
+    calibration = CalibrationSet.from_source(calib, spec)
+    ranked = []
+
+    class Refusing(OnnxTuner):
+        def sensitive(self, settings):
+            ranked[:] = super().sensitive(settings)[:3]
+            return list(ranked)
+
+        def build(self, recipe, out, search=None, spec=None):
+            if ranked[1:2] and ranked[1] in recipe.settings["kept_in_float"]:
+                raise RuntimeError("Weight and Input should both be quantized")
+            super().build(recipe, out, search, spec)
+
+    tuner = Refusing(source.onnx(), spec, calibration, targets.resolve("auto"), tmp_path)
+    assert tuner.measures_target          # `auto` is this CPU's own target: measured here
+    work = tmp_path / "search"
+    work.mkdir()
+    outcome = run(tuner, source.held_out(calibration), Tolerances(1.0, 0.0, 0.0), work)
+    tried = [set(t.recipe.settings["kept_in_float"]) for t in outcome.trials]
+    assert not any(ranked[1] in kept for kept in tried)
+    assert any(ranked[2] in kept for kept in tried), tried      # the search went on
+    assert "not built: RuntimeError: Weight and Input should both be quantized" in caplog.text
