@@ -50,7 +50,7 @@ from edgecls.errors import (DataError, MissingDependencyError, OutputError,
                             UnsupportedOptionError, one_line)
 from edgecls.formats import get_format
 from edgecls.imaging.datasets import BUILTIN
-from edgecls.sweep.cache import Cache
+from edgecls.sweep.cache import STAGES, Cache
 from edgecls.sweep.files import write_sweep
 from edgecls.sweep.plan import Cell, Model, cells, export_key, models_of, parity_key, timing_key
 from edgecls.sweep.table import SweepTable
@@ -73,6 +73,11 @@ class CellResult:
     timing: dict[str, Any] | None = None
     cached: list[str] = field(default_factory=list)      # the stages read from the cache
     keys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def to_run(self) -> list[str]:
+        """The stages the cache did not answer."""
+        return [stage for stage in STAGES if stage not in self.cached]
 
     def artifact(self, cache: Cache) -> Path | None:
         if not self.export or "artifact" not in self.export:
@@ -105,7 +110,7 @@ def sweep(models: Sequence[Any] = (), to: Sequence[str] = ("onnx",),
     cache = Cache(Path(out) / "cache")
     results = [_from_cache(c, chosen, cache, weights, calib, calib_size, data, max_drop,
                            threads, batch, seconds, where, retry_failed) for c in planned]
-    todo = [r for r in results if len(r.cached) < 3]
+    todo = [r for r in results if r.to_run]
     if dry_run:
         return SweepPlan(results, where)
     if todo:
@@ -144,11 +149,10 @@ class SweepPlan:
             table.add_column(header)
         for r in self.results:
             c = r.cell
-            status = ("cached" if len(r.cached) == 3 else
-                      f"to run ({', '.join(s for s in ('export', 'parity', 'timing') if s not in r.cached)})")
+            status = f"to run ({', '.join(r.to_run)})" if r.to_run else "cached"
             table.add_row(c.model, c.family, c.format, c.precision, c.recipe or "-", status)
         console.print(table)
-        done = sum(len(r.cached) == 3 for r in self.results)
+        done = sum(not r.to_run for r in self.results)
         console.print(f"{len(self.results)} cells: {done} cached, {len(self.results) - done} to run")
 
 
@@ -159,14 +163,14 @@ def _from_cache(cell: Cell, models: list[Model], cache: Cache, weights, calib, c
     result = CellResult(cell, keys={"export": ek, "parity": parity_key(ek, data, max_drop),
                                     "timing": timing_key(ek, threads, batch, seconds, where)})
     suffixes = get_format(cell.format).suffixes
-    for stage in ("export", "parity", "timing"):
+    for stage in STAGES:
         found = cache.get(stage, result.keys[stage], suffixes=suffixes)
         if found is not None and not (retry_failed and "error" in found):
             setattr(result, stage, found)
             result.cached.append(stage)
     if result.export and "error" in result.export:      # nothing more can be done for it
         result.parity = result.timing = {"error": "not run: its export failed"}
-        result.cached = ["export", "parity", "timing"]
+        result.cached = list(STAGES)
     return result
 
 

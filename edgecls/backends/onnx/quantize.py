@@ -177,6 +177,7 @@ class OrtQuantizer:
         self.fp32_path, self.spec, self.target = Path(fp32_path), spec, target
         self.recipe = RECIPES[target]
         self.exclude = list(exclude or [])
+        self._fp32: dict[str, Any] | None = None
         self.bias_correction: dict[str, Any] | None = None
         quantized_from = self.fp32_path
         wanted = self.recipe.bias_correction if bias_correction is None else bias_correction
@@ -249,10 +250,17 @@ class OrtQuantizer:
             nodes_to_quantize=settings.get("only"),       # a one-layer probe
             extra_options=extra,
             calibration_cache_path=str(self.cache))
-        _float_layers_as_in_fp32(out, self.fp32_path)
+        _float_layers_as_in_fp32(out, self._fp32_initializers())
         if spec is not None:
             self.describe(spec, settings)
             write_spec(out, spec)
+
+    def _fp32_initializers(self) -> dict[str, Any]:
+        """The FP32 model's weights by name, read once (a search quantizes dozens of times)."""
+        if self._fp32 is None:
+            import onnx
+            self._fp32 = {i.name: i for i in onnx.load(str(self.fp32_path)).graph.initializer}
+        return self._fp32
 
     def _entropy_ranges(self, batch_size: int, max_outputs: int) -> None:
         """Entropy (KL) calibration ranges, into the calibration cache quantize_static reads.
@@ -291,10 +299,10 @@ class OrtQuantizer:
         spec.tools["onnxruntime"] = onnxruntime.__version__
 
 
-def _float_layers_as_in_fp32(path: Path, fp32_path: Path) -> None:
+def _float_layers_as_in_fp32(path: Path, fp32: dict[str, Any]) -> None:
     """Make every layer left in float (kept by the recipe or the search, or outside a
     one-layer probe) the FP32 model's layer: its own weights and bias, run in float on the
-    float tensor its input was quantized from.
+    float tensor its input was quantized from. `fp32`: the FP32 model's initializers by name.
 
     The bias: bias correction shifts the bias of every layer it expects quantized; a layer
     left in float would carry a shift for an error it does not have. Restoring the FP32 bias:
@@ -315,7 +323,6 @@ def _float_layers_as_in_fp32(path: Path, fp32_path: Path) -> None:
 
     model = onnx.load(str(path))
     graph = model.graph
-    fp32 = {i.name: i for i in onnx.load(str(fp32_path)).graph.initializer}
     initializers = {i.name: i for i in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
     changed = False
