@@ -168,23 +168,44 @@ class Reasons:
     fastest: str            # several met the tolerance; "{n}" stands for how many
     only: str               # one met it
     none_met: str           # none did: the lowest KL is kept
+    # latencies within this factor of the fastest count as the same speed, and the closest to
+    # FP32 of those is chosen (1.0: the fastest, full stop)
+    same_speed: float = 1.0
+    closest: str = ""       # several were about as fast: "{n}", "{m}" stand for the counts
 
 
-#: the recipe search's words
+#: the recipe search's words. Recipes that differ only in how the weights were made (rounded
+#: to nearest or adaptively) are the same graph: their timings differ by noise (10-30% on
+#: these shared machines), so within 10% of the fastest the lower KL decides
 RECIPE_REASONS = Reasons("the fastest of {n} recipes that met the tolerance",
                          "the only recipe that met the tolerance",
-                         "no recipe met the tolerance: the most accurate one (lowest KL) is kept")
+                         "no recipe met the tolerance: the most accurate one (lowest KL) is kept",
+                         same_speed=1.10,
+                         closest="the closest to FP32 of the {m} of {n} recipes that met the "
+                                 "tolerance within 10% of the fastest's latency")
 
 
 def choose(trials: Sequence[Trial], reasons: Reasons, fp32_ms: float | None) -> Outcome:
     """The one rule, for recipes and for `--to best`'s artifacts alike: the fastest of the
-    trials that met the tolerance (those are timed), else the most accurate (lowest KL)."""
+    trials that met the tolerance (those are timed; with `reasons.same_speed`, the lowest KL
+    of those about as fast as the fastest), else the most accurate (lowest KL)."""
     passing = [t for t in trials if t.passed]
     if not passing:
         return Outcome(most_accurate(trials), list(trials), reasons.none_met, fp32_ms)
-    chosen = min(passing, key=lambda t: float("inf") if t.latency_ms is None else t.latency_ms)
-    reason = (reasons.fastest.replace("{n}", str(len(passing))) if len(passing) > 1
-              else reasons.only)
+    if len(passing) == 1:
+        return Outcome(passing[0], list(trials), reasons.only, fp32_ms)
+
+    def latency(t: Trial) -> float:
+        return float("inf") if t.latency_ms is None else t.latency_ms
+
+    fastest = min(passing, key=latency)
+    about_as_fast = [t for t in passing if latency(t) <= latency(fastest) * reasons.same_speed]
+    chosen = most_accurate(about_as_fast) if reasons.same_speed > 1 else fastest
+    if chosen is fastest:
+        reason = reasons.fastest.replace("{n}", str(len(passing)))
+    else:
+        reason = reasons.closest.replace("{m}", str(len(about_as_fast))).replace(
+            "{n}", str(len(passing)))
     return Outcome(chosen, list(trials), reason, fp32_ms)
 
 

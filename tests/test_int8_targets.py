@@ -398,6 +398,7 @@ def test_openvino_accuracy_control_meets_its_target(digits_model, digits_onnx, d
 def test_tflite_float_ops_only_when_allowed(digits_model, digits_data, digits_val, tmp_path):
     from edgecls.backends.tflite.export import convert_fp32
     from edgecls.backends.tflite.quantize import float_ops
+    from edgecls.backends.onnx.torch_start import Start
     from edgecls.backends.tflite.tuning import TFLiteTuner
     from edgecls.imaging.datasets import CalibrationSet
 
@@ -405,10 +406,10 @@ def test_tflite_float_ops_only_when_allowed(digits_model, digits_data, digits_va
     _, calib, _, _ = digits_data
     nhwc = spec.derive(layout="NHWC", format="tflite", precision="int8")
     calibration = CalibrationSet.from_source(calib, nhwc, size=64)
-    float_model = convert_fp32(model, nhwc)
-    strict = TFLiteTuner(float_model, nhwc, calibration, targets.resolve("auto"), None, False)
+    starts = [(Start(model), convert_fp32(model, nhwc))]
+    strict = TFLiteTuner(starts, nhwc, calibration, targets.resolve("auto"), None, False)
     assert strict.remedies(strict.bases()[0]) == []
-    loose = TFLiteTuner(float_model, nhwc, calibration, targets.resolve("auto"), None, True)
+    loose = TFLiteTuner(starts, nhwc, calibration, targets.resolve("auto"), None, True)
     [remedy] = loose.remedies(loose.bases()[0])
     ranked = list(remedy.rank())
     assert len(ranked) >= 4          # the digits CNN's convolutions and its classifier

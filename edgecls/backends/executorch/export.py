@@ -26,7 +26,7 @@ from edgecls.backends.base import ExportPaths
 from edgecls.backends.executorch import ExecuTorchOptions
 from edgecls.backends.executorch.program import finish, lower, versions, warn_if_partial
 from edgecls.backends.executorch.tuning import ExecuTorchTuner
-from edgecls.backends.onnx.bias_correction import corrected_module
+from edgecls.backends.onnx.torch_start import starts
 from edgecls.errors import DataError
 from edgecls.spec import ModelSpec
 
@@ -58,13 +58,12 @@ def int8(source, spec: ModelSpec, out: Path, *, calibration, options: ExecuTorch
     _describe(spec)
     if not len(calibration):
         raise DataError("the calibration set is empty")
-    # PT2E quantizes a copy of the model with NNCF's bias correction
-    model, bias_correction = corrected_module(source.model, source.onnx(), source.spec,
-                                              calibration)
-    return ExecuTorchTuner(model, spec, calibration, targets.resolve(options.target),
+    # PT2E quantizes copies of the model: bias-corrected (NNCF), and adaptively rounded
+    # first when the search is to choose
+    return ExecuTorchTuner(starts(source, calibration, rounding=not options.no_search), spec,
+                           calibration, targets.resolve(options.target),
                            observer=options.calib_method or "minmax",
-                           keep_float=tuple(options.keep_float or ()),
-                           bias_correction=bias_correction)
+                           keep_float=tuple(options.keep_float or ()))
 
 
 def qat(source, spec: ModelSpec, out: Path, *, calibration, options: ExecuTorchOptions) -> None:

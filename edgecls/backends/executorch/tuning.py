@@ -2,7 +2,9 @@
 
 Recipes as rows:
   base      the XNNPACK quantizer with the asked-for activation observer (global min/max
-            unless --calib-method histogram), --keep-float nodes in float
+            unless --calib-method histogram), --keep-float nodes in float: one per start
+            (backends/onnx/torch_start.py: the bias-corrected model and, when searching, the
+            adaptively rounded and corrected one)
   float     remedy: conv / linear nodes kept in float one at a time (the XNNPACK quantizer
             has no per-module "None" config in 1.4, so a node filter leaves them out), in
             this order: the first convolution and the classifier (the layers every PTQ tool
@@ -31,12 +33,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from edgecls import hardware, targets
 from edgecls.backends.executorch import FORMAT, OBSERVERS
 from edgecls.backends.executorch import program
 from edgecls.backends.executorch import quantize as ex
+from edgecls.backends.onnx.torch_start import Start
 from edgecls.backends.recipes import CandidateKeeper, Recipe, Remedy
 from edgecls.spec import ModelSpec
 
@@ -49,28 +52,31 @@ class ExecuTorchTuner(CandidateKeeper):
     session_options: dict[str, Any] = {}
     measures_target = True
 
-    def __init__(self, model, spec: ModelSpec, calibration, target: targets.Target, *,
-                 observer: str = "minmax", keep_float: tuple[str, ...] = (),
-                 bias_correction: dict[str, Any] | None = None):
-        """`model`: the torch model to quantize (bias-corrected when `bias_correction` says
-        so; the reference stays the source's own)."""
-        self.model, self.spec, self.calibration, self.target = model, spec, calibration, target
-        self.bias_correction = bias_correction
-        self.observer, self.keep_float = observer, keep_float
+    def __init__(self, starts: Sequence[Start], spec: ModelSpec, calibration,
+                 target: targets.Target, *, observer: str = "minmax",
+                 keep_float: tuple[str, ...] = ()):
+        """`starts`: the torch models recipes start from (edgecls.backends.onnx.torch_start:
+        bias-corrected, and adaptively rounded when searching), one base recipe each; the
+        reference stays the source's own model."""
+        self.starts, self.spec, self.calibration = list(starts), spec, calibration
+        self.target, self.observer, self.keep_float = target, observer, keep_float
         self._nodes: list[str] | None = None
 
     def nodes(self) -> list[str]:
+        """The conv / linear nodes (every start has the same graph)."""
         if self._nodes is None:
-            self._nodes = ex.weighted_nodes(self.model, self.spec)
+            self._nodes = ex.weighted_nodes(self.starts[0].model, self.spec)
         return self._nodes
 
-    def bases(self) -> list[Recipe]:
-        label = f"{self.target.name} xnnpack {self.observer}"
-        if self.bias_correction:
-            label += " + bias correction"
+    def _recipe(self, start: int, observer: str) -> Recipe:
+        label = f"{self.target.name} xnnpack {observer}{self.starts[start].label}"
         if self.keep_float:
             label += f", {len(self.keep_float)} node(s) in float"
-        return [Recipe(label, {"observer": self.observer, "keep_float": list(self.keep_float)})]
+        return Recipe(label, {"start": start, "observer": observer,
+                              "keep_float": list(self.keep_float)})
+
+    def bases(self) -> list[Recipe]:
+        return [self._recipe(i, self.observer) for i in range(len(self.starts))]
 
     def remedies(self, recipe: Recipe) -> list[Remedy]:
         def ranked() -> list[str]:
@@ -84,19 +90,17 @@ class ExecuTorchTuner(CandidateKeeper):
 
     def fallbacks(self, recipe: Recipe, tolerance) -> list[Recipe]:
         other = next(o for o in OBSERVERS if o != self.observer)
-        return [Recipe(f"{self.target.name} xnnpack {other}",
-                       {"observer": other, "keep_float": list(self.keep_float)})]
+        return [self._recipe(recipe.settings["start"], other)]
 
     def build(self, recipe: Recipe, out: Path, search: dict[str, Any] | None = None) -> None:
+        start = self.starts[recipe.settings["start"]]
         edge, facts, recipe_facts = ex.int8_program(
-            self.model, self.spec, self.calibration, recipe.settings["observer"],
+            start.model, self.spec, self.calibration, recipe.settings["observer"],
             recipe.settings["keep_float"])
         spec = self.spec.derive(tools=dict(self.spec.tools), notes=dict(self.spec.notes))
         spec.notes["executorch"] = facts
         spec.quantization = {**targets.record(self.target, hardware.cpu().int8_isa, True),
-                             "recipe": recipe.label, **recipe_facts,
-                             **({"bias_correction": self.bias_correction}
-                                if self.bias_correction else {}),
+                             "recipe": recipe.label, **recipe_facts, **start.methods,
                              **({"search": search} if search is not None else {})}
         program.warn_if_partial(spec.name, facts)
         Path(out).write_bytes(program.finish(edge, spec))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from edgecls import targets
 from edgecls.backends.base import ExportPaths
-from edgecls.backends.onnx.bias_correction import corrected_module
+from edgecls.backends.onnx.torch_start import starts
 from edgecls.backends.tflite import TFLiteOptions, io_type
 from edgecls.backends.tflite.container import embed_spec
 from edgecls.backends.tflite.hardswish import xnnpack_hardswish
@@ -63,16 +63,17 @@ def int8(source, spec: ModelSpec, out: Path, *, calibration, options: TFLiteOpti
     if not len(calibration):          # before the conversions: nothing to quantize with
         raise DataError("the calibration set is empty")
     int8_io = _describe(spec, options)
-    # full-integer PTQ quantizes a copy of the model with NNCF's bias correction (found
-    # on the ONNX export, fed as the source's spec says, not this NHWC one)
-    corrected, bias_correction = corrected_module(source.model, source.onnx(), source.spec,
-                                                  calibration)
-    corrected, rewritten = xnnpack_hardswish(corrected)
-    if rewritten:
-        spec.notes["tflite"] = {"hardswish_for_xnnpack": rewritten}
-    model = convert_fp32(corrected, spec)
-    return TFLiteTuner(model, spec, calibration, targets.resolve(options.target), int8_io,
-                       options.allow_float_ops, bias_correction)
+    # full-integer PTQ quantizes copies of the model: bias-corrected (NNCF, found on the ONNX
+    # export, fed as the source's spec says, not this NHWC one), and adaptively rounded
+    # first when the search is to choose
+    converted = []
+    for start in starts(source, calibration, rounding=not options.no_search):
+        model, rewritten = xnnpack_hardswish(start.model)
+        if rewritten:
+            spec.notes["tflite"] = {"hardswish_for_xnnpack": rewritten}
+        converted.append((start, convert_fp32(model, spec)))
+    return TFLiteTuner(converted, spec, calibration, targets.resolve(options.target), int8_io,
+                       options.allow_float_ops)
 
 
 def qat(source, spec: ModelSpec, out: Path, *, calibration, options: TFLiteOptions) -> None:

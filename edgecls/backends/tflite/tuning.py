@@ -1,6 +1,9 @@
 """The TFLite side of the INT8 recipe search (edgecls.search).
 
-One recipe for every CPU target: full-integer INT8. XNNPACK widens int8 to 16 bits before it
+Full-integer INT8 for every CPU target, one base recipe per start (backends/onnx/
+torch_start.py): the bias-corrected model and, when the search runs, the adaptively rounded
+and corrected one - the same graph at the same speed, so the search keeps the one closer to
+FP32 on the selection images. XNNPACK widens int8 to 16 bits before it
 multiplies, so no x86 CPU saturates it (measured: EfficientNet-Lite0 agrees with FP32 on the
 same 91.7% of the held-out photo crops on AVX2 and VNNI machines) - what it loses is
 ordinary quantization noise, and full-integer TFLite's remedy for that is QAT (--qat).
@@ -14,11 +17,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from edgecls import hardware, targets
+from edgecls.backends.onnx.torch_start import Start
 from edgecls.backends.recipes import CandidateKeeper, Recipe, Remedy
 from edgecls.backends.tflite import FORMAT
 from edgecls.backends.tflite import quantize as q
@@ -41,34 +45,43 @@ class TFLiteTuner(CandidateKeeper):
     session_options: dict[str, Any] = {}
     measures_target = True        # XNNPACK's int8 numbers are the same on every CPU kind
 
-    def __init__(self, float_model: bytes, spec: ModelSpec, calibration, target: targets.Target,
-                 int8_io: str | None, allow_float_ops: bool,
-                 bias_correction: dict[str, Any] | None = None):
-        """`float_model`: the float TFLite model to quantize (made from the bias-corrected
-        torch model when `bias_correction` says so)."""
-        self.float_model, self.spec, self.calibration = float_model, spec, calibration
-        self.bias_correction = bias_correction
+    def __init__(self, starts: Sequence[tuple[Start, bytes]], spec: ModelSpec, calibration,
+                 target: targets.Target, int8_io: str | None, allow_float_ops: bool):
+        """`starts`: the torch models recipes start from (edgecls.backends.onnx.torch_start)
+        with the float TFLite model each converted to; one base recipe each."""
+        self.starts, self.spec, self.calibration = list(starts), spec, calibration
         self.target, self.int8_io, self.allow_float_ops = target, int8_io, allow_float_ops
-        samples = [x for batch in calibration.batches(spec) for x in batch]
-        with quiet():
-            self.quantizer = q.Int8Quantizer(float_model, samples, int8_io)
+        self._quantizers: dict[int, q.Int8Quantizer] = {}
+
+    def quantizer(self, start: int) -> q.Int8Quantizer:
+        """The start's quantizer, calibrated when a recipe first needs it."""
+        if start not in self._quantizers:
+            samples = [x for batch in self.calibration.batches(self.spec) for x in batch]
+            with quiet():
+                self._quantizers[start] = q.Int8Quantizer(self.starts[start][1], samples,
+                                                          self.int8_io)
+        return self._quantizers[start]
 
     def bases(self) -> list[Recipe]:
-        corrected = " + bias correction" if self.bias_correction else ""
-        return [Recipe(f"{self.target.name} full-integer{corrected}", {"float_ops": []})]
+        return [Recipe(f"{self.target.name} full-integer{start.label}",
+                       {"start": i, "float_ops": []})
+                for i, (start, _) in enumerate(self.starts)]
 
     def remedies(self, recipe: Recipe) -> list[Remedy]:
         if not self.allow_float_ops:
             log.info("full-integer TFLite keeps every op in INT8: where it misses its "
                      "tolerance, QAT (--qat) is the remedy, or --allow-float-ops")
             return []
-        return [Remedy("float", self.sensitive,
-                       lambda settings, op: {"float_ops": settings["float_ops"] + [op]})]
+        start = recipe.settings["start"]
+        return [Remedy("float", lambda: self.sensitive(start),
+                       lambda settings, op: {**settings,
+                                             "float_ops": settings["float_ops"] + [op]})]
 
     def build(self, recipe: Recipe, out: Path, search: dict[str, Any] | None = None) -> None:
         kept = list(recipe.settings["float_ops"])
+        start = self.starts[recipe.settings["start"]][0]
         with quiet():
-            model, facts = self.quantizer.quantize(kept)
+            model, facts = self.quantizer(recipe.settings["start"]).quantize(kept)
         leftover = q.float_ops(model, allow_boundary=self.int8_io is None)
         if leftover and not kept:  # never hand out a "full-integer" model with float islands
             raise UnsupportedOptionError(
@@ -78,14 +91,13 @@ class TFLiteTuner(CandidateKeeper):
         spec = self.spec.derive(tools=dict(self.spec.tools), notes=dict(self.spec.notes))
         spec.quantization = {**targets.record(self.target, hardware.cpu().int8_isa, True),
                              "recipe": recipe.label, **self.calibration.recipe(), **facts,
-                             "float_ops": leftover if kept else [],
-                             **({"bias_correction": self.bias_correction}
-                                if self.bias_correction else {}),
+                             "float_ops": leftover if kept else [], **start.methods,
                              **({"search": search} if search is not None else {})}
         Path(out).write_bytes(embed_spec(model, spec))
 
-    def sensitive(self) -> list[str]:
-        """Weighted ops, the one whose float version lowers KL most first."""
+    def sensitive(self, start: int = 0) -> list[str]:
+        """Weighted ops of the start's model, the one whose float version lowers KL most
+        first."""
         from ai_edge_litert.interpreter import Interpreter
 
         # OpenCV: imaging.preprocess imports cv2
@@ -105,13 +117,14 @@ class TFLiteTuner(CandidateKeeper):
                 rows.append(dequantize(it.get_tensor(out["index"]), out))
             return np.concatenate(rows)
 
-        reference = logits(self.float_model)
-        candidates = q.weighted_ops(self.float_model)
+        float_model = self.starts[start][1]
+        reference = logits(float_model)
+        candidates = q.weighted_ops(float_model)
         log.info("probing %d ops one at a time (about 0.3 s each)", len(candidates))
         scores = {}
         for name in candidates:
             with quiet():
-                model, _ = self.quantizer.quantize([name])
+                model, _ = self.quantizer(start).quantize([name])
             scores[name] = float(np.mean(kl_divergence(reference, logits(model))))
         return sorted(candidates, key=lambda n: scores[n])
 
