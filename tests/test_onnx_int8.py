@@ -289,15 +289,16 @@ def test_bias_correction_brings_ort_int8_closer_to_fp32_on_photos_no_choice_saw(
     assert kl["kept"] < 1.2 * kl[True], kl
 
 
+@pytest.mark.parametrize("start", ["nearest", "adaptive rounding"])
 def test_a_layer_kept_in_float_is_the_fp32_layer_in_what_onnx_runtime_runs(
-        digits_onnx, digits_data, tmp_path):
+        start, digits_onnx, digits_model, digits_data, tmp_path):
     """ONNX Runtime quantizes, per tensor, the float weights of a Conv it finds between a
     DequantizeLinear and a QuantizeLinear when a session loads (its WeightBiasQuantization
-    optimisation); bias correction shifts the bias of every layer it expects quantized. A
-    layer the search keeps in float must be the FP32 model's layer anyway. The oracle: the
-    graph ONNX Runtime itself writes after those optimisations, whose layer must hold the
-    FP32 file's weight and bias. (What it costs when they are not: the EfficientNet-Lite0
-    test below.)"""
+    optimisation); bias correction shifts the bias of every layer it expects quantized; the
+    search's second start quantizes adaptively rounded weights. A layer the search keeps in
+    float must be the FP32 model's layer anyway. The oracle: the graph ONNX Runtime itself
+    writes after those optimisations, whose layer must hold the FP32 file's weight and bias.
+    (What it costs when they are not: the EfficientNet-Lite0 test below.)"""
     import onnxruntime as ort
     from onnx import numpy_helper
 
@@ -311,8 +312,22 @@ def test_a_layer_kept_in_float_is_the_fp32_layer_in_what_onnx_runtime_runs(
     fp32_weights = {i.name: numpy_helper.to_array(i) for i in fp32.initializer}
     convs = [n for n in fp32.node if n.op_type == "Conv"]
     middle = convs[-1]       # fed by a quantized Add, feeding a Relu and a quantized MaxPool
-    quantizer = OrtQuantizer(digits_onnx, spec, CalibrationSet(calib.subset(64), spec), tmp_path,
-                             target="x86-vnni")
+    calibration = CalibrationSet(calib.subset(64), spec)
+    rounded = None
+    if start == "adaptive rounding":
+        from edgecls.backends.adaround import adaptively_rounded
+        from edgecls.backends.onnx.export import export_fp32
+        model, _ = digits_model
+        module, facts = adaptively_rounded(model, calibration, spec, iterations=100)
+        rounded = (tmp_path / "rounded.onnx", facts)
+        export_fp32(module, spec, rounded[0])
+        rounded_weights = {i.name: numpy_helper.to_array(i)
+                           for i in onnx.load(str(rounded[0])).graph.initializer}
+        # the test can fail: the rounded model's own weight for the layer is another one
+        assert not np.array_equal(rounded_weights[convs[-1].input[1]],
+                                  fp32_weights[convs[-1].input[1]])
+    quantizer = OrtQuantizer(digits_onnx, spec, calibration, tmp_path, target="x86-vnni",
+                             rounded=rounded)
     settings = quantizer.default_settings()
     settings["kept_in_float"] = settings["kept_in_float"] + [middle.name]
     out = tmp_path / "int8.onnx"

@@ -91,8 +91,29 @@ export = ExportPaths(fp32=fp32, fp16=fp16, int8=int8, qat=qat)
 
 def int8_tuner(fp32_onnx: Path, source, spec: ModelSpec, calibration, options: OnnxOptions) -> OnnxTuner:
     """ORT QDQ with the target's recipe, for the search to measure and, where it misses,
-    change; its calibration cache lives in the export's own work folder."""
+    change - from the FP32 export and, when searching a torch model, from its adaptively
+    rounded twin too; its calibration cache lives in the export's own work folder."""
     work = Path(source.workdir) / "ort-quantize"
     work.mkdir(exist_ok=True)
+    rounded = None if options.no_search else rounded_onnx(source, calibration, options.opset)
     return OnnxTuner(fp32_onnx, spec, calibration, targets.resolve(options.target), work,
-                     calib_method=options.calib_method, exclude=options.exclude)
+                     calib_method=options.calib_method, exclude=options.exclude,
+                     rounded=rounded and rounded[1:])
+
+
+def rounded_onnx(source, calibration, opset: int | None = None):
+    """(the source's torch model adaptively rounded (edgecls.backends.adaround), its FP32
+    ONNX export, what the spec records) - None when the source is no torch model (an ONNX
+    file, a QAT student: nothing to round)."""
+    import torch
+
+    from edgecls.backends.adaround import adaptively_rounded
+
+    if source.student is not None or not isinstance(source.model, torch.nn.Module):
+        return None
+    model, facts = adaptively_rounded(source.model, calibration, source.spec)
+    path = Path(source.workdir) / f"{source.spec.name}.rounded.fp32.onnx"
+    export_fp32(model, source.spec.derive(format="onnx", exported_from="torch",
+                                          tools=dict(source.spec.tools)), path,
+                opset or DEFAULT_OPSET)
+    return model, path, facts

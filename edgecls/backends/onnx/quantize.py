@@ -168,10 +168,14 @@ class OrtQuantizer:
 
     def __init__(self, fp32_path: Path, spec: ModelSpec, calibration, work: Path, *,
                  target: str = "x86-vnni", calib_method: str | None = None,
-                 exclude: Sequence[str] | None = None, bias_correction: bool | None = None):
+                 exclude: Sequence[str] | None = None, bias_correction: bool | None = None,
+                 rounded: tuple[Path, dict[str, Any]] | None = None):
         """`exclude`: layers kept in float from the start (--exclude; ["none"] quantizes the
         first and last layers too). `bias_correction`: None does what the target's recipe
-        says (where NNCF is installed); False turns it off (what it gains is measured so)."""
+        says (where NNCF is installed); False turns it off (what it gains is measured so).
+        `rounded`: (the FP32 export of the adaptively rounded model, its facts): its weights
+        are quantized instead of `fp32_path`'s, which stays the parent and gives the layers
+        kept in float their weights."""
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         self.fp32_path, self.spec, self.target = Path(fp32_path), spec, target
@@ -179,7 +183,8 @@ class OrtQuantizer:
         self.exclude = list(exclude or [])
         self._fp32: dict[str, Any] | None = None
         self.bias_correction: dict[str, Any] | None = None
-        quantized_from = self.fp32_path
+        self.rounding = rounded[1] if rounded else None
+        quantized_from = Path(rounded[0]) if rounded else self.fp32_path
         wanted = self.recipe.bias_correction if bias_correction is None else bias_correction
         if wanted and bias_correction_available():
             # the FP32 model stays the parent; a corrected copy of it is quantized
@@ -187,7 +192,7 @@ class OrtQuantizer:
             # the layers that start in float are left alone: each corrected layer's bias
             # then answers for the quantized layers before it as they will be
             ignored = self.default_settings()["kept_in_float"]
-            changed = bias_corrected(self.fp32_path, spec, calibration, corrected, ignored)
+            changed = bias_corrected(quantized_from, spec, calibration, corrected, ignored)
             if changed is not None:
                 quantized_from = corrected
                 self.bias_correction = {"tool": "nncf (full bias correction)", "layers": changed}
@@ -292,6 +297,7 @@ class OrtQuantizer:
             "format": "QDQ", **self.recipe.describe(),
             "kept_in_float": list(settings.get("kept_in_float", [])),
             "u8u8_weights": list(settings.get("u8u8_weights", [])),
+            **({"rounding": self.rounding} if self.rounding else {}),
             **({"bias_correction": self.bias_correction} if self.bias_correction else {}),
             **self.calibration.recipe()}
         spec.parent = {"format": "onnx", "precision": "fp32",

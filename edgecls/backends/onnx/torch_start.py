@@ -4,7 +4,8 @@ search may choose it - the same model adaptively rounded first (edgecls.backends
 then bias-corrected for what that rounding leaves.
 
 Bias correction is found on the ONNX export of the model it corrects (bias_correction.py), so
-the rounded model gets its own export; NNCF's weight quantization (symmetric, per channel,
+the rounded model gets its own export (export.rounded_onnx, which ONNX Runtime's second
+start quantizes too); NNCF's weight quantization (symmetric, per channel,
 max|w| / 127, BatchNorm folded) reproduces AdaRound's grid, so the correction it measures is
 the one for the rounded weights. The reference is the source's unmodified model throughout.
 """
@@ -14,9 +15,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgecls.backends.adaround import adaptively_rounded
 from edgecls.backends.onnx.bias_correction import corrected_module
-from edgecls.backends.onnx.export import export_fp32
+from edgecls.backends.onnx.export import rounded_onnx
 
 log = logging.getLogger("edgecls")
 
@@ -42,11 +42,9 @@ def starts(source, calibration, *, rounding: bool) -> list[Start]:
     corrected, correction = corrected_module(source.model, source.onnx(), source.spec,
                                              calibration)
     found = [Start(corrected, {"bias_correction": correction} if correction else {})]
-    if rounding:
-        rounded, facts = adaptively_rounded(source.model, calibration, source.spec)
-        onnx = source.workdir / f"{source.spec.name}.rounded.fp32.onnx"
-        export_fp32(rounded, source.spec.derive(format="onnx", exported_from="torch",
-                                                tools=dict(source.spec.tools)), onnx)
+    found_rounded = rounded_onnx(source, calibration) if rounding else None
+    if found_rounded is not None:
+        rounded, onnx, facts = found_rounded
         rounded_corrected, correction = corrected_module(rounded, onnx, source.spec, calibration)
         found.append(Start(rounded_corrected, {"rounding": facts,
                                                **({"bias_correction": correction}

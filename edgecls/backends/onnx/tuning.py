@@ -47,10 +47,19 @@ class OnnxTuner(CandidateKeeper):
 
     def __init__(self, fp32_path: Path, spec: ModelSpec, calibration, target: targets.Target,
                  work: Path, *, calib_method: str | None = None,
-                 exclude: Sequence[str] | None = None):
+                 exclude: Sequence[str] | None = None,
+                 rounded: tuple[Path, dict[str, Any]] | None = None):
+        """`rounded`: (the FP32 ONNX export of the adaptively rounded model, what its spec
+        records), a second start: one base recipe each."""
         self.fp32_path, self.spec, self.calibration, self.target = fp32_path, spec, calibration, target
-        self.quantizer = OrtQuantizer(fp32_path, spec, calibration, work, target=target.name,
-                                      calib_method=calib_method, exclude=exclude)
+        self.quantizers = [OrtQuantizer(fp32_path, spec, calibration, work, target=target.name,
+                                        calib_method=calib_method, exclude=exclude)]
+        if rounded is not None:
+            (Path(work) / "rounded").mkdir(exist_ok=True)
+            self.quantizers.append(OrtQuantizer(
+                fp32_path, spec, calibration, Path(work) / "rounded", target=target.name,
+                calib_method=calib_method, exclude=exclude, rounded=rounded))
+        self.quantizer = self.quantizers[0]
         self.work = Path(work)
         self.isa = isa = hardware.cpu().int8_isa
         # a target that never saturates (x86-vnni, arm64) computes exact integer products, which
@@ -64,14 +73,19 @@ class OnnxTuner(CandidateKeeper):
 
     # -- the search's side ----------------------------------------------------------------
     def bases(self) -> list[Recipe]:
-        settings = self.quantizer.default_settings()
-        base = f"{self.target.name} {self.quantizer.recipe.short}"
-        if self.quantizer.bias_correction:
-            base += " + bias correction"
-        if "u8u8 weights" in self.quantizer.recipe.remedies and not self.measures_target:
-            settings["u8u8_weights"] = self.saturating(SATURATION_BLIND)
-            base += f", u8 weights on {len(settings['u8u8_weights'])} emulated-saturating layers"
-        return [Recipe(base, settings)]
+        found = []
+        for start, quantizer in enumerate(self.quantizers):
+            settings = {**quantizer.default_settings(), "start": start}
+            base = f"{self.target.name} {quantizer.recipe.short}"
+            if quantizer.rounding:
+                base += " + adaptive rounding"
+            if quantizer.bias_correction:
+                base += " + bias correction"
+            if "u8u8 weights" in quantizer.recipe.remedies and not self.measures_target:
+                settings["u8u8_weights"] = self.saturating(SATURATION_BLIND)
+                base += f", u8 weights on {len(settings['u8u8_weights'])} emulated-saturating layers"
+            found.append(Recipe(base, settings))
+        return found
 
     def remedies(self, recipe: Recipe) -> list[Remedy]:
         if not self.measures_target:
@@ -93,7 +107,7 @@ class OnnxTuner(CandidateKeeper):
         spec.quantization = {**targets.record(self.target, self.isa, self.measures_target),
                              "recipe": recipe.label,
                              **({"search": search} if search is not None else {})}
-        self.quantizer.quantize(recipe.settings, out, spec)
+        self.quantizers[recipe.settings.get("start", 0)].quantize(recipe.settings, out, spec)
 
     # -- rankings ---------------------------------------------------------------------------
     def saturating(self, floor: float, settings: dict[str, list[str]] | None = None) -> list[str]:
@@ -104,7 +118,7 @@ class OnnxTuner(CandidateKeeper):
         skip = set((settings or {}).get("kept_in_float", []))
         return [r.node for r in self._ranked if r.relative_error > floor and r.node not in skip]
 
-    def sensitive(self, settings: dict[str, list[str]]) -> list[str]:
+    def sensitive(self, settings: dict[str, Any]) -> list[str]:
         """Layers with weights (depthwise convolutions included: EfficientNet-Lite0's first
         two hold 40% of its weight-rounding error) ranked by how much quantizing each ALONE
         moves the logits (KL against FP32 on calibration images, through the kernels the
@@ -123,7 +137,8 @@ class OnnxTuner(CandidateKeeper):
         probe = self.work / "probe.onnx"
         for name in candidates:
             alone = {"only": [name], "u8u8_weights": list(settings.get("u8u8_weights", []))}
-            self.quantizer.quantize(alone, probe, self.spec.derive(precision="int8"))
+            self.quantizers[settings.get("start", 0)].quantize(
+                alone, probe, self.spec.derive(precision="int8"))
             with open_session(probe, device="cpu", **self.session_options) as session:
                 scores[name] = float(np.mean(kl_divergence(reference, session.run(x))))
         return sorted(candidates, key=lambda n: -scores[n])
