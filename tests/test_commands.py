@@ -174,7 +174,7 @@ def test_tflite_int8_io_from_the_cli(tmp_path, photo_files):
     from edgecls.formats import read_spec
     out = tmp_path / "sq.int8.tflite"
     proc = run_cli("export", "squeezenet1_1", "--weights", "none", "--to", "tflite", "--int8",
-                   "--calib", "photos", "--calib-size", "8", "--int8-io", "-o", out,
+                   "--calib", "photos", "--calib-size", "8", "--int8-io", "--no-search", "-o", out,
                    cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr
     spec = read_spec(out)
