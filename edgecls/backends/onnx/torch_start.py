@@ -11,14 +11,11 @@ the one for the rounded weights. The reference is the source's unmodified model 
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from edgecls.backends.onnx.bias_correction import corrected_module
 from edgecls.backends.onnx.export import rounded_onnx
-
-log = logging.getLogger("edgecls")
 
 #: how a recipe's label names each method (in the order they were applied)
 METHOD_WORDS = {"rounding": "adaptive rounding", "bias_correction": "bias correction"}
