@@ -40,6 +40,20 @@ class Recipe:
         return Recipe(self.base, remedy.apply(self.settings, layer),
                       self.changed + ((remedy.name, layer),))
 
+    @property
+    def graph(self) -> str:
+        """What decides the graph the recipe builds: its settings without those that only
+        change the weights' values (WEIGHTS_ONLY). Recipes with the same graph run at the
+        same speed."""
+        import json
+        return json.dumps({k: v for k, v in self.settings.items() if k not in WEIGHTS_ONLY},
+                          sort_keys=True, default=str)
+
+
+#: settings that change only the values of the weights, never the graph: "start", which model
+#: the weights come from (rounded to nearest or adaptively, backends/adaround.py)
+WEIGHTS_ONLY = frozenset({"start"})
+
 
 @dataclass(frozen=True)
 class Remedy:
