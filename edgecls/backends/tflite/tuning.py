@@ -52,13 +52,15 @@ class TFLiteTuner(CandidateKeeper):
         self.starts, self.spec, self.calibration = list(starts), spec, calibration
         self.target, self.int8_io, self.allow_float_ops = target, int8_io, allow_float_ops
         self._quantizers: dict[int, q.Int8Quantizer] = {}
+        self._samples: list[np.ndarray] | None = None
 
     def quantizer(self, start: int) -> q.Int8Quantizer:
         """The start's quantizer, calibrated when a recipe first needs it."""
         if start not in self._quantizers:
-            samples = [x for batch in self.calibration.batches(self.spec) for x in batch]
+            if self._samples is None:     # preprocessed once for every start
+                self._samples = [x for batch in self.calibration.batches(self.spec) for x in batch]
             with quiet():
-                self._quantizers[start] = q.Int8Quantizer(self.starts[start][1], samples,
+                self._quantizers[start] = q.Int8Quantizer(self.starts[start][1], self._samples,
                                                           self.int8_io)
         return self._quantizers[start]
 
