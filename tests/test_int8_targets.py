@@ -291,7 +291,9 @@ def test_forced_targets_are_recorded(digits_model, digits_data, tmp_path, target
 
 
 def test_the_fastest_recipe_that_passes_wins(digits_model, digits_data, tmp_path):
-    """Two recipes that both meet the tolerance: the one measured faster is written."""
+    """Two recipes that both meet the tolerance: the one measured faster is written - or,
+    within 10% of its latency (the same speed on this noisy machine), the one closer to
+    FP32."""
     from edgecls.backends.onnx.tuning import OnnxTuner
     from edgecls.imaging.datasets import CalibrationSet
     from edgecls.search import Recipe, export_int8
@@ -316,7 +318,9 @@ def test_the_fastest_recipe_that_passes_wins(digits_model, digits_data, tmp_path
     outcome = export_int8(tuner, source, calibration, out)
     passing = [t for t in outcome.trials if t.passed]
     assert len(passing) == 2
-    assert outcome.chosen.latency_ms == min(t.latency_ms for t in passing)
+    fastest = min(passing, key=lambda t: t.latency_ms)
+    near = [t for t in passing if t.latency_ms <= 1.10 * fastest.latency_ms]
+    assert outcome.chosen is min(near, key=lambda t: t.kl)
     assert read_spec(out).quantization["search"]["chosen"] == outcome.chosen.recipe.label
 
 
