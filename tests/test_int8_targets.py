@@ -374,7 +374,7 @@ def test_openvino_accuracy_control_meets_its_target(digits_model, digits_onnx, d
 
     from edgecls.backends.openvino import OpenVINOOptions
     from edgecls.backends.openvino.export import _finish
-    from edgecls.backends.openvino.tuning import OpenVINOTuner
+    from edgecls.backends.openvino.tuning import OpenVINOTuner, Start
     from edgecls.imaging.datasets import CalibrationSet
     from edgecls.sources.export_source import ExportSource
     from edgecls.verdict import Tolerances
@@ -390,7 +390,7 @@ def test_openvino_accuracy_control_meets_its_target(digits_model, digits_onnx, d
     calibration = CalibrationSet.from_source(calib, spec)
     options = OpenVINOOptions.parse({}, "int8", "openvino")
     ir_spec = spec.derive(format="openvino", precision="int8")
-    tuner = OpenVINOTuner(ov.convert_model(str(digits_onnx)), source, ir_spec, calibration,
+    tuner = OpenVINOTuner([Start(ov.convert_model(str(digits_onnx)))], source, ir_spec, calibration,
                           targets.resolve("auto"), options,
                           lambda m, s, out: _finish(m, s, out, precision="int8", options=options))
     [controlled] = tuner.fallbacks(tuner.bases()[0], Tolerances(0.99, 0.02, max_top1_drop=0.5))

@@ -29,6 +29,17 @@ from edgecls.spec import SPEC_KEY  # noqa: E402
 def make_ir(model, spec, onnx_path: Path, out: Path, precision="fp32", calib=None, **options):
     """The OpenVINO exporter on a source whose FP32 ONNX file already exists; an INT8
     export's Tuner is run by the recipe search, as export() does."""
+    from edgecls.search import export_int8
+    tuner, source, calibration, parsed = exporter(model, spec, onnx_path, out, precision,
+                                                  calib, **options)
+    if tuner is not None:
+        export_int8(tuner, source, calibration, out, search=not parsed.no_search)
+    return out
+
+
+def exporter(model, spec, onnx_path: Path, out: Path, precision="fp32", calib=None, **options):
+    """(what the OpenVINO exporter returns - an INT8 export's Tuner, else None -, the
+    source, the CalibrationSet, the parsed options)."""
     from edgecls.backends.onnx import DEFAULT_OPSET
     from edgecls.backends.openvino import OpenVINOOptions
     from edgecls.backends.openvino.export import export
@@ -42,10 +53,7 @@ def make_ir(model, spec, onnx_path: Path, out: Path, precision="fp32", calib=Non
     parsed = OpenVINOOptions.parse(options, precision, "openvino")
     tuner = export(source, derived, out, precision=precision, calibration=calibration,
                    options=parsed)
-    if tuner is not None:
-        from edgecls.search import export_int8
-        export_int8(tuner, source, calibration, out, search=not parsed.no_search)
-    return out
+    return tuner, source, calibration, parsed
 
 
 def logits(path, crops, **kwargs):
@@ -80,6 +88,9 @@ def irs(digits_model, digits_onnx, digits_data, tmp_path_factory):
         "fp32": make_ir(model, spec, digits_onnx, folder / "fp32.xml"),
         "fp16": make_ir(model, spec, digits_onnx, folder / "fp16.xml", "fp16"),
         "int8": make_ir(model, spec, digits_onnx, folder / "int8.xml", "int8", calib=calib),
+        # NNCF alone: --preset names it (else the search may choose ONNX Runtime's QDQ model)
+        "int8-nncf": make_ir(model, spec, digits_onnx, folder / "int8-nncf.xml", "int8",
+                             calib=calib, preset="performance"),
         "baked": make_ir(model, spec, digits_onnx, folder / "baked.xml", bake_preprocessing=True),
         "static": make_ir(model, spec, digits_onnx, folder / "static.xml", static_batch=4),
     }
@@ -106,7 +117,7 @@ def test_int8_is_really_quantized_and_recorded(irs):
     import openvino as ov
 
     from edgecls.formats import read_spec
-    spec = read_spec(irs["int8"])
+    spec = read_spec(irs["int8-nncf"])
     q = spec.quantization
     assert spec.precision == "int8" and q["method"] == "nncf-ptq" and q["preset"] == "performance"
     assert q["calibration_source"] == "digits" and q["calibration_size"] == 200
@@ -114,8 +125,75 @@ def test_int8_is_really_quantized_and_recorded(irs):
     # the default recipe keeps the first convolution and the classifier in float, and the
     # graph analysis finds exactly those two unquantized
     assert len(q["ignored_scope"]) == 2 and sorted(q["kept_in_float"]) == sorted(q["ignored_scope"])
-    types = {op.get_type_name() for op in ov.Core().read_model(str(irs["int8"])).get_ops()}
+    types = {op.get_type_name() for op in ov.Core().read_model(str(irs["int8-nncf"])).get_ops()}
     assert "FakeQuantize" in types
+
+
+def test_onnx_runtime_qdq_models_run_in_openvino_as_in_onnx_runtime(
+        digits_model, digits_onnx, digits_data, digits_val, tmp_path):
+    """For a target that never saturates the search also converts ONNX Runtime's QDQ models
+    (from the FP32 and the adaptively rounded start). The oracle: ONNX Runtime running the
+    very QDQ file OpenVINO converted (with its exact int8 kernels), and the torch model."""
+    import openvino as ov
+
+    from edgecls.backends.onnx.runtime import OnnxRuntimeSession
+    from edgecls.formats import read_spec
+    from edgecls.imaging.preprocess import to_model_input
+    model, spec = digits_model
+    _, calib, _, _ = digits_data
+    crops, labels, ref = digits_val
+    tuner, *_ = exporter(model, spec, digits_onnx, tmp_path / "x.xml", "int8", calib=calib,
+                         target="x86-vnni")
+    recipes = [r for r in tuner.bases() if r.settings.get("quantizer") == "onnxruntime"]
+    assert [r.settings["start"] for r in recipes] == [0, 1]
+    assert "adaptive rounding" in recipes[1].label and "adaptive rounding" not in recipes[0].label
+    for recipe in recipes:
+        out = tmp_path / f"qdq{recipe.settings['start']}.xml"
+        tuner.build(recipe, out)
+        q = read_spec(out).quantization
+        assert q["format"] == "QDQ" and q["converted_by"] == "openvino" and q["recipe"] == recipe.label
+        assert ("rounding" in q) == (recipe.settings["start"] == 1)
+        types = {op.get_type_name() for op in ov.Core().read_model(str(out)).get_ops()}
+        assert "FakeQuantize" in types
+        qdq = tmp_path / f"qdq{recipe.settings['start']}.onnx"
+        tuner.qdq[recipe.settings["start"]].quantize(recipe.settings, qdq)
+        with OnnxRuntimeSession(qdq, precise_int8=True) as session:
+            by_ort = session.run(to_model_input(crops, spec))
+        by_openvino = logits(out, crops)
+        assert np.mean(by_openvino.argmax(1) == by_ort.argmax(1)) >= 0.99
+        assert accuracy(ref, labels) - accuracy(by_openvino, labels) <= 0.005
+
+
+def test_the_rounded_start_gives_layers_kept_in_float_their_fp32_weights(
+        digits_model, digits_onnx, digits_data, tmp_path):
+    """NNCF from the adaptively rounded model: the layers it keeps in float (the first
+    convolution and the classifier) hold the FP32 model's weights, not the rounded ones."""
+    import openvino as ov
+
+    from edgecls.formats import read_spec
+    model, spec = digits_model
+    _, calib, _, _ = digits_data
+    tuner, *_ = exporter(model, spec, digits_onnx, tmp_path / "x.xml", "int8", calib=calib,
+                         target="x86-vnni")
+    rounded = next(r for r in tuner.bases()
+                   if r.settings.get("start") == 1 and "quantizer" not in r.settings)
+    out = tmp_path / "rounded.xml"
+    tuner.build(rounded, out)
+    kept = read_spec(out).quantization["kept_in_float"]
+    assert len(kept) == 2 and read_spec(out).quantization["rounding"]["layers"] >= 3
+
+    def weights(m) -> dict[str, np.ndarray]:
+        return {op.get_friendly_name(): op.input_value(1).get_node().get_data()
+                for op in m.get_ops() if op.get_friendly_name() in kept
+                and op.input_value(1).get_node().get_type_name() == "Constant"}
+
+    fp32 = weights(ov.convert_model(str(digits_onnx)))
+    written = weights(ov.Core().read_model(str(out)))
+    rounded_start = weights(tuner.starts[1].model)
+    assert sorted(fp32) == sorted(written) == sorted(kept)
+    for name in kept:
+        assert np.array_equal(written[name], fp32[name]), name
+        assert not np.array_equal(rounded_start[name], fp32[name]), name   # it can fail
 
 
 def test_fp16_weights_are_compressed(irs):

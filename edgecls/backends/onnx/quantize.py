@@ -287,19 +287,24 @@ class OrtQuantizer:
             calibrator.collect_data(BatchReader(self.calibration.batches(self.spec, batch_size)))
             save_tensors_data(calibrator.compute_data(), self.cache)
 
+    def facts(self, settings: dict[str, list[str]]) -> dict[str, Any]:
+        """What spec.quantization records of this recipe (an OpenVINO IR converted from the
+        QDQ model records the same)."""
+        import onnxruntime
+
+        return {"tool": f"onnxruntime {onnxruntime.__version__}", "method": self.method,
+                "format": "QDQ", **self.recipe.describe(),
+                "kept_in_float": list(settings.get("kept_in_float", [])),
+                "u8u8_weights": list(settings.get("u8u8_weights", [])),
+                **({"rounding": self.rounding} if self.rounding else {}),
+                **({"bias_correction": self.bias_correction} if self.bias_correction else {}),
+                **self.calibration.recipe()}
+
     def describe(self, spec: ModelSpec, settings: dict[str, list[str]]) -> None:
         """Fill spec.quantization / parent / tools with this recipe."""
         import onnxruntime
 
-        spec.quantization = {
-            **(spec.quantization or {}),
-            "tool": f"onnxruntime {onnxruntime.__version__}", "method": self.method,
-            "format": "QDQ", **self.recipe.describe(),
-            "kept_in_float": list(settings.get("kept_in_float", [])),
-            "u8u8_weights": list(settings.get("u8u8_weights", [])),
-            **({"rounding": self.rounding} if self.rounding else {}),
-            **({"bias_correction": self.bias_correction} if self.bias_correction else {}),
-            **self.calibration.recipe()}
+        spec.quantization = {**(spec.quantization or {}), **self.facts(settings)}
         spec.parent = {"format": "onnx", "precision": "fp32",
                        "sha256": sha256(self.fp32_path, 16), "weights": spec.weights}
         spec.tools["onnxruntime"] = onnxruntime.__version__

@@ -22,7 +22,7 @@ from edgecls import targets
 from edgecls.backends.base import ExportPaths
 from edgecls.backends.openvino import OpenVINOOptions
 from edgecls.backends.openvino.container import save, write_spec
-from edgecls.backends.openvino.tuning import OpenVINOTuner
+from edgecls.backends.openvino.tuning import OpenVINOTuner, Start
 from edgecls.errors import first_line
 from edgecls.spec import ModelSpec
 
@@ -45,11 +45,45 @@ def fp16(source, spec: ModelSpec, out: Path, *, calibration, options: OpenVINOOp
 
 
 def int8(source, spec: ModelSpec, out: Path, *, calibration, options: OpenVINOOptions):
-    """The Tuner (NNCF) the recipe search runs."""
+    """The Tuner the recipe search runs: NNCF from the FP32 model and (unless --no-search) from
+    the adaptively rounded one (edgecls.backends.adaround), converted the same way; and, for
+    a target that never saturates, ONNX Runtime's QDQ models from both (tuning.py says why)."""
+    import openvino as ov
+
+    from edgecls.backends.onnx.export import rounded_onnx
+
     model, spec.exported_from = convert(source, spec)
+    target = targets.resolve(options.target)
+    starts = [Start(model)]
+    rounded = (None if options.no_search or spec.exported_from != "onnx"
+               else rounded_onnx(source, calibration))
+    if rounded is not None:
+        _, rounded_path, facts = rounded
+        starts.append(Start(ov.convert_model(str(rounded_path)), facts))
     finish = functools.partial(_finish, precision="int8", options=options)
-    return OpenVINOTuner(model, source, spec, calibration, targets.resolve(options.target),
-                         options, finish)
+    qdq = (_qdq_quantizers(source, calibration, target, options, rounded and rounded[1:])
+           if spec.exported_from == "onnx" else [])
+    return OpenVINOTuner(starts, source, spec, calibration, target, options, finish, qdq=qdq)
+
+
+def _qdq_quantizers(source, calibration, target, options: OpenVINOOptions, rounded) -> list:
+    """ONNX Runtime's quantizers (backends/onnx/quantize.OrtQuantizer) for the target's QDQ
+    recipe, one per start (from the FP32 ONNX export the IR came from); none where the
+    target has no such recipe, or NNCF was asked for by name (--preset, --calib-method, --ignored-scope), or with --no-search."""
+    from edgecls.backends.onnx.quantize import OrtQuantizer
+    from edgecls.backends.openvino.quantize import QDQ_TARGETS
+
+    ort_target = QDQ_TARGETS.get(target.name)
+    if (ort_target is None or options.no_search or options.preset or options.calib_method
+            or options.ignored_scope):
+        return []
+    found = []
+    for index, start in enumerate([None, rounded] if rounded else [None]):
+        work = Path(source.workdir) / "openvino-qdq" / str(index)
+        work.mkdir(parents=True, exist_ok=True)
+        found.append(OrtQuantizer(source.onnx(), source.spec, calibration, work,
+                                  target=ort_target, rounded=start))
+    return found
 
 
 def qat(source, spec: ModelSpec, out: Path, *, calibration, options: OpenVINOOptions) -> None:

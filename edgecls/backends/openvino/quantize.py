@@ -45,6 +45,15 @@ AGNOSTIC_OPS = {"MaxPool", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Flat
                 "StridedSlice", "Slice", "Split", "VariadicSplit", "Pad", "Gather", "Concat"}
 
 
+#: OpenVINO targets whose kernels never saturate, and the ONNX Runtime recipe whose QDQ model
+#: the search converts for them too (backends/onnx/quantize.OrtQuantizer: the same layers in
+#: float, bias correction, adaptive rounding). Why: EfficientNet-Lite0, the 72 selection
+#: crops, AMD EPYC with VNNI: ORT's QDQ model run by OpenVINO KL 0.0061 (0.0053 in ORT),
+#: NNCF's own from the same start 0.024 (its "mixed" preset 0.024 too), and no slower.
+#: AVX2 targets need NNCF's overflow fix, which a QDQ model cannot carry.
+QDQ_TARGETS = {"x86-vnni": "x86-vnni", "arm64": "arm64"}
+
+
 @dataclass(frozen=True)
 class NncfRecipe:
     overflow_fixes: tuple[str, ...]          # NNCF OverflowFix values, one base candidate each
@@ -146,6 +155,27 @@ def first_and_last_layers(model) -> list[str]:
 
 #: what may sit between the first convolution and a group convolution it feeds
 _ACTIVATIONS = ("Relu", "Clamp", "HSwish", "HSigmoid", "Sigmoid", "Swish", "Multiply", "Add")
+
+
+def with_float_weights(model, fp32, names: list[str]) -> None:
+    """Give the operations `names` of `model` (a copy of `fp32` converted from other weights:
+    the adaptively rounded ones) the weights they have in `fp32`, in place: a layer kept in
+    float runs on its own weights, not on the ones rounded for an int8 grid it never meets.
+    Both models come from the same exporter, so their operation names are the same."""
+    import openvino as ov
+
+    ops = {op.get_friendly_name(): op for op in model.get_ops()}
+    originals = {op.get_friendly_name(): op for op in fp32.get_ops()}
+    for name in names:
+        if name not in ops or name not in originals:
+            raise UnsupportedOptionError(f"ignored_scope: no operation named {name} in both the "
+                                         "FP32 and the rounded OpenVINO model")
+        weights = ops[name].input_value(1).get_node()
+        original = originals[name].input_value(1).get_node()
+        if weights.get_type_name() != "Constant" or original.get_type_name() != "Constant":
+            continue   # computed weights (none in the exporters' graphs): nothing to give back
+        ops[name].input(1).replace_source_output(
+            ov.op.Constant(original.get_data().copy()).output(0))
 
 
 def _ignored(model, names: list[str]):
