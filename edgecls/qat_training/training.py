@@ -76,11 +76,11 @@ def qat(model: Any, spec: ModelSpec, calib: Any = "photos", train: Any = None, *
     mode = "supervised" if train is not None else "distillation"
     path = Path(checkpoint) if checkpoint else default_checkpoint(spec, family)
     teacher = model.eval()
-    start, bias_correction = corrected_start(teacher, spec, split)
+    start, methods = ptq_start(teacher, spec, split)
     fingerprint = {"model": spec.name, "weights": spec.weights, "family": family.name,
                    "target": chosen.name, "mode": mode, "lr": lr, "seed": seed,
                    "train": split.train.digest(), "validation": split.validation.digest(),
-                   "bias_correction": bias_correction is not None}
+                   "start": sorted(methods)}
 
     torch.manual_seed(seed)
     quantizer = family.quantizer(chosen)
@@ -114,23 +114,31 @@ def qat(model: Any, spec: ModelSpec, calib: Any = "photos", train: Any = None, *
     module.cpu()
     recipe = _recipe(family, chosen, quantizer, split, mode, state, epochs, lr, seed, device,
                      time.perf_counter() - started)
-    if bias_correction:
-        recipe["bias_correction"] = bias_correction
+    recipe.update(methods)
     return QATStudent(module, teacher, spec, family, chosen, quantizer, split, recipe)
 
 
-def corrected_start(teacher, spec: ModelSpec, split) -> tuple[Any, dict[str, Any] | None]:
-    """What the student is prepared from: a copy of the teacher with NNCF's full bias
-    correction found on the calibration images - where PTQ starts too (backends/onnx/
-    bias_correction.py), so epoch 0 is the corrected PTQ model and training goes on from
-    there; the teacher itself stays the reference. Without NNCF: the teacher."""
+def ptq_start(teacher, spec: ModelSpec, split) -> tuple[Any, dict[str, Any]]:
+    """What the student is prepared from, and the methods that made it: a copy of the
+    teacher adaptively rounded (edgecls.backends.adaround) and then given NNCF's full bias
+    correction, both found on the calibration images - the PTQ search's second start
+    (backends/onnx/torch_start.py), so epoch 0 is that PTQ model and training goes on from
+    there; the teacher itself stays the reference. Without NNCF: rounded only."""
+    from edgecls.backends.adaround import adaptively_rounded
+
+    calibration = CalibrationSet(split.calibration, spec)
+    rounded, rounding = adaptively_rounded(teacher, calibration, spec)
+    methods: dict[str, Any] = {"rounding": rounding}
     if not available():        # (corrected_module says so too; this skips the ONNX export)
-        return teacher, None
+        return rounded, methods
     with tempfile.TemporaryDirectory(prefix="edgecls-qat-") as work:
-        fp32 = Path(work) / "teacher.onnx"
-        export_fp32(teacher, spec.derive(format="onnx", exported_from="torch",
+        fp32 = Path(work) / "rounded.onnx"
+        export_fp32(rounded, spec.derive(format="onnx", exported_from="torch",
                                          tools=dict(spec.tools)), fp32, DEFAULT_OPSET)
-        return corrected_module(teacher, fp32, spec, CalibrationSet(split.calibration, spec))
+        corrected, correction = corrected_module(rounded, fp32, spec, calibration)
+    if correction:
+        methods["bias_correction"] = correction
+    return corrected, methods
 
 
 def default_checkpoint(spec: ModelSpec, family: Family, folder: Path = Path("out")) -> Path:
