@@ -29,6 +29,19 @@ def _share_the_cores_between_workers() -> None:
 
 _share_the_cores_between_workers()
 
+
+def pytest_configure(config) -> None:
+    """One cache folder for the run (edgecls.backends.adaround keeps roundings there),
+    shared by the xdist workers, which inherit the environment when they start after this,
+    and by the CLI subprocesses: three EfficientNet-Lite0 searches round the model once,
+    never from a cache an earlier run or the user left. A value the user set is kept."""
+    import tempfile
+    if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get("EDGECLS_CACHE"):
+        return
+    folder = tempfile.mkdtemp(prefix="edgecls-test-cache-")
+    os.environ["EDGECLS_CACHE"] = folder
+    config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+
 import numpy as np  # noqa: E402  (after the threads are set)
 import pytest  # noqa: E402
 

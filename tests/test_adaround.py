@@ -97,3 +97,82 @@ def test_rounded_weights_are_what_onnx_runtime_quantizes_them_to(rounded_digits,
     # the test can fail: the unrounded model is not on the grid
     w0, q0, scale0 = next(iter(before.values()))
     assert np.abs(q0 * _per_channel(scale0, w0.ndim) - w0).max() > 1e-4 * np.abs(w0).max()
+
+
+# -- the cache on disk ---------------------------------------------------------------------
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty cache folder of its own, nothing found in this process yet, and a count of
+    the roundings actually computed."""
+    from edgecls.backends import adaround
+
+    monkeypatch.setenv(adaround.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(adaround, "_FOUND", {})
+    computed = []
+    real = adaround._round_layers
+
+    def counted(*args, **kwargs):
+        computed.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(adaround, "_round_layers", counted)
+    return adaround, tmp_path / "cache" / "adaround", computed
+
+
+def _round(adaround, rounded_digits, iterations=50):
+    model, _, _, calibration, spec = rounded_digits
+    return adaround.adaptively_rounded(model, calibration, spec, iterations=iterations)
+
+
+def _state(module) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def test_another_process_reads_the_rounding_from_the_cache(rounded_digits, cache, monkeypatch):
+    adaround, folder, computed = cache
+    first, facts = _round(adaround, rounded_digits)
+    [saved] = folder.glob("*.npz")
+    monkeypatch.setattr(adaround, "_FOUND", {})          # as a new process starts
+    second, facts_again = _round(adaround, rounded_digits)
+    assert len(computed) == 1 and facts_again == facts
+    a, b = _state(first), _state(second)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    monkeypatch.setattr(adaround, "_FOUND", {})
+    _round(adaround, rounded_digits, iterations=60)      # other settings: another rounding
+    assert len(computed) == 2 and len(list(folder.glob("*.npz"))) == 2
+    assert saved.exists()
+
+
+@pytest.mark.parametrize("tamper", ["a weight two steps away", "a pickled object",
+                                    "not a zip file", "an unknown layer"])
+def test_a_cache_file_that_is_not_what_it_should_be_is_ignored(rounded_digits, cache,
+                                                               monkeypatch, tamper):
+    """A cache file is untrusted bytes: one that is not plain arrays of this model's layers,
+    each weight at most one grid step from the model's, is ignored and the rounding found
+    again (and nothing in it runs)."""
+    adaround, folder, computed = cache
+    model = rounded_digits[0]
+    _round(adaround, rounded_digits)
+    [saved] = folder.glob("*.npz")
+    with np.load(saved, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    name = next(k for k in arrays if k != "facts")
+    original = dict(model.named_modules())[name.removeprefix("weight:")].weight.detach().numpy()
+    if tamper == "a weight two steps away":
+        step = np.abs(original[0]).max() / 127
+        arrays[name] = arrays[name].copy()
+        arrays[name][0].flat[0] = original[0].flat[0] + 2.5 * step
+    elif tamper == "a pickled object":
+        arrays[name] = np.array([{"not": "an array"}], dtype=object)
+    elif tamper == "an unknown layer":
+        arrays["weight:no.such.layer"] = np.zeros(3, np.float32)
+    if tamper == "not a zip file":
+        saved.write_bytes(b"PK\x03\x04 this is no archive")
+    else:
+        np.savez(saved, **arrays)
+    monkeypatch.setattr(adaround, "_FOUND", {})
+    rounded, _ = _round(adaround, rounded_digits)
+    assert len(computed) == 2                            # found again, not read
+    weights = dict(rounded.named_modules())[name.removeprefix("weight:")].weight.detach().numpy()
+    step = np.abs(original.reshape(len(original), -1)).max(1) / 127
+    assert (np.abs(weights - original).reshape(len(original), -1).max(1) <= step * 1.0001).all()

@@ -27,15 +27,30 @@ starts on the selection images. Measured (EfficientNet-Lite0, AMD EPYC with VNNI
 FP32 on the 72 selection crops: ONNX Runtime 0.0088 -> 0.0053, full-integer TFLite 0.0207 ->
 0.0166, ExecuTorch 0.0202 -> 0.0166; on the 351 verification crops ONNX Runtime 0.0147 ->
 0.010 (the verdict's first pass for this model), TFLite 0.032 -> 0.027.
+
+A rounding is kept for the process, and on disk for the next one (an export per backend
+from the command line would otherwise find the same rounding again each time): in
+$EDGECLS_CACHE/adaround (default ~/.cache/edgecls; EDGECLS_CACHE=none turns it off), one
+file per digest of (this file's code, the model, the images, the iterations), written
+whole or not at all, and computed by one process at a time (a lock per digest). What is
+read back is untrusted bytes: only plain arrays (no pickles), only the layers this model
+has at their shapes, and each weight at most one grid step from the model's own - the
+choices AdaRound itself makes - or the file is ignored and the rounding found again.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
+import json
 import logging
 import math
+import os
 import time
+import zipfile
 from dataclasses import dataclass
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -72,14 +87,30 @@ def adaptively_rounded(module, calibration, spec, *, images: int = IMAGES,
     """A copy of the torch `module` whose Conv2d and Linear weights are AdaRound's choice on
     the int8 grid each backend uses (BatchNorm folding included), and what the spec records.
     H comes from the first `images` of the CalibrationSet `calibration`, fed as `spec` says."""
-    import torch
-
     inputs = np.concatenate(list(calibration.batches(spec)))[:images]
     key = _digest(module, inputs, iterations)
     if key in _FOUND:
         log.info("adaptive rounding: the one found earlier for this model and these images")
         found, facts = _FOUND[key]
         return copy.deepcopy(found), dict(facts)
+    with _computed_once(key):
+        found = _load(key, module)
+        if found is None:
+            found = _round_layers(module, inputs, iterations)
+            _store(key, *found)
+    rounded, facts, _ = found
+    while len(_FOUND) >= _FOUND_KEPT:
+        _FOUND.pop(next(iter(_FOUND)))
+    _FOUND[key] = (copy.deepcopy(rounded), dict(facts))
+    return rounded, facts
+
+
+def _round_layers(module, inputs: np.ndarray,
+                  iterations: int) -> tuple[Any, dict[str, Any], list[str]]:
+    """AdaRound of every Conv2d / Linear `inputs` run through, on a copy of `module`: (the
+    copy, the facts, the names of the layers rounded)."""
+    import torch
+
     module = copy.deepcopy(module).eval()
     start = time.perf_counter()
     layers = _gather(module, (inputs[i:i + 16] for i in range(0, len(inputs), 16)))
@@ -103,22 +134,130 @@ def adaptively_rounded(module, calibration, spec, *, images: int = IMAGES,
             if i % 10 == 0 or i == len(layers):
                 log.info("adaptive rounding: %d/%d layers (%.0f s)", i, len(layers),
                          time.perf_counter() - start)
-    facts = {"tool": "edgecls AdaRound (quadratic form, BatchNorm folded)",
-             "layers": len(layers), "iterations": iterations, "images": len(inputs),
-             "output_error": {"nearest": round(nearest_total, 6),
-                              "adaround": round(adaround_total, 6)}}
     log.info("adaptive rounding: summed layer output error %.3g (nearest) -> %.3g, %.0f s",
              nearest_total, adaround_total, time.perf_counter() - start)
-    while len(_FOUND) >= _FOUND_KEPT:
-        _FOUND.pop(next(iter(_FOUND)))
-    _FOUND[key] = (copy.deepcopy(module), dict(facts))
-    return module, facts
+    names = {id(m): name for name, m in module.named_modules()}
+    return (module, _facts(len(layers), iterations, len(inputs), nearest_total, adaround_total),
+            [names[id(layer.module)] for layer in layers])
+
+
+def _facts(layers: int, iterations: int, images: int, nearest: float,
+           adaround: float) -> dict[str, Any]:
+    """What the spec records of a rounding (quantization.rounding)."""
+    return {"tool": "edgecls AdaRound (quadratic form, BatchNorm folded)",
+            "layers": layers, "iterations": iterations, "images": images,
+            "output_error": {"nearest": round(nearest, 6), "adaround": round(adaround, 6)}}
+
+
+# -- the cache on disk ---------------------------------------------------------------------
+#: the environment variable naming the cache folder ("none": no cache on disk)
+CACHE_ENV = "EDGECLS_CACHE"
+_CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+def _cache_file(key: str) -> Path | None:
+    folder = os.environ.get(CACHE_ENV) or str(Path.home() / ".cache" / "edgecls")
+    if folder.lower() == "none":
+        return None
+    return Path(folder) / "adaround" / f"{key}.npz"
+
+
+@contextlib.contextmanager
+def _computed_once(key: str) -> Iterator[None]:
+    """Hold the digest's lock (POSIX flock on a lock file next to the cache file): a second
+    process asking for the same rounding waits and then reads it instead of finding it too."""
+    path = _cache_file(key)
+    try:
+        import fcntl
+        assert path is not None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    except (ImportError, AssertionError, OSError):     # no cache, or no flock: no lock
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)      # releases the lock
+
+
+def _store(key: str, module, facts: dict[str, Any], names: list[str]) -> None:
+    """The rounded layers' weights and the facts' numbers, as plain arrays, whole or not at all."""
+    path = _cache_file(key)
+    if path is None:
+        return
+    modules = dict(module.named_modules())
+    arrays = {f"weight:{name}": modules[name].weight.detach().cpu().numpy() for name in names}
+    arrays["facts"] = np.array(json.dumps({k: facts[k] for k in ("iterations", "images")}
+                                          | dict(facts["output_error"])))
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("adaptive rounding: not cached (%s)", e)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load(key: str, module) -> tuple[Any, dict[str, Any], list[str]] | None:
+    """The cached rounding of `module`, or None (absent, or not what this code writes)."""
+    path = _cache_file(key)
+    if path is None or not path.is_file():
+        return None
+    try:
+        found = _checked(path, module)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        log.warning("adaptive rounding: ignoring the cached %s (%s); finding it again",
+                    path, str(e).splitlines()[0][:120])
+        return None
+    log.info("adaptive rounding: the one found earlier for this model and these images (%s)",
+             path)
+    return found
+
+
+def _checked(path: Path, module) -> tuple[Any, dict[str, Any], list[str]]:
+    """Read a cache file as untrusted: see the module docstring for what is accepted."""
+    import torch
+
+    modules = dict(module.named_modules())
+    with zipfile.ZipFile(path) as archive:       # sizes before anything is decompressed
+        for info in archive.infolist():
+            name = info.filename.removesuffix(".npy")
+            layer = modules.get(name.removeprefix("weight:"))
+            expected = (4096 if name == "facts" else
+                        layer.weight.numel() * 4 + 1024 if layer is not None and
+                        isinstance(getattr(layer, "weight", None), torch.Tensor) else -1)
+            if info.file_size > expected:
+                raise ValueError(f"unexpected entry {info.filename!r}")
+    with np.load(path, allow_pickle=False) as saved:
+        numbers = json.loads(str(saved["facts"][()]))
+        if not all(isinstance(numbers.get(k), (int, float)) for k in
+                   ("iterations", "images", "nearest", "adaround")):
+            raise ValueError("facts are not numbers")
+        rounded = copy.deepcopy(module).eval()
+        mine = dict(rounded.named_modules())
+        names = [k.removeprefix("weight:") for k in saved.files if k != "facts"]
+        for name in names:
+            weight = mine[name].weight
+            new = saved[f"weight:{name}"]
+            if new.shape != tuple(weight.shape) or new.dtype != np.float32:
+                raise ValueError(f"{name}: shape or type differs from the model's")
+            old = weight.detach().cpu().numpy()
+            step = np.abs(old.reshape(len(old), -1)).max(1) / QMAX
+            moved = np.abs(new - old).reshape(len(old), -1).max(1)
+            if not (np.isfinite(new).all() and (moved <= step * (1 + 1e-4) + 1e-12).all()):
+                raise ValueError(f"{name}: a weight is more than one grid step from the model's")
+            with torch.no_grad():
+                weight.copy_(torch.from_numpy(new))
+    return rounded, _facts(len(names), int(numbers["iterations"]), int(numbers["images"]),
+                           float(numbers["nearest"]), float(numbers["adaround"])), names
 
 
 def _digest(module, inputs: np.ndarray, iterations: int) -> str:
-    """The model's parameters and buffers, the images, the iterations."""
-    import hashlib
-    h = hashlib.sha256(f"{type(module).__qualname__};{iterations};".encode())
+    """This file's code, the model's parameters and buffers, the images, the iterations."""
+    h = hashlib.sha256(f"{_CODE};{type(module).__qualname__};{iterations};".encode())
     for name, tensor in module.state_dict().items():
         h.update(name.encode())
         tensor = tensor.detach().cpu()
