@@ -156,6 +156,7 @@ def _nncf_biases(model, name: str, images: list[np.ndarray],
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
     from onnx import numpy_helper
 
+    nncf.set_log_level(logging.WARNING)   # its INFO lines (ignored nodes...) would drown ours
     try:
         quantized = nncf.quantize(
             model, nncf.Dataset(images, lambda x: {name: x}),
