@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--calib", help="calibration images: a folder, or photos / digits")
     s.add_argument("--calib-size", type=int, help="calibration subset size (default 300)")
     s.add_argument("--strict", action="store_true", help="exit 1 when INT8 parity fails")
-    from edgecls.qat_training.training import DEFAULT_LR   # torch-free, like the parser
+    from edgecls.qat_training.training import LEARNING_RATES   # torch-free, like the parser
     q = s.add_argument_group("quantization-aware training (--qat)")
     q.add_argument("--qat", action="store_true",
                    help="INT8 by quantization-aware training (PT2E), one student per family of "
@@ -264,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "supervised QAT")
     q.add_argument("--epochs", type=int, default=3, help="QAT epochs (default 3; stops early "
                                                          "when held-out agreement stalls)")
-    q.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"QAT learning rate (default {DEFAULT_LR:g})")
+    q.add_argument("--lr", type=float, help="QAT learning rate (default: one training each at "
+                   f"{' and '.join(f'{r:g}' for r in LEARNING_RATES)}, the selection images "
+                   "choose)")
     q.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint next to the artifact")
     s.add_argument("--no-check", action="store_true",

@@ -337,8 +337,9 @@ def test_qat_through_the_cli_to_two_formats_then_resumed(gray, tmp_path, capsys)
     from edgecls.imaging.datasets import load_part
 
     out = tmp_path / "out"
+    # one learning rate (without --lr each of LEARNING_RATES trains: tests/test_qat.py)
     args = ["export", *gray.factory, *PREPROCESSING, "--to", "onnx,openvino", "--qat",
-            "--train", gray.calib, "--no-check", "-o", out]
+            "--train", gray.calib, "--no-check", "--lr", "5e-6", "-o", out]
     code, err = cli(capsys, *args, "--epochs", "1")
     assert code == 0, err
     artifacts = sorted(p for p in out.iterdir() if p.suffix in (".onnx", ".xml"))

@@ -130,7 +130,12 @@ def test_sweep_table_has_sane_values(swept):
     for fmt in ("onnx", "openvino"):
         int8 = _row(table, "digits_cnn", fmt, "int8")
         assert int8.accuracy > 0.85 and int8.drop < 5
-        assert int8.timing["size_mb"] < _row(table, "digits_cnn", fmt, "fp32").timing["size_mb"]
+    # INT8 is the smaller file. Not asked of the digits CNN's OpenVINO IR: its weights are
+    # 0.09 MB, the largest layer (the classifier, 80 KB) stays in float, and an IR converted
+    # from ONNX Runtime's QDQ model (the search's choice on a VNNI CPU) spends 0.05 MB of XML
+    # on its Q/DQ nodes (0.145 vs 0.126 MB FP32; EfficientNet-Lite0: 9.3 vs 18.5 MB)
+    int8 = _row(table, "digits_cnn", "onnx", "int8")
+    assert int8.timing["size_mb"] < _row(table, "digits_cnn", "onnx", "fp32").timing["size_mb"]
     # random weights: timed, but no accuracy
     assert _row(table, "mnv3s_32", "openvino", "int8").accuracy is None
     assert "random weights" in _row(table, "mnv3s_32", "onnx", "int8").notes

@@ -8,14 +8,14 @@ from edgecls.errors import UnsupportedOptionError
 from edgecls.exporting import QAT_TAG, check_output, export, options_for, output_for, planned_output
 from edgecls.formats import get_format
 from edgecls.qat_training.families import resolve
-from edgecls.qat_training.training import DEFAULT_LR, default_checkpoint, qat
+from edgecls.qat_training.training import default_checkpoint, qat
 from edgecls.sources import SourceRequest, resolve as resolve_source
 
 
 def export_with_qat(model: Any, to: str | Sequence[str], out: str | Path | None = None, *,
                     spec=None, weights: str = "pretrained", num_classes: int | None = None,
                     labels: list[str] | None = None, calib: Any = None, train: Any = None,
-                    target: str | None = None, epochs: int = 3, lr: float = DEFAULT_LR,
+                    target: str | None = None, epochs: int = 3, lr: float | None = None,
                     seed: int = 0, resume: bool = False, calib_size: int = 300,
                     check: bool = True, options: dict[str, Any] | None = None,
                     strict: bool = False, preprocessing: dict[str, Any] | None = None,

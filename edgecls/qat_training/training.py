@@ -15,6 +15,8 @@
    last epochs train against fixed scales. After each epoch: agreement with the teacher
    and KL on the held-out photos; the best epoch (Checkpoint.score: top-1 with labels, else
    KL) is kept, training stops once PATIENCE epochs bring no improvement, and a checkpoint is written (resume=True continues it).
+5. Learning rate: steps 2-4 once per rate in LEARNING_RATES (or the one asked for), each
+   from the same start; the best epoch of all on the selection images is the student.
 
 Seeded: the same data, seed and thread count give the same student. Runs on CUDA when
 torch sees a GPU, else on the CPU.
@@ -49,39 +51,76 @@ PATIENCE = 2            # epochs without a better held-out score before stopping
 OBSERVE_EPOCHS = 1      # epochs during which the observers still widen the ranges
 TEMPERATURE = 1.0       # of the distillation softmax
 BATCH_SIZE = 8
-# Adam's step size. EfficientNet-Lite0 distilled on photos into TFLite (AVX2 EPYC), held-out
-# KL / agreement after 3 epochs: 5e-6 -> 0.014 / 89.6%, 1e-5 -> 0.017 / 85.4%, 2e-5 -> 0.020 /
-# 81.3% (PTQ: 0.020 / 91.7%): larger steps undo the good starting ranges.
-DEFAULT_LR = 5e-6
+# Adam's step sizes tried, each a training of its own; the selection images choose (--lr: one).
+# The best step depends on the start: EfficientNet-Lite0 distilled on photos into TFLite, KL
+# on the 72 selection crops, best of 3 epochs (AMD EPYC VNNI). From the bias-corrected model
+# (before the rounded start): 5e-6 -> 0.014, 1e-5 -> 0.017, 2e-5 -> 0.020. From the rounded,
+# bias-corrected model (epoch 0: 0.0166): 5e-6 -> 0.0163, 1e-5 -> 0.0149, 2e-5 -> 0.0112,
+# 5e-5 -> 0.0138 (then diverging). About 70-95 s per training for Lite0 on 2 cores.
+LEARNING_RATES = (5e-6, 2e-5)
 
 
 def qat(model: Any, spec: ModelSpec, calib: Any = "photos", train: Any = None, *,
         data: Any = None, select: Any = None, to: str = "onnx", target: str | None = None, epochs: int = 3,
-        lr: float = DEFAULT_LR, seed: int = 0, resume: bool = False,
+        lr: float | None = None, seed: int = 0, resume: bool = False,
         checkpoint: str | Path | None = None, size: int = 300,
         progress: bool = True) -> QATStudent:
     """Train a fake-quantized copy of `model` (FP32, with its `spec`) for the backends of
     `to` on `target`; see the module docstring. `calib`: images to learn from without
     labels (distillation), `train`: a labelled set (supervised), `select`: the images the
-    best epoch is chosen on (default: the selection photos, or a third of the photos held
-    out), `data`: the verification images its artifacts are judged on (qat_training.data),
-    `size`: at most this many training images."""
-    import torch
-
+    best epoch and learning rate are chosen on (default: the selection photos, or a third of
+    the photos held out), `data`: the verification images its artifacts are judged on
+    (qat_training.data), `size`: at most this many training images, `lr`: one learning
+    rate (default: each of LEARNING_RATES, one training each, the best kept)."""
     family, chosen = resolve(to, target)
     require(family)
-    if epochs < 1 or lr <= 0:
+    rates = LEARNING_RATES if lr is None else (lr,)
+    if epochs < 1 or min(rates) <= 0:
         raise UnsupportedOptionError("QAT needs epochs >= 1 and a positive learning rate")
     split = qdata.split(calib, train, data, spec, size, seed, select)
     mode = "supervised" if train is not None else "distillation"
     path = Path(checkpoint) if checkpoint else default_checkpoint(spec, family)
     teacher = model.eval()
     start, methods = ptq_start(teacher, spec, split)
+    runs = []
+    for rate in rates:
+        where = path if len(rates) == 1 else path.with_name(f"{path.stem}.lr{rate:g}{path.suffix}")
+        runs.append(_train(start, teacher, spec, split, family, chosen, mode, methods, rate,
+                           seed, epochs, resume, where, progress))
+    best = max(runs, key=lambda r: Checkpoint.score(r.state.best_row))
+    best.module.load_state_dict(best.state.best_state)
+    best.module.cpu()
+    recipe = _recipe(family, chosen, best.quantizer, split, mode, best.state, epochs, best.lr,
+                     seed, best.device, sum(r.seconds for r in runs))
+    if len(runs) > 1:
+        recipe["learning_rates"] = {f"{r.lr:g}": {"best_epoch": r.state.best_epoch,
+                                                  **r.state.best_row} for r in runs}
+        log.info("QAT %s: learning rate %g chosen on the selection images (%s)", spec.name,
+                 best.lr, ", ".join(f"{r.lr:g}: KL {r.state.best_row['kl']:.4g}" for r in runs))
+    recipe.update(methods)
+    return QATStudent(best.module, teacher, spec, family, chosen, best.quantizer, split, recipe)
+
+
+@dataclass
+class _Trained:
+    lr: float
+    module: Any
+    state: "Checkpoint"
+    quantizer: Any
+    device: Any
+    seconds: float
+
+
+def _train(start, teacher, spec: ModelSpec, split, family: Family, chosen, mode: str,
+           methods: dict[str, Any], lr: float, seed: int, epochs: int, resume: bool,
+           path: Path, progress: bool) -> _Trained:
+    """One training at one learning rate from `start`, checkpointed at `path`."""
+    import torch
+
     fingerprint = {"model": spec.name, "weights": spec.weights, "family": family.name,
                    "target": chosen.name, "mode": mode, "lr": lr, "seed": seed,
                    "train": split.train.digest(), "validation": split.validation.digest(),
                    "start": sorted(methods)}
-
     torch.manual_seed(seed)
     quantizer = family.quantizer(chosen)
     module = prepare(start, spec, quantizer)
@@ -109,13 +148,8 @@ def qat(model: Any, spec: ModelSpec, calib: Any = "photos", train: Any = None, *
         loss = run.epoch(optimizer, epoch, epochs, mode, seed, observing, progress)
         state.record(epoch, run.evaluate(loss), module, optimizer)
         state.save()
-        _report(spec, state.history[-1], epochs)
-    module.load_state_dict(state.best_state)
-    module.cpu()
-    recipe = _recipe(family, chosen, quantizer, split, mode, state, epochs, lr, seed, device,
-                     time.perf_counter() - started)
-    recipe.update(methods)
-    return QATStudent(module, teacher, spec, family, chosen, quantizer, split, recipe)
+        _report(spec, state.history[-1], epochs, lr)
+    return _Trained(lr, module, state, quantizer, device, time.perf_counter() - started)
 
 
 def ptq_start(teacher, spec: ModelSpec, split) -> tuple[Any, dict[str, Any]]:
@@ -278,11 +312,11 @@ class _progress:
             self._bar.stop()
 
 
-def _report(spec: ModelSpec, row: dict[str, Any], epochs: int) -> None:
+def _report(spec: ModelSpec, row: dict[str, Any], epochs: int, lr: float) -> None:
     top1 = f", top-1 {row['top1']:.1%}" if "top1" in row else ""
-    log.info("QAT %s epoch %d/%d: loss %.4f, held-out agreement %.1f%% (%d/%d), KL %.4f%s",
-             spec.name, row["epoch"], epochs, row["loss"], 100 * row["agreement"],
-             row["agreeing"], row["n"], row["kl"], top1)
+    log.info("QAT %s (lr %g) epoch %d/%d: loss %.4f, held-out agreement %.1f%% (%d/%d), "
+             "KL %.4f%s", spec.name, lr, row["epoch"], epochs, row["loss"],
+             100 * row["agreement"], row["agreeing"], row["n"], row["kl"], top1)
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -308,6 +342,11 @@ class Checkpoint:
         if "top1" in row:
             return row["top1"], -row["kl"]
         return -row["kl"], row["agreement"]
+
+    @property
+    def best_row(self) -> dict[str, Any]:
+        """The history's row of the best epoch."""
+        return next(r for r in self.history if r["epoch"] == self.best_epoch)
 
     def record(self, epoch: int, row: dict[str, Any], module, optimizer=None) -> None:
         self.history = (self.history or []) + [{"epoch": epoch, **row}]
