@@ -69,7 +69,8 @@ def int8(source, spec: ModelSpec, out: Path, *, calibration, options: OpenVINOOp
 def _qdq_quantizers(source, calibration, target, options: OpenVINOOptions, rounded) -> list:
     """ONNX Runtime's quantizers (backends/onnx/quantize.OrtQuantizer) for the target's QDQ
     recipe, one per start (from the FP32 ONNX export the IR came from); none where the
-    target has no such recipe, or NNCF was asked for by name (--preset, --calib-method, --ignored-scope), or with --no-search."""
+    target has no such recipe, where NNCF was asked for by name (--preset, --calib-method,
+    --ignored-scope), or with --no-search."""
     from edgecls.backends.onnx.quantize import OrtQuantizer
     from edgecls.backends.openvino.quantize import QDQ_TARGETS
 
