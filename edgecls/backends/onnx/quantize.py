@@ -287,6 +287,14 @@ class OrtQuantizer:
             calibrator.collect_data(BatchReader(self.calibration.batches(self.spec, batch_size)))
             save_tensors_data(calibrator.compute_data(), self.cache)
 
+    @property
+    def label(self) -> str:
+        """"u8/s8 + adaptive rounding + bias correction": the recipe and what was done to the
+        model it quantizes (what a search's base recipe is called, in ONNX Runtime and in
+        the OpenVINO IR converted from its QDQ model)."""
+        return (self.recipe.short + (" + adaptive rounding" if self.rounding else "")
+                + (" + bias correction" if self.bias_correction else ""))
+
     def facts(self, settings: dict[str, list[str]]) -> dict[str, Any]:
         """What spec.quantization records of this recipe (an OpenVINO IR converted from the
         QDQ model records the same)."""

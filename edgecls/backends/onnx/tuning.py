@@ -76,11 +76,7 @@ class OnnxTuner(CandidateKeeper):
         found = []
         for start, quantizer in enumerate(self.quantizers):
             settings = {**quantizer.default_settings(), "start": start}
-            base = f"{self.target.name} {quantizer.recipe.short}"
-            if quantizer.rounding:
-                base += " + adaptive rounding"
-            if quantizer.bias_correction:
-                base += " + bias correction"
+            base = f"{self.target.name} {quantizer.label}"
             if "u8u8 weights" in quantizer.recipe.remedies and not self.measures_target:
                 settings["u8u8_weights"] = self.saturating(SATURATION_BLIND)
                 base += f", u8 weights on {len(settings['u8u8_weights'])} emulated-saturating layers"

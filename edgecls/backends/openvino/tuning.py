@@ -64,9 +64,7 @@ class OpenVINOTuner(CandidateKeeper):
                        + (" + adaptive rounding" if start.rounding else ""),
                        {"ignored": scope, "overflow_fix": fix, "start": index})
                 for index, start in enumerate(self.starts) for fix in self.recipe.overflow_fixes]
-        return nncf + [Recipe(f"{self.target.name} ONNX Runtime QDQ {ort.recipe.short}"
-                              + (" + adaptive rounding" if ort.rounding else "")
-                              + (" + bias correction" if ort.bias_correction else ""),
+        return nncf + [Recipe(f"{self.target.name} ONNX Runtime QDQ {ort.label}",
                               {**ort.default_settings(), "quantizer": "onnxruntime",
                                "start": index})
                        for index, ort in enumerate(self.qdq)]
