@@ -211,7 +211,8 @@ def export(model: Any, to: str = "onnx", out: str | Path | None = None, *,
             check_source(images)
     exporter = fmt.load_exporter()
     if student is not None:   # the teacher is the reference; its training images calibrated
-        base_spec = spec or student.spec
+        # fed as the student is (pixels - 128 where training folded the normalisation in)
+        base_spec = (spec or student.spec).derive(mean=student.spec.mean, std=student.spec.std)
         calibration = student.calibration()
         make_source = lambda work: ExportSource(student, base_spec, work)  # noqa: E731
     else:

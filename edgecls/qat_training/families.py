@@ -55,6 +55,9 @@ class Family:
     seven_bit_when_saturating: bool = False
     lowering: str = "torch.onnx (dynamo): QDQ ONNX"   # what turns the student into the artifact
     requires: tuple[tuple[str, str], ...] = (("torchao", "qat"),)   # (module, pip extra)
+    #: its artifacts take pixels - 128 where the model allows (edgecls.backends.pixel_input):
+    #: a full-integer graph quantizes its input, and int8 then holds every pixel exactly
+    pixel_input: bool = False
 
     def seven_bit(self, target: targets.Target) -> bool:
         return self.seven_bit_when_saturating and target.saturation_safe
@@ -153,7 +156,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("tflite", ("tflite",), CPU_TARGETS, litert_quantizer,
            "int8 asymmetric per-tensor", "int8 symmetric per-channel",
            lowering="litert-torch (PT2E): full-integer TFLite",
-           requires=(("torchao", "qat"), ("litert_torch", "tflite"))),
+           requires=(("torchao", "qat"), ("litert_torch", "tflite")), pixel_input=True),
     Family("executorch", ("executorch",), CPU_TARGETS, executorch_quantizer,
            "int8 asymmetric per-tensor", "int8 symmetric per-channel",
            lowering="ExecuTorch (to_edge_transform_and_lower, XNNPACK): .pte",

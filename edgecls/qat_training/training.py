@@ -38,6 +38,7 @@ from edgecls import hardware, metrics, targets
 from edgecls.backends.onnx import DEFAULT_OPSET
 from edgecls.backends.onnx.bias_correction import available, corrected_module
 from edgecls.backends.onnx.export import export_fp32
+from edgecls.backends.pixel_input import pixel_inputs, pixel_spec
 from edgecls.errors import UnsupportedOptionError
 from edgecls.imaging.datasets import CalibrationSet
 from edgecls.io import atomic_paths
@@ -81,6 +82,10 @@ def qat(model: Any, spec: ModelSpec, calib: Any = "photos", train: Any = None, *
     mode = "supervised" if train is not None else "distillation"
     path = Path(checkpoint) if checkpoint else default_checkpoint(spec, family)
     teacher = model.eval()
+    if family.pixel_input:   # teacher and student take pixels - 128, as the PTQ twin does
+        folded = pixel_inputs([teacher], spec, CalibrationSet(split.calibration, spec))
+        if folded is not None:
+            teacher, spec = folded[0], pixel_spec(spec)
     start, methods = ptq_start(teacher, spec, split)
     runs = []
     for rate in rates:

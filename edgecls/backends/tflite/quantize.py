@@ -48,7 +48,9 @@ class Int8Quantizer:
     affordable."""
 
     def __init__(self, float_model: bytes, samples: Iterable[np.ndarray],
-                 int8_io: str | None = None):
+                 int8_io: str | None = None, input_range: tuple[float, float] | None = None):
+        """`input_range`: the input tensor's range when it is known rather than measured
+        (pixels - 128: [-128, 127], which int8 holds exactly with scale 1, zero point 0)."""
         self.float_model, self.int8_io = float_model, int8_io
         key, name = signature_io(float_model)
         data = [{name: np.ascontiguousarray(s[None], np.float32)} for s in samples]
@@ -56,6 +58,10 @@ class Int8Quantizer:
             raise ValueError("no calibration samples")
         self.samples = len(data)
         self.qsv = _calibrate_global_min_max(self._quantizer(()), key, data)
+        if input_range is not None:     # in the calibrated statistics' own shapes
+            stats = self.qsv[_input_tensor(float_model)]
+            stats["min"] = np.full_like(stats["min"], input_range[0])
+            stats["max"] = np.full_like(stats["max"], input_range[1])
 
     def _quantizer(self, float_ops: Sequence[str]):
         from ai_edge_quantizer import qtyping, quantizer, recipe
@@ -91,6 +97,11 @@ class Int8Quantizer:
                  "activations": "int8 asymmetric per-tensor", "io": self.int8_io or "float32",
                  "calibration_samples": self.samples}
         return bytes(result.quantized_model), facts
+
+
+def _input_tensor(model: bytes) -> str:
+    from ai_edge_litert.interpreter import Interpreter
+    return Interpreter(model_content=model).get_input_details()[0]["name"]
 
 
 def weighted_ops(model: bytes) -> list[str]:

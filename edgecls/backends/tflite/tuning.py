@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgecls import hardware, targets
+from edgecls.backends import pixel_input
 from edgecls.backends.onnx.torch_start import Start
 from edgecls.backends.recipes import CandidateKeeper, Recipe, Remedy
 from edgecls.backends.tflite import FORMAT
@@ -46,11 +47,14 @@ class TFLiteTuner(CandidateKeeper):
     measures_target = True        # XNNPACK's int8 numbers are the same on every CPU kind
 
     def __init__(self, starts: Sequence[tuple[Start, bytes]], spec: ModelSpec, calibration,
-                 target: targets.Target, int8_io: str | None, allow_float_ops: bool):
+                 target: targets.Target, int8_io: str | None, allow_float_ops: bool,
+                 pixels: bool = False):
         """`starts`: the torch models recipes start from (edgecls.backends.onnx.torch_start)
-        with the float TFLite model each converted to; one base recipe each."""
+        with the float TFLite model each converted to; one base recipe each. `pixels`: they
+        take pixels - 128 (edgecls.backends.pixel_input; `spec` says so too)."""
         self.starts, self.spec, self.calibration = list(starts), spec, calibration
         self.target, self.int8_io, self.allow_float_ops = target, int8_io, allow_float_ops
+        self.pixels = pixels
         self._quantizers: dict[int, q.Int8Quantizer] = {}
         self._samples: list[np.ndarray] | None = None
 
@@ -60,8 +64,9 @@ class TFLiteTuner(CandidateKeeper):
             if self._samples is None:     # preprocessed once for every start
                 self._samples = [x for batch in self.calibration.batches(self.spec) for x in batch]
             with quiet():
-                self._quantizers[start] = q.Int8Quantizer(self.starts[start][1], self._samples,
-                                                          self.int8_io)
+                self._quantizers[start] = q.Int8Quantizer(
+                    self.starts[start][1], self._samples, self.int8_io,
+                    input_range=pixel_input.RANGE if self.pixels else None)
         return self._quantizers[start]
 
     def bases(self) -> list[Recipe]:
@@ -94,6 +99,7 @@ class TFLiteTuner(CandidateKeeper):
         spec.quantization = {**targets.record(self.target, hardware.cpu().int8_isa, True),
                              "recipe": recipe.label, **self.calibration.recipe(), **facts,
                              "float_ops": leftover if kept else [], **start.methods,
+                             **({"input": pixel_input.RECORD} if self.pixels else {}),
                              **({"search": search} if search is not None else {})}
         Path(out).write_bytes(embed_spec(model, spec))
 

@@ -1,0 +1,134 @@
+"""Pixels as the INT8 input: the input normalisation folded into the first convolution.
+
+A full-integer model (TFLite) quantizes its input to int8 like any other tensor. The input
+is (p - 255 mean) / (255 std) for pixels p = 0..255: 256 levels on a grid of 1 / (255 std),
+so an int8 grid could hold them exactly - but only if the grid's zero point, an integer,
+falls on a pixel level. For mean 0.5 (EfficientNet-Lite and most TensorFlow-born models)
+the centre, 127.5, sits halfway between two levels: every pixel is rounded by half a level.
+Measured on EfficientNet-Lite0 (real weights, AMD EPYC): that rounding alone, on the float
+model, is KL 0.0047 from FP32 on the 72 selection crops - a quarter of the full-integer
+TFLite model's whole distance (0.0207).
+
+So the model is given u = p - 128 instead (spec: mean 128/255, std 1/255; int8 with scale 1
+and zero point 0 holds every pixel exactly; uint8 I/O is the camera's bytes unchanged) and
+its first convolution takes over the normalisation: weights / (255 std) per input channel,
+bias + sum(w * (128 - 255 mean) / (255 std)). That is exact except where the convolution
+pads with zeros: a padded zero of u stands for pixel 128, not for the mean. For mean 0.5
+that is half a level (KL 2e-7 on Lite0); for ImageNet's mean (123.7, 116.3, 103.5) it is 4
+to 24 levels along the border, which measured KL 0.03-0.17 on the same model. So the fold is
+kept only where the float model, folded, still gives its own logits (`FOLD_ERROR` on a few
+calibration images); elsewhere the input stays as it was.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import numpy as np
+
+from edgecls.spec import ModelSpec
+
+log = logging.getLogger("edgecls")
+
+#: the pixel that u = 0 stands for: the middle of uint8, zero of int8
+CENTRE = 128
+#: the range of u = p - CENTRE, which the quantizer is given rather than measures
+RANGE = (-CENTRE, 255 - CENTRE)
+#: what an artifact's quantization record says of such an input
+RECORD = f"pixels - {CENTRE} (the normalisation is in the first convolution)"
+#: the largest relative change of the float model's logits (|folded - model| / |model|
+#: over the check images) the fold may cost. Measured: 2.5e-4 for mean 0.5 with zero
+#: padding (EfficientNet-Lite0, a small random CNN), 1e-7 without padding; ImageNet's mean
+#: with zero padding 3.5e-3 (mobilenet_v2, random weights) to 2e-2 (Lite0 given that mean)
+FOLD_ERROR = 1e-3
+#: calibration images the float check runs on
+CHECK_IMAGES = 8
+
+
+def pixel_spec(spec: ModelSpec) -> ModelSpec:
+    """The spec of a model that takes u = p - CENTRE: what its artifact records."""
+    return spec.derive(mean=(CENTRE / 255,) * len(spec.mean), std=(1 / 255,) * len(spec.std))
+
+
+def first_convolution(model, spec: ModelSpec):
+    """The nn.Conv2d that receives the model's input tensor itself (no op before it), or
+    None."""
+    import torch
+
+    h, w = spec.input_size
+    x = torch.zeros(1, spec.channels, h, w)
+    found = []
+
+    def look(module, args):
+        if args and args[0] is x and not found:
+            found.append(module)
+
+    hooks = [m.register_forward_pre_hook(look) for m in model.modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found[0] if found else None
+
+
+def fold(model, spec: ModelSpec) -> Any | None:
+    """A copy of `model` that takes u = p - CENTRE (NCHW float) with the normalisation in
+    its first convolution's weights and bias; None where the model's first op is not an
+    ungrouped convolution."""
+    import torch
+
+    folded = copy.deepcopy(model).eval()
+    conv = first_convolution(folded, spec)
+    if conv is None or conv.groups != 1:
+        return None
+    mean = torch.tensor(spec.mean, dtype=torch.float64) * 255
+    std = torch.tensor(spec.std, dtype=torch.float64) * 255
+    with torch.no_grad():
+        weight = conv.weight.double()               # out, in, kh, kw
+        offset = ((CENTRE - mean) / std)[None, :, None, None]
+        shift = (weight * offset).sum((1, 2, 3))
+        if conv.bias is None:
+            conv.bias = torch.nn.Parameter(torch.zeros_like(conv.weight[:, 0, 0, 0]))
+        conv.bias.add_(shift.to(conv.bias.dtype))
+        conv.weight.copy_((weight / std[None, :, None, None]).to(conv.weight.dtype))
+    return folded
+
+
+def fold_error(model, folded, spec: ModelSpec, calibration) -> float:
+    """|folded - model| / |model| of the logits of a few calibration images, each model fed
+    as its spec says."""
+    import torch
+
+    # OpenCV: imaging.preprocess imports cv2
+    from edgecls.imaging.preprocess import to_model_input
+
+    pixels = calibration.images.subset(CHECK_IMAGES).crops(spec)
+    nchw = spec.derive(layout="NCHW", normalization_in_graph=False, input_dtype="float32")
+    with torch.no_grad():
+        ref = model(torch.from_numpy(to_model_input(pixels, nchw))).numpy()
+        got = folded(torch.from_numpy(to_model_input(pixels, pixel_spec(nchw)))).numpy()
+    return float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-12))
+
+
+def pixel_inputs(models: list, spec: ModelSpec, calibration) -> list | None:
+    """Each model folded to take u = p - CENTRE, or None (the input stays as it was) where
+    the first model has no foldable first convolution or folding changes its answers."""
+    folded = [fold(m, spec) for m in models]
+    if any(f is None for f in folded):
+        log.info("the input stays normalised: the model's first op is not a plain convolution")
+        return None
+    cost = fold_error(models[0], folded[0], spec, calibration)
+    if cost > FOLD_ERROR:
+        log.info("the input stays normalised: folding mean %s into the first convolution "
+                 "would change the float model's logits by %.2g (its zero padding)",
+                 spec.mean, cost)
+        return None
+    return folded
+
+
+__all__ = ["pixel_inputs", "pixel_spec", "fold", "first_convolution", "CENTRE", "RANGE",
+           "RECORD"]
