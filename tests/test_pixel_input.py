@@ -8,7 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from edgecls.backends.pixel_input import CENTRE, fold, pixel_inputs, pixel_spec  # noqa: E402
+from edgecls.backends.pixel_input import (CENTRE, fold, input_range, pixel_inputs,  # noqa: E402
+                                          pixel_spec)
 from edgecls.imaging.datasets import CalibrationSet  # noqa: E402
 from edgecls.imaging.preprocess import to_model_input  # noqa: E402
 from edgecls.spec import ModelSpec  # noqa: E402
@@ -38,9 +39,14 @@ def test_without_padding_the_fold_is_exact_for_any_normalisation(mean, std):
         ref = model(torch.from_numpy(to_model_input(pixels, spec))).numpy()
         got = folded(torch.from_numpy(to_model_input(pixels, pixel_spec(spec)))).numpy()
     np.testing.assert_allclose(got, ref, atol=1e-4)
-    # what the folded model is fed: the pixels less 128, whole numbers that int8 holds exactly
+    # what the folded model is fed: the pixels less 128 on one grid, which int8 holds exactly
+    step = 1 / (255 * np.mean(std))
     x = to_model_input(pixels, pixel_spec(spec))
-    np.testing.assert_array_equal(x, pixels.transpose(0, 3, 1, 2).astype(np.float32) - CENTRE)
+    np.testing.assert_allclose(x, (pixels.transpose(0, 3, 1, 2).astype(np.float32) - CENTRE) * step,
+                               rtol=1e-6)
+    assert input_range(pixel_spec(spec)) == pytest.approx((-128 * step, 127 * step))
+    if len(set(std)) == 1:           # one std: the weights are the model's own
+        assert torch.equal(folded[0].weight, model[0].weight)
 
 
 def test_zero_padding_is_folded_for_mean_one_half_and_refused_for_imagenet_mean():

@@ -111,10 +111,10 @@ def test_int8_io_round_trip(digits_tflite, digits_val):
         assert np.abs(dequantize(q, detail) - x)[inside].max() <= scale / 2 + 1e-6
         got = s.run(x)
         assert got.dtype == np.float32 and got.shape == (32, 10)
-        # the model takes the pixels less 128 (backends/pixel_input.py): int8 with scale 1
-        # and zero point 0 holds every pixel exactly (hand-computed: q = p - 128)
-        assert detail["quantization"] == (1.0, 0)
-        assert s.spec.quantization["input"].startswith("pixels - 128")
+        # the model takes (pixels - 128) / (255 std) (backends/pixel_input.py): int8 with
+        # scale 1 / (255 std) and zero point 0 holds every pixel exactly (q = p - 128)
+        assert detail["quantization"] == pytest.approx((1 / (255 * 0.5), 0))
+        assert s.spec.quantization["input"].startswith("(pixels - 128)")
         assert s.spec.channels == 3 and s.spec.layout == "NHWC"
         assert np.array_equal(q, (crops[:32].astype(np.int16) - 128).astype(np.int8))
     with open_session(digits_tflite["int8"]) as s:
@@ -143,7 +143,7 @@ def test_uint8_io_and_option_errors(digits_model, digits_data, digits_val, tmp_p
     from edgecls.imaging.preprocess import to_model_input
     from edgecls.backends.tflite.runtime import quantize
     with open_session(path) as s:      # uint8 I/O: the camera's bytes, unchanged
-        assert s._in["quantization"] == (1.0, 128)
+        assert s._in["quantization"] == pytest.approx((1 / (255 * 0.5), 128))
         q = quantize(to_model_input(crops[:8], s.spec), s._in)
         assert q.dtype == np.uint8 and np.array_equal(q, crops[:8])
     with Classifier(path) as clf:

@@ -1,29 +1,32 @@
-"""Pixels as the INT8 input: the input normalisation folded into the first convolution.
+"""Pixels as the INT8 input: the input's offset folded into the first convolution.
 
-A full-integer model (TFLite) quantizes its input to int8 like any other tensor. The input
-is (p - 255 mean) / (255 std) for pixels p = 0..255: 256 levels on a grid of 1 / (255 std),
-so an int8 grid could hold them exactly - but only if the grid's zero point, an integer,
-falls on a pixel level. For mean 0.5 (EfficientNet-Lite and most TensorFlow-born models)
-the centre, 127.5, sits halfway between two levels: every pixel is rounded by half a level.
-Measured on EfficientNet-Lite0 (real weights, AMD EPYC): that rounding alone, on the float
-model, is KL 0.0047 from FP32 on the 72 selection crops - a quarter of the full-integer
-TFLite model's whole distance (0.0207).
+A full-integer model (TFLite, ExecuTorch) quantizes its input to int8 like any other tensor.
+The input is (p - 255 mean) / (255 std) for pixels p = 0..255: 256 levels on a grid of
+1 / (255 std), so an int8 grid could hold them exactly - but only if the grid's zero point,
+an integer, falls on a pixel level. For mean 0.5 (EfficientNet-Lite and most
+TensorFlow-born models) the centre, 127.5, sits halfway between two levels: every pixel is
+rounded by half a level. Measured on EfficientNet-Lite0 (real weights, AMD EPYC): that
+rounding alone, on the float model, is KL 0.0047 from FP32 on the 72 selection crops - a
+quarter of the full-integer TFLite model's whole distance (0.0207).
 
-So the model is given u = p - 128 instead (spec: mean 128/255, std 1/255; int8 with scale 1
-and zero point 0 holds every pixel exactly; uint8 I/O is the camera's bytes unchanged) and
-its first convolution takes over the normalisation: weights / (255 std) per input channel,
-bias + sum(w * (128 - 255 mean) / (255 std)). That is exact except where the convolution
-pads with zeros: a padded zero of u stands for pixel 128, not for the mean. For mean 0.5
-that is half a level (KL 2e-7 on Lite0); for ImageNet's mean (123.7, 116.3, 103.5) it is 4
-to 24 levels along the border, which measured KL 0.03-0.17 on the same model. So the fold is
-kept only where the float model, folded, still gives its own logits (`FOLD_ERROR` on a few
-calibration images); elsewhere the input stays as it was.
+So the model is given u = (p - 128) / (255 s) instead, s the mean of the channels' stds
+(spec: mean 128/255, std s; int8 with scale 1 / (255 s) and zero point 0 holds every pixel
+exactly; uint8 I/O is the camera's bytes unchanged), and its first convolution takes over
+the rest: bias + sum(w * (128 - 255 mean) / (255 std)) and, where the channels' stds
+differ, weights * s / std per input channel. The weights keep their size (for one std they
+are unchanged): AdaRound's grid and QAT's learning rate stay what they were. That is exact
+except where the convolution pads with zeros: a padded zero of u stands for pixel 128, not
+for the mean. For mean 0.5 that is half a level (KL 2e-7 on Lite0); for ImageNet's mean
+(123.7, 116.3, 103.5) it is 4 to 24 levels along the border, which measured KL 0.03-0.17
+on the same model. So the fold is kept only where the float model, folded, still gives its
+own logits (`FOLD_ERROR` on a few calibration images); elsewhere the input stays as it was.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -33,10 +36,9 @@ log = logging.getLogger("edgecls")
 
 #: the pixel that u = 0 stands for: the middle of uint8, zero of int8
 CENTRE = 128
-#: the range of u = p - CENTRE, which the quantizer is given rather than measures
-RANGE = (-CENTRE, 255 - CENTRE)
 #: what an artifact's quantization record says of such an input
-RECORD = f"pixels - {CENTRE} (the normalisation is in the first convolution)"
+RECORD = (f"(pixels - {CENTRE}) / (255 std): every pixel level exact in int8; the mean is "
+          "in the first convolution")
 #: the largest relative change of the float model's logits (|folded - model| / |model|
 #: over the check images) the fold may cost. Measured: 2.5e-4 for mean 0.5 with zero
 #: padding (EfficientNet-Lite0, a small random CNN), 1e-7 without padding; ImageNet's mean
@@ -47,8 +49,16 @@ CHECK_IMAGES = 8
 
 
 def pixel_spec(spec: ModelSpec) -> ModelSpec:
-    """The spec of a model that takes u = p - CENTRE: what its artifact records."""
-    return spec.derive(mean=(CENTRE / 255,) * len(spec.mean), std=(1 / 255,) * len(spec.std))
+    """The spec of a model that takes u = (p - CENTRE) / (255 s): what its artifact records."""
+    common = float(np.mean(spec.std))
+    return spec.derive(mean=(CENTRE / 255,) * len(spec.mean), std=(common,) * len(spec.std))
+
+
+def input_range(spec: ModelSpec) -> tuple[float, float]:
+    """The range of u for pixels 0..255 under a pixel_spec: given to the quantizer rather
+    than measured, so that its int8 grid is the pixels' own (scale 1 / (255 s))."""
+    step = 1 / (255 * spec.std[0])
+    return -CENTRE * step, (255 - CENTRE) * step
 
 
 def first_convolution(model, spec: ModelSpec):
@@ -76,9 +86,9 @@ def first_convolution(model, spec: ModelSpec):
 
 
 def fold(model, spec: ModelSpec) -> Any | None:
-    """A copy of `model` that takes u = p - CENTRE (NCHW float) with the normalisation in
-    its first convolution's weights and bias; None where the model's first op is not an
-    ungrouped convolution."""
+    """A copy of `model` that takes u = (p - CENTRE) / (255 s) (NCHW float; pixel_spec) with
+    the rest of the normalisation in its first convolution's bias (and weights, where the
+    stds differ); None where the model's first op is not an ungrouped convolution."""
     import torch
 
     folded = copy.deepcopy(model).eval()
@@ -87,14 +97,16 @@ def fold(model, spec: ModelSpec) -> Any | None:
         return None
     mean = torch.tensor(spec.mean, dtype=torch.float64) * 255
     std = torch.tensor(spec.std, dtype=torch.float64) * 255
+    common = torch.tensor(pixel_spec(spec).std[0], dtype=torch.float64) * 255
     with torch.no_grad():
         weight = conv.weight.double()               # out, in, kh, kw
+        # x = (p - mean) / std = u * common / std + (CENTRE - mean) / std, per channel
         offset = ((CENTRE - mean) / std)[None, :, None, None]
         shift = (weight * offset).sum((1, 2, 3))
         if conv.bias is None:
             conv.bias = torch.nn.Parameter(torch.zeros_like(conv.weight[:, 0, 0, 0]))
         conv.bias.add_(shift.to(conv.bias.dtype))
-        conv.weight.copy_((weight / std[None, :, None, None]).to(conv.weight.dtype))
+        conv.weight.copy_((weight * (common / std)[None, :, None, None]).to(conv.weight.dtype))
     return folded
 
 
@@ -115,7 +127,7 @@ def fold_error(model, folded, spec: ModelSpec, calibration) -> float:
 
 
 def pixel_inputs(models: list, spec: ModelSpec, calibration) -> list | None:
-    """Each model folded to take u = p - CENTRE, or None (the input stays as it was) where
+    """Each model folded to take pixel_spec's u, or None (the input stays as it was) where
     the first model has no foldable first convolution or folding changes its answers."""
     folded = [fold(m, spec) for m in models]
     if any(f is None for f in folded):
@@ -130,5 +142,17 @@ def pixel_inputs(models: list, spec: ModelSpec, calibration) -> list | None:
     return folded
 
 
-__all__ = ["pixel_inputs", "pixel_spec", "fold", "first_convolution", "CENTRE", "RANGE",
-           "RECORD"]
+def pixel_starts(starts: Sequence[Any], source_spec: ModelSpec, spec: ModelSpec,
+                 calibration) -> tuple[list[Any], bool]:
+    """The INT8 starts (backends/onnx/torch_start.Start) folded to take pixel_spec's u, with
+    the artifact's `spec` saying so, and True; or the starts as they were and False.
+    `source_spec`: how the source's model is fed (NCHW)."""
+    folded = pixel_inputs([start.model for start in starts], source_spec, calibration)
+    if folded is None:
+        return list(starts), False
+    spec.mean, spec.std = pixel_spec(spec).mean, pixel_spec(spec).std
+    return [dataclasses.replace(start, model=model) for start, model in zip(starts, folded)], True
+
+
+__all__ = ["pixel_starts", "pixel_inputs", "pixel_spec", "fold", "first_convolution", "CENTRE", "RECORD",
+           "input_range"]

@@ -55,7 +55,7 @@ class Family:
     seven_bit_when_saturating: bool = False
     lowering: str = "torch.onnx (dynamo): QDQ ONNX"   # what turns the student into the artifact
     requires: tuple[tuple[str, str], ...] = (("torchao", "qat"),)   # (module, pip extra)
-    #: its artifacts take pixels - 128 where the model allows (edgecls.backends.pixel_input):
+    #: its artifacts take pixels - 128 (scaled) where the model allows (edgecls.backends.pixel_input):
     #: a full-integer graph quantizes its input, and int8 then holds every pixel exactly
     pixel_input: bool = False
 

@@ -47,7 +47,7 @@ class QATStudent:
 
     def record(self, spec: ModelSpec, fmt: str) -> None:
         """Fill in an artifact's spec: the QAT recipe, its FP32 parent, the tools, and the
-        input the student takes (pixels - 128 where training folded the normalisation in)."""
+        input the student takes ((pixels - 128) / (255 std) where training folded the mean in)."""
         import torch
         import torchao
         spec.mean, spec.std = self.spec.mean, self.spec.std

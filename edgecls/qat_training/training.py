@@ -82,7 +82,7 @@ def qat(model: Any, spec: ModelSpec, calib: Any = "photos", train: Any = None, *
     mode = "supervised" if train is not None else "distillation"
     path = Path(checkpoint) if checkpoint else default_checkpoint(spec, family)
     teacher = model.eval()
-    if family.pixel_input:   # teacher and student take pixels - 128, as the PTQ twin does
+    if family.pixel_input:   # teacher and student take pixels - 128 (scaled), as the PTQ twin does
         folded = pixel_inputs([teacher], spec, CalibrationSet(split.calibration, spec))
         if folded is not None:
             teacher, spec = folded[0], pixel_spec(spec)

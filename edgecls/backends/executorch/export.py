@@ -27,6 +27,7 @@ from edgecls.backends.executorch import ExecuTorchOptions
 from edgecls.backends.executorch.program import finish, lower, versions, warn_if_partial
 from edgecls.backends.executorch.tuning import ExecuTorchTuner
 from edgecls.backends.onnx.torch_start import starts
+from edgecls.backends.pixel_input import pixel_starts
 from edgecls.errors import DataError
 from edgecls.spec import ModelSpec
 
@@ -59,11 +60,13 @@ def int8(source, spec: ModelSpec, out: Path, *, calibration, options: ExecuTorch
     if not len(calibration):
         raise DataError("the calibration set is empty")
     # PT2E quantizes copies of the model: bias-corrected (NNCF), and adaptively rounded
-    # first when the search is to choose
-    return ExecuTorchTuner(starts(source, calibration, rounding=not options.no_search), spec,
-                           calibration, targets.resolve(options.target),
+    # first when the search is to choose; they take pixels - 128 (scaled) where the first
+    # convolution can take the normalisation (XNNPACK quantizes the input too)
+    found, pixels = pixel_starts(starts(source, calibration, rounding=not options.no_search),
+                                 source.spec, spec, calibration)
+    return ExecuTorchTuner(found, spec, calibration, targets.resolve(options.target),
                            observer=options.calib_method or "minmax",
-                           keep_float=tuple(options.keep_float or ()))
+                           keep_float=tuple(options.keep_float or ()), pixels=pixels)
 
 
 def qat(source, spec: ModelSpec, out: Path, *, calibration, options: ExecuTorchOptions) -> None:

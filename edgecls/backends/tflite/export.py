@@ -16,13 +16,12 @@ runs a batch as a loop over samples. The ModelSpec is a TFLite metadata entry
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 from edgecls import targets
 from edgecls.backends.base import ExportPaths
 from edgecls.backends.onnx.torch_start import starts
-from edgecls.backends.pixel_input import pixel_inputs, pixel_spec
+from edgecls.backends.pixel_input import pixel_starts
 from edgecls.backends.tflite import TFLiteOptions, io_type
 from edgecls.backends.tflite.container import embed_spec
 from edgecls.backends.tflite.hardswish import xnnpack_hardswish
@@ -68,13 +67,10 @@ def int8(source, spec: ModelSpec, out: Path, *, calibration, options: TFLiteOpti
     # full-integer PTQ quantizes copies of the model: bias-corrected (NNCF, found on the ONNX
     # export, fed as the source's spec says, not this NHWC one), and adaptively rounded
     # first when the search is to choose
-    found = starts(source, calibration, rounding=not options.no_search)
-    # pixels - 128 as the input where the first convolution can take the normalisation:
+    # pixels - 128 (scaled) as the input where the first convolution can take the normalisation:
     # int8 then holds every pixel exactly (pixel_input.py)
-    folded = pixel_inputs([start.model for start in found], source.spec, calibration)
-    if folded is not None:
-        found = [replace(start, model=model) for start, model in zip(found, folded)]
-        spec.mean, spec.std = pixel_spec(spec).mean, pixel_spec(spec).std
+    found, pixels = pixel_starts(starts(source, calibration, rounding=not options.no_search),
+                                 source.spec, spec, calibration)
     converted = []
     for start in found:
         model, rewritten = xnnpack_hardswish(start.model)
@@ -82,7 +78,7 @@ def int8(source, spec: ModelSpec, out: Path, *, calibration, options: TFLiteOpti
             spec.notes["tflite"] = {"hardswish_for_xnnpack": rewritten}
         converted.append((start, convert_fp32(model, spec)))
     return TFLiteTuner(converted, spec, calibration, targets.resolve(options.target), int8_io,
-                       options.allow_float_ops, pixels=folded is not None)
+                       options.allow_float_ops, pixels=pixels)
 
 
 def qat(source, spec: ModelSpec, out: Path, *, calibration, options: TFLiteOptions) -> None:

@@ -50,7 +50,7 @@ class Int8Quantizer:
     def __init__(self, float_model: bytes, samples: Iterable[np.ndarray],
                  int8_io: str | None = None, input_range: tuple[float, float] | None = None):
         """`input_range`: the input tensor's range when it is known rather than measured
-        (pixels - 128: [-128, 127], which int8 holds exactly with scale 1, zero point 0)."""
+        (backends/pixel_input: pixels - 128 times a scale, which int8 then holds exactly)."""
         self.float_model, self.int8_io = float_model, int8_io
         key, name = signature_io(float_model)
         data = [{name: np.ascontiguousarray(s[None], np.float32)} for s in samples]

@@ -51,7 +51,7 @@ class TFLiteTuner(CandidateKeeper):
                  pixels: bool = False):
         """`starts`: the torch models recipes start from (edgecls.backends.onnx.torch_start)
         with the float TFLite model each converted to; one base recipe each. `pixels`: they
-        take pixels - 128 (edgecls.backends.pixel_input; `spec` says so too)."""
+        take pixels - 128, scaled (edgecls.backends.pixel_input; `spec` says so too)."""
         self.starts, self.spec, self.calibration = list(starts), spec, calibration
         self.target, self.int8_io, self.allow_float_ops = target, int8_io, allow_float_ops
         self.pixels = pixels
@@ -66,7 +66,7 @@ class TFLiteTuner(CandidateKeeper):
             with quiet():
                 self._quantizers[start] = q.Int8Quantizer(
                     self.starts[start][1], self._samples, self.int8_io,
-                    input_range=pixel_input.RANGE if self.pixels else None)
+                    input_range=pixel_input.input_range(self.spec) if self.pixels else None)
         return self._quantizers[start]
 
     def bases(self) -> list[Recipe]:
