@@ -236,3 +236,44 @@ def test_efficientnet_lite0_agrees_with_torch(photo_files, tmp_path_factory):
     ref_p = np.exp(ref - ref.max(1, keepdims=True))
     ref_p /= ref_p.sum(1, keepdims=True)
     assert np.abs(probs - ref_p).max() < 1e-3
+
+
+def test_percentile_ranges_are_narrower_and_keep_digits_accuracy(digits_model, digits_data,
+                                                                 digits_val, tmp_path):
+    """Full-integer TFLite's two ways of setting activation ranges (quantize.ACTIVATION_RANGES),
+    both recipes of the search: the 90th percentile of each image's extremes never widens a
+    range that global min/max sets, narrows some, and still gives torch's accuracy on digits
+    no calibration image showed."""
+    from edgecls.backends.onnx.torch_start import Start
+    from edgecls.backends.tflite.export import convert_fp32
+    from edgecls.backends.tflite.quantize import float_ops
+    from edgecls.backends.tflite.tuning import TFLiteTuner
+    from edgecls.formats import read_spec
+    from edgecls.imaging.datasets import CalibrationSet
+    from edgecls.targets import resolve
+    from ai_edge_litert.interpreter import Interpreter
+
+    model, spec = digits_model
+    _, calib, _, _ = digits_data
+    nhwc = spec.derive(layout="NHWC", format="tflite", precision="int8")
+    calibration = CalibrationSet.from_source(calib, nhwc, size=64)
+    tuner = TFLiteTuner([(Start(model), convert_fp32(model, nhwc))], nhwc, calibration,
+                        resolve("auto"), None, False)
+    scales = {}
+    crops, labels, ref = digits_val
+    torch_acc = float((ref.argmax(1) == labels).mean())
+    for recipe in tuner.bases():
+        ranges = recipe.settings["ranges"]
+        out = tmp_path / f"{ranges}.tflite"
+        tuner.build(recipe, out)
+        assert float_ops(out.read_bytes()) == []
+        assert read_spec(out).quantization["activation_ranges"].startswith(
+            {"minmax": "min / max", "p90": "10th / 90th"}[ranges])
+        it = Interpreter(model_path=str(out))
+        scales[ranges] = {t["name"]: t["quantization"][0] for t in it.get_tensor_details()
+                          if t["dtype"] == np.int8 and len(t["shape"]) == 4}
+        assert _accuracy(out, crops, labels) >= torch_acc - 0.01, ranges
+    assert scales["minmax"].keys() == scales["p90"].keys()
+    narrower = [t for t in scales["minmax"] if scales["p90"][t] < scales["minmax"][t] * 0.999]
+    assert all(scales["p90"][t] <= scales["minmax"][t] * 1.001 for t in scales["minmax"])
+    assert narrower

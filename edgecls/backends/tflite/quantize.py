@@ -26,6 +26,17 @@ import numpy as np
 
 log = logging.getLogger("edgecls")
 
+#: how activation ranges are set from each calibration image's min / max: (what the spec
+#: says, (quantile of the minima, quantile of the maxima)). Global min/max lets one image's
+#: outlier widen the whole range; the 90th percentile clips the rarest tenth. Measured on
+#: EfficientNet-Lite0 (pixel input, bias-corrected, 84 calibration crops, AMD EPYC): mean KL
+#: to FP32 0.0149 -> 0.0141 on the 72 selection crops, 0.0211 -> 0.0188 on the 351
+#: verification crops; the mean of the images' extremes instead: 0.026 / 0.032. The search
+#: measures both on the selection images.
+ACTIVATION_RANGES = {
+    "minmax": ("min / max over every calibration image", (0.0, 1.0)),
+    "p90": ("10th / 90th percentile of each calibration image's min / max", (0.1, 0.9)),
+}
 #: ops that may legitimately touch float tensors in a full-integer model with float I/O
 BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
 _INTEGER_TYPES = {"INT8", "UINT8", "INT16", "INT32", "INT64", "BOOL"}
@@ -57,11 +68,27 @@ class Int8Quantizer:
         if not data:
             raise ValueError("no calibration samples")
         self.samples = len(data)
-        self.qsv = _calibrate_global_min_max(self._quantizer(()), key, data)
-        if input_range is not None:     # in the calibrated statistics' own shapes
-            stats = self.qsv[_input_tensor(float_model)]
-            stats["min"] = np.full_like(stats["min"], input_range[0])
-            stats["max"] = np.full_like(stats["max"], input_range[1])
+        self.per_image = _calibrate_per_image(self._quantizer(()), key, data)
+        self.input_range, self.input_tensor = input_range, _input_tensor(float_model)
+        self._ranges: dict[str, dict[str, Any]] = {}
+
+    def ranges(self, method: str) -> dict[str, dict[str, Any]]:
+        """Every tensor's quantization statistics (ai-edge-quantizer's form) as
+        ACTIVATION_RANGES[method] sets them from the per-image min / max."""
+        if method not in self._ranges:
+            low, high = ACTIVATION_RANGES[method][1]
+            stats = {}
+            for tensor, (template, mins, maxs) in self.per_image.items():
+                stats[tensor] = dict(template)
+                if mins is not None:
+                    stats[tensor].update(min=np.quantile(mins, low, axis=0).astype(np.float32),
+                                         max=np.quantile(maxs, high, axis=0).astype(np.float32))
+            if self.input_range is not None:     # in the calibrated statistics' own shapes
+                given = stats[self.input_tensor]
+                given["min"] = np.full_like(given["min"], self.input_range[0])
+                given["max"] = np.full_like(given["max"], self.input_range[1])
+            self._ranges[method] = stats
+        return self._ranges[method]
 
     def _quantizer(self, float_ops: Sequence[str]):
         from ai_edge_quantizer import qtyping, quantizer, recipe
@@ -88,13 +115,17 @@ class Int8Quantizer:
                                           algorithm_key="no_quantize")
         return qt
 
-    def quantize(self, float_ops: Sequence[str] = ()) -> tuple[bytes, dict[str, Any]]:
+    def quantize(self, float_ops: Sequence[str] = (),
+                 ranges: str = "minmax") -> tuple[bytes, dict[str, Any]]:
         """INT8 model bytes (full-integer unless `float_ops` names ops by their output
-        tensor), plus the recipe facts for the spec."""
-        result = self._quantizer(float_ops).quantize(self.qsv, enable_progress_report=False)
+        tensor) with activation ranges set as ACTIVATION_RANGES[ranges] says, plus the recipe
+        facts for the spec."""
+        result = self._quantizer(float_ops).quantize(self.ranges(ranges),
+                                                     enable_progress_report=False)
         facts = {"method": "static", "tool": "ai-edge-quantizer", "algorithm": "min_max",
                  "weights": "int8 symmetric per-channel",
                  "activations": "int8 asymmetric per-tensor", "io": self.int8_io or "float32",
+                 "activation_ranges": ACTIVATION_RANGES[ranges][0],
                  "calibration_samples": self.samples}
         return bytes(result.quantized_model), facts
 
@@ -110,23 +141,28 @@ def weighted_ops(model: bytes) -> list[str]:
             if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and op.output_names]
 
 
-def _calibrate_global_min_max(qt, key: str, data: list[dict[str, np.ndarray]]) -> dict:
-    """Activation ranges = min/max over the whole calibration set.
+def _calibrate_per_image(qt, key: str, data: list[dict[str, np.ndarray]]) -> dict:
+    """Each tensor's statistics template and its min / max on each calibration image
+    (stacked; None for tensors without statistics), from which ACTIVATION_RANGES are set.
 
     ai-edge-quantizer's own calibrate() folds samples in with a moving average (weight 0.95
     on the past), which keeps roughly the last ~20 samples' ranges and clips the rest:
     measured on EfficientNet-Lite0 with the photo crops, top-1 agreement with FP32 went from
-    68.5% to 92.6% (KL 0.154 -> 0.018) with global min/max, which is what ONNX Runtime and NNCF use. So each
-    sample is calibrated on its own (public API) and the ranges are merged here."""
-    merged: dict[str, dict[str, Any]] = {}
+    68.5% to 92.6% (KL 0.154 -> 0.018) with global min/max, which is what ONNX Runtime and
+    NNCF use. So each sample is calibrated on its own (public API) and kept."""
+    seen: dict[str, list[dict[str, Any]]] = {}
     for sample in data:
         for tensor, qsv in qt.calibrate({key: [sample]}, num_threads=1).items():
-            if tensor not in merged or not merged[tensor]:
-                merged[tensor] = dict(qsv)
-            elif qsv:
-                merged[tensor]["min"] = np.minimum(merged[tensor]["min"], qsv["min"])
-                merged[tensor]["max"] = np.maximum(merged[tensor]["max"], qsv["max"])
-    return merged
+            seen.setdefault(tensor, []).append(qsv)
+    found = {}
+    for tensor, rows in seen.items():
+        rows = [r for r in rows if r]
+        if not rows:
+            found[tensor] = ({}, None, None)
+        else:
+            found[tensor] = (dict(rows[0]), np.stack([r["min"] for r in rows]),
+                             np.stack([r["max"] for r in rows]))
+    return found
 
 
 def quantize_fp16(float_model: bytes) -> bytes:
