@@ -349,6 +349,9 @@ def effl0_tflite_pair(tmp_path_factory):
     return model, spec, student, qat_path, ptq_path
 
 
+# the fixture trains twice (two learning rates) and runs the PTQ search: ~11 minutes alone on
+# 2 cores, past the suite's 15-minute limit when it shares them with the other worker
+@pytest.mark.timeout(1800)
 def test_effl0_distillation_qat_lowers_kl_below_ptq_on_unseen_photos(effl0_tflite_pair):
     """What distillation on ~100 unlabelled crops buys for EfficientNet-Lite0 in TFLite,
     judged on the verification photos: the student trained on the calibration photos, its
@@ -376,6 +379,7 @@ def test_effl0_distillation_qat_lowers_kl_below_ptq_on_unseen_photos(effl0_tflit
     assert not set(q["split"]["train"]["photo_names"]) & set(q["split"]["validation"]["photo_names"])
 
 
+@pytest.mark.timeout(1800)
 def test_effl0_adaptive_rounding_brings_full_integer_tflite_closer_on_unseen_photos(
         effl0_tflite_pair, tmp_path):
     """The two starts of full-integer TFLite's search (backends/onnx/torch_start.py), built
