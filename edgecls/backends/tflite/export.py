@@ -66,9 +66,9 @@ def int8(source, spec: ModelSpec, out: Path, *, calibration, options: TFLiteOpti
     int8_io = _describe(spec, options)
     # full-integer PTQ quantizes copies of the model: bias-corrected (NNCF, found on the ONNX
     # export, fed as the source's spec says, not this NHWC one), and adaptively rounded
-    # first when the search is to choose
-    # pixels - 128 (scaled) as the input where the first convolution can take the normalisation:
-    # int8 then holds every pixel exactly (pixel_input.py)
+    # first when the search is to choose; they take pixels - 128 (scaled) where the first
+    # convolution can take the normalisation: int8 then holds every pixel exactly
+    # (pixel_input.py)
     found, pixels = pixel_starts(starts(source, calibration, rounding=not options.no_search),
                                  source.spec, spec, calibration)
     converted = []

@@ -54,8 +54,9 @@ class TFLiteTuner(CandidateKeeper):
                  target: targets.Target, int8_io: str | None, allow_float_ops: bool,
                  pixels: bool = False):
         """`starts`: the torch models recipes start from (edgecls.backends.onnx.torch_start)
-        with the float TFLite model each converted to; one base recipe each. `pixels`: they
-        take pixels - 128, scaled (edgecls.backends.pixel_input; `spec` says so too)."""
+        with the float TFLite model each converted to; two base recipes each (bases()).
+        `pixels`: they take pixels - 128, scaled (edgecls.backends.pixel_input; `spec` says so
+        too)."""
         self.starts, self.spec, self.calibration = list(starts), spec, calibration
         self.target, self.int8_io, self.allow_float_ops = target, int8_io, allow_float_ops
         self.pixels = pixels
