@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
-from edgecls.backends.pixel_input import (CENTRE, fold, input_range, pixel_inputs,  # noqa: E402
+from edgecls.backends.pixel_input import (CENTRE, fold, input_range, pixel_inputs,
                                           pixel_spec)
-from edgecls.imaging.datasets import CalibrationSet  # noqa: E402
-from edgecls.imaging.preprocess import to_model_input  # noqa: E402
-from edgecls.spec import ModelSpec  # noqa: E402
+from edgecls.imaging.datasets import CalibrationSet
+from edgecls.imaging.preprocess import to_model_input
+from edgecls.spec import ModelSpec
 
 
 def _net(padding: int):

@@ -150,7 +150,8 @@ def pixel_starts(starts: Sequence[Any], source_spec: ModelSpec, spec: ModelSpec,
     folded = pixel_inputs([start.model for start in starts], source_spec, calibration)
     if folded is None:
         return list(starts), False
-    spec.mean, spec.std = pixel_spec(spec).mean, pixel_spec(spec).std
+    pixels = pixel_spec(spec)
+    spec.mean, spec.std = pixels.mean, pixels.std
     return [dataclasses.replace(start, model=model) for start, model in zip(starts, folded)], True
 
 

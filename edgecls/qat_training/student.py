@@ -46,11 +46,10 @@ class QATStudent:
                 f"or `edgecls export --to {fmt} --qat`")
 
     def record(self, spec: ModelSpec, fmt: str) -> None:
-        """Fill in an artifact's spec: the QAT recipe, its FP32 parent, the tools, and the
-        input the student takes ((pixels - 128) / (255 std) where training folded the mean in)."""
+        """Fill in an artifact's spec: the QAT recipe, its FP32 parent, the tools. (Its mean
+        and std are the student's already: exporting.export derives it from them.)"""
         import torch
         import torchao
-        spec.mean, spec.std = self.spec.mean, self.spec.std
         spec.quantization = {**copy.deepcopy(self.recipe), "format": fmt}
         spec.parent = {"format": "torch", "precision": "fp32", "weights": self.spec.weights,
                        "relation": "teacher of quantization-aware training"}
