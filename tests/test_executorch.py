@@ -354,6 +354,10 @@ def test_efficientnet_lite0_int8_on_the_verification_photos(effl0):
     assert int8.kl_mean < 0.2, int8.kl_mean
     # quantized from the bias-corrected copy of the model (backends/onnx/bias_correction.py):
     # every convolution's bias traced back to torch (49 of EfficientNet-Lite0's)
-    assert read_spec(effl0["int8"]).quantization["bias_correction"]["layers"] >= 45
+    quantization = read_spec(effl0["int8"]).quantization
+    assert quantization["bias_correction"]["layers"] >= 45
+    # mean 0.5: the program takes (pixels - 128), scaled (backends/pixel_input.py)
+    assert quantization["input"].startswith("(pixels - 128)")
+    assert "+ pixel input" in quantization["recipe"]
     facts = read_spec(effl0["int8"]).notes["executorch"]
     assert set(facts["portable_ops"]) <= {"dim_order_ops__to_dim_order_copy_default"}, facts

@@ -115,6 +115,7 @@ def test_int8_io_round_trip(digits_tflite, digits_val):
         # scale 1 / (255 std) and zero point 0 holds every pixel exactly (q = p - 128)
         assert detail["quantization"] == pytest.approx((1 / (255 * 0.5), 0))
         assert s.spec.quantization["input"].startswith("(pixels - 128)")
+        assert "+ pixel input" in s.spec.quantization["recipe"]
         assert s.spec.channels == 3 and s.spec.layout == "NHWC"
         assert np.array_equal(q, (crops[:32].astype(np.int16) - 128).astype(np.int8))
     with open_session(digits_tflite["int8"]) as s:

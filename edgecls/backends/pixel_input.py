@@ -143,16 +143,17 @@ def pixel_inputs(models: list, spec: ModelSpec, calibration) -> list | None:
 
 
 def pixel_starts(starts: Sequence[Any], source_spec: ModelSpec, spec: ModelSpec,
-                 calibration) -> tuple[list[Any], bool]:
-    """The INT8 starts (backends/onnx/torch_start.Start) folded to take pixel_spec's u, with
-    the artifact's `spec` saying so, and True; or the starts as they were and False.
-    `source_spec`: how the source's model is fed (NCHW)."""
+                 calibration) -> list[Any]:
+    """The INT8 starts (backends/onnx/torch_start.Start) folded to take pixel_spec's u, each
+    with the method "input" (RECORD) added, and the artifact's `spec` saying how it is fed;
+    or the starts as they were. `source_spec`: how the source's model is fed (NCHW)."""
     folded = pixel_inputs([start.model for start in starts], source_spec, calibration)
     if folded is None:
-        return list(starts), False
+        return list(starts)
     pixels = pixel_spec(spec)
     spec.mean, spec.std = pixels.mean, pixels.std
-    return [dataclasses.replace(start, model=model) for start, model in zip(starts, folded)], True
+    return [dataclasses.replace(start, model=model, methods={**start.methods, "input": RECORD})
+            for start, model in zip(starts, folded)]
 
 
 __all__ = ["pixel_starts", "pixel_inputs", "pixel_spec", "fold", "first_convolution", "CENTRE", "RECORD",

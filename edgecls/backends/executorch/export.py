@@ -62,11 +62,11 @@ def int8(source, spec: ModelSpec, out: Path, *, calibration, options: ExecuTorch
     # PT2E quantizes copies of the model: bias-corrected (NNCF), and adaptively rounded
     # first when the search is to choose; they take pixels - 128 (scaled) where the first
     # convolution can take the normalisation (XNNPACK quantizes the input too)
-    found, pixels = pixel_starts(starts(source, calibration, rounding=not options.no_search),
-                                 source.spec, spec, calibration)
+    found = pixel_starts(starts(source, calibration, rounding=not options.no_search),
+                         source.spec, spec, calibration)
     return ExecuTorchTuner(found, spec, calibration, targets.resolve(options.target),
                            observer=options.calib_method or "minmax",
-                           keep_float=tuple(options.keep_float or ()), pixels=pixels)
+                           keep_float=tuple(options.keep_float or ()))
 
 
 def qat(source, spec: ModelSpec, out: Path, *, calibration, options: ExecuTorchOptions) -> None:

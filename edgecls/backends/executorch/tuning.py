@@ -39,7 +39,6 @@ from edgecls import hardware, targets
 from edgecls.backends.executorch import FORMAT, OBSERVERS
 from edgecls.backends.executorch import program
 from edgecls.backends.executorch import quantize as ex
-from edgecls.backends import pixel_input
 from edgecls.backends.onnx.torch_start import Start
 from edgecls.backends.recipes import CandidateKeeper, Recipe, Remedy
 from edgecls.spec import ModelSpec
@@ -55,14 +54,12 @@ class ExecuTorchTuner(CandidateKeeper):
 
     def __init__(self, starts: Sequence[Start], spec: ModelSpec, calibration,
                  target: targets.Target, *, observer: str = "minmax",
-                 keep_float: tuple[str, ...] = (), pixels: bool = False):
+                 keep_float: tuple[str, ...] = ()):
         """`starts`: the torch models recipes start from (edgecls.backends.onnx.torch_start:
         bias-corrected, and adaptively rounded when searching), one base recipe each; the
-        reference stays the source's own model. `pixels`: they take pixels - 128, scaled
-        (edgecls.backends.pixel_input; `spec` says so too)."""
+        reference stays the source's own model."""
         self.starts, self.spec, self.calibration = list(starts), spec, calibration
         self.target, self.observer, self.keep_float = target, observer, keep_float
-        self.pixels = pixels
         self._nodes: list[str] | None = None
 
     def nodes(self) -> list[str]:
@@ -104,7 +101,6 @@ class ExecuTorchTuner(CandidateKeeper):
         spec.notes["executorch"] = facts
         spec.quantization = {**targets.record(self.target, hardware.cpu().int8_isa, True),
                              "recipe": recipe.label, **recipe_facts, **start.methods,
-                             **({"input": pixel_input.RECORD} if self.pixels else {}),
                              **({"search": search} if search is not None else {})}
         program.warn_if_partial(spec.name, facts)
         Path(out).write_bytes(program.finish(edge, spec))

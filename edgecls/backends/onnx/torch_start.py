@@ -18,18 +18,20 @@ from edgecls.backends.onnx.bias_correction import corrected_module
 from edgecls.backends.onnx.export import rounded_onnx
 
 #: how a recipe's label names each method (in the order they were applied)
-METHOD_WORDS = {"rounding": "adaptive rounding", "bias_correction": "bias correction"}
+METHOD_WORDS = {"rounding": "adaptive rounding", "bias_correction": "bias correction",
+                "input": "pixel input"}     # backends/pixel_input.pixel_starts
 
 
 @dataclass(frozen=True)
 class Start:
     """A torch model INT8 recipes quantize, and the methods that made it from the source's."""
     model: Any
-    methods: dict[str, Any] = field(default_factory=dict)   # "rounding", "bias_correction"
+    methods: dict[str, Any] = field(default_factory=dict)   # METHOD_WORDS' keys
 
     @property
     def label(self) -> str:
-        """" + adaptive rounding + bias correction", "" for the source's own model."""
+        """" + adaptive rounding + bias correction + pixel input", "" for the source's own
+        model."""
         return "".join(f" + {METHOD_WORDS[name]}" for name in self.methods)
 
 

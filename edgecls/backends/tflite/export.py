@@ -69,8 +69,8 @@ def int8(source, spec: ModelSpec, out: Path, *, calibration, options: TFLiteOpti
     # first when the search is to choose; they take pixels - 128 (scaled) where the first
     # convolution can take the normalisation: int8 then holds every pixel exactly
     # (pixel_input.py)
-    found, pixels = pixel_starts(starts(source, calibration, rounding=not options.no_search),
-                                 source.spec, spec, calibration)
+    found = pixel_starts(starts(source, calibration, rounding=not options.no_search),
+                         source.spec, spec, calibration)
     converted = []
     for start in found:
         model, rewritten = xnnpack_hardswish(start.model)
@@ -78,7 +78,7 @@ def int8(source, spec: ModelSpec, out: Path, *, calibration, options: TFLiteOpti
             spec.notes["tflite"] = {"hardswish_for_xnnpack": rewritten}
         converted.append((start, convert_fp32(model, spec)))
     return TFLiteTuner(converted, spec, calibration, targets.resolve(options.target), int8_io,
-                       options.allow_float_ops, pixels=pixels)
+                       options.allow_float_ops)
 
 
 def qat(source, spec: ModelSpec, out: Path, *, calibration, options: TFLiteOptions) -> None:

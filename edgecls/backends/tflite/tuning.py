@@ -51,15 +51,11 @@ class TFLiteTuner(CandidateKeeper):
     measures_target = True        # XNNPACK's int8 numbers are the same on every CPU kind
 
     def __init__(self, starts: Sequence[tuple[Start, bytes]], spec: ModelSpec, calibration,
-                 target: targets.Target, int8_io: str | None, allow_float_ops: bool,
-                 pixels: bool = False):
+                 target: targets.Target, int8_io: str | None, allow_float_ops: bool):
         """`starts`: the torch models recipes start from (edgecls.backends.onnx.torch_start)
-        with the float TFLite model each converted to; two base recipes each (bases()).
-        `pixels`: they take pixels - 128, scaled (edgecls.backends.pixel_input; `spec` says so
-        too)."""
+        with the float TFLite model each converted to; two base recipes each (bases())."""
         self.starts, self.spec, self.calibration = list(starts), spec, calibration
         self.target, self.int8_io, self.allow_float_ops = target, int8_io, allow_float_ops
-        self.pixels = pixels
         self._quantizers: dict[int, q.Int8Quantizer] = {}
         self._samples: list[np.ndarray] | None = None
 
@@ -68,10 +64,13 @@ class TFLiteTuner(CandidateKeeper):
         if start not in self._quantizers:
             if self._samples is None:     # preprocessed once for every start
                 self._samples = [x for batch in self.calibration.batches(self.spec) for x in batch]
+            # a start that takes pixels - 128 (pixel_input.pixel_starts) has its input's
+            # range given, not measured
+            pixels = "input" in self.starts[start][0].methods
             with quiet():
                 self._quantizers[start] = q.Int8Quantizer(
                     self.starts[start][1], self._samples, self.int8_io,
-                    input_range=pixel_input.input_range(self.spec) if self.pixels else None)
+                    input_range=pixel_input.input_range(self.spec) if pixels else None)
         return self._quantizers[start]
 
     def bases(self) -> list[Recipe]:
@@ -106,7 +105,6 @@ class TFLiteTuner(CandidateKeeper):
         spec.quantization = {**targets.record(self.target, hardware.cpu().int8_isa, True),
                              "recipe": recipe.label, **self.calibration.recipe(), **facts,
                              "float_ops": leftover if kept else [], **start.methods,
-                             **({"input": pixel_input.RECORD} if self.pixels else {}),
                              **({"search": search} if search is not None else {})}
         Path(out).write_bytes(embed_spec(model, spec))
 
