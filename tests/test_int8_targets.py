@@ -213,7 +213,8 @@ def test_efficientnet_lite0_int8_made_here_says_how_it_was_chosen(effl0_int8_aut
     made on the selection photos (never the calibration or verification ones), with the
     choice the search's rule makes: of the recipes that met the tolerance there, those within
     10% of the fastest's latency count as equally fast and the lowest KL of them wins (the
-    two starts, rounded to nearest and adaptively, are the same graph); none met it: the
+    two starts, rounded to nearest and adaptively, and their activation ranges are the same
+    graph); none met it: the
     lowest KL - and the reason. Its verdict on verification photos: test_onnx_int8."""
     q = read_spec(effl0_int8_auto).quantization
     assert q["target"] == targets.resolve("auto").name and q["measured_on_target"]
@@ -225,8 +226,10 @@ def test_efficientnet_lite0_int8_made_here_says_how_it_was_chosen(effl0_int8_aut
     chosen = rows[search["chosen_index"]]
     assert chosen["recipe"] == search["chosen"]
     passing = [c for c in rows if c["passed"]]
-    # the two starts: rounded to nearest, then adaptively
-    assert "adaptive rounding" not in rows[0]["recipe"] and "adaptive rounding" in rows[1]["recipe"]
+    # the two starts, rounded to nearest, then adaptively, each with ORT's min / max and the
+    # two quantiles of the images' extremes (backends/ranges.py)
+    assert ["adaptive rounding" in c["recipe"] for c in rows[:6]] == [False] * 3 + [True] * 3
+    assert ["percentile ranges" in c["recipe"] for c in rows[:6]] == [False, True, True] * 2
     if passing:
         assert chosen["passed"]
         fastest = min(c["latency_ms"] for c in passing)

@@ -145,17 +145,20 @@ def test_onnx_runtime_qdq_models_run_in_openvino_as_in_onnx_runtime(
     tuner, *_ = exporter(model, spec, digits_onnx, tmp_path / "x.xml", "int8", calib=calib,
                          target="x86-vnni")
     recipes = [r for r in tuner.bases() if r.settings.get("quantizer") == "onnxruntime"]
-    assert [r.settings["start"] for r in recipes] == [0, 1]
-    assert "adaptive rounding" in recipes[1].label and "adaptive rounding" not in recipes[0].label
-    for recipe in recipes:
-        out = tmp_path / f"qdq{recipe.settings['start']}.xml"
+    # each start with each activation range (backends/ranges.py)
+    assert [(r.settings["start"], r.settings["ranges"]) for r in recipes] == [
+        (start, ranges) for start in (0, 1) for ranges in ("minmax", "p90", "p75")]
+    assert all(("adaptive rounding" in r.label) == (r.settings["start"] == 1) for r in recipes)
+    for recipe in recipes[:1] + recipes[-1:]:          # nearest min/max; rounded p75
+        name = f"qdq{recipe.settings['start']}-{recipe.settings['ranges']}"
+        out = tmp_path / f"{name}.xml"
         tuner.build(recipe, out)
         q = read_spec(out).quantization
         assert q["format"] == "QDQ" and q["converted_by"] == "openvino" and q["recipe"] == recipe.label
         assert ("rounding" in q) == (recipe.settings["start"] == 1)
         types = {op.get_type_name() for op in ov.Core().read_model(str(out)).get_ops()}
         assert "FakeQuantize" in types
-        qdq = tmp_path / f"qdq{recipe.settings['start']}.onnx"
+        qdq = tmp_path / f"{name}.onnx"
         tuner.qdq[recipe.settings["start"]].quantize(recipe.settings, qdq)
         with OnnxRuntimeSession(qdq, precise_int8=True) as session:
             by_ort = session.run(to_model_input(crops, spec))

@@ -16,7 +16,10 @@ What edgecls decides is the recipe for the target (targets.py), one row each:
 
 Every CPU recipe keeps the first convolution and the classifier in float (`--exclude none`
 quantizes them too). The layers a recipe changes are its `settings`:
-{"kept_in_float": [...], "u8u8_weights": [...]} - recorded in the artifact's spec.
+{"kept_in_float": [...], "u8u8_weights": [...]} - recorded in the artifact's spec - and,
+with min / max calibration, {"ranges": ...}: ORT's own min / max, or a quantile of each
+calibration image's extremes (backends/ranges.py), written into a calibration cache of its
+own that quantize_static reads like ORT's.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from edgecls import hardware, targets
+from edgecls.backends import ranges as activation_ranges
 from edgecls.backends.onnx.bias_correction import available as bias_correction_available
 from edgecls.backends.onnx.bias_correction import bias_corrected
 from edgecls.backends.onnx.container import write_spec
@@ -200,6 +204,7 @@ class OrtQuantizer:
         self.calibration = _bounded(calibration, self.method)
         self.prepared = Path(work) / "prepared.onnx"
         self.cache = Path(work) / "calibration.json"
+        self._extremes: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
         # BatchNorm is already folded by the exporter; skipping ORT's graph optimisation keeps
         # tensor names equal to the FP32 artifact's, which the SQNR diagnostics rely on.
         quant_pre_process(str(quantized_from), str(self.prepared), skip_optimization=True)
@@ -218,7 +223,14 @@ class OrtQuantizer:
             kept += [n for n in first_and_last_layers(self.fp32_path) if n not in kept]
         return {"kept_in_float": kept, "u8u8_weights": []}
 
-    def quantize(self, settings: dict[str, list[str]], out: Path,
+    @property
+    def range_choices(self) -> tuple[str, ...]:
+        """The activation ranges (backends/ranges.py) this quantizer offers: ORT's own
+        ("minmax": whatever --calib-method calibrates), and with min / max calibration the
+        quantiles of the images' extremes too."""
+        return tuple(activation_ranges.ACTIVATION_RANGES) if self.method == "minmax" else ("minmax",)
+
+    def quantize(self, settings: dict[str, Any], out: Path,
                  spec: ModelSpec | None = None) -> None:
         """Write the QDQ model for `settings`; its recipe goes into `spec` (when given)."""
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -242,6 +254,7 @@ class OrtQuantizer:
         batch_size = 8 if self.method == "minmax" else 1
         if self.method == "entropy" and not self.cache.exists():
             self._entropy_ranges(batch_size, extra["CalibMaxIntermediateOutputs"])
+        cache = self._cache_for(settings.get("ranges", "minmax"))
         quantize_static(
             str(self.prepared), str(out),
             calibration_data_reader=BatchReader(self.calibration.batches(self.spec, batch_size)),
@@ -254,7 +267,7 @@ class OrtQuantizer:
             nodes_to_exclude=list(settings.get("kept_in_float", [])),
             nodes_to_quantize=settings.get("only"),       # a one-layer probe
             extra_options=extra,
-            calibration_cache_path=str(self.cache))
+            calibration_cache_path=str(cache))
         _float_layers_as_in_fp32(out, self._fp32_initializers())
         if spec is not None:
             self.describe(spec, settings)
@@ -266,6 +279,51 @@ class OrtQuantizer:
             import onnx
             self._fp32 = {i.name: i for i in onnx.load(str(self.fp32_path)).graph.initializer}
         return self._fp32
+
+    def _cache_for(self, ranges: str) -> Path:
+        """The calibration cache quantize_static reads for these activation ranges: ORT's own
+        (written by its calibrator on first use), or one set from the images' extremes."""
+        if ranges == "minmax":
+            return self.cache
+        activation_ranges.check(ranges)
+        path = self.cache.with_name(f"calibration.{ranges}.json")
+        if not path.exists():
+            from onnxruntime.quantization import CalibrationMethod
+            from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+
+            data = {}
+            for name, (minima, maxima) in self._per_image_extremes().items():
+                low, high = activation_ranges.from_extremes(minima, maxima, ranges)
+                data[name] = TensorData(lowest=low.reshape(1), highest=high.reshape(1))
+            save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), path)
+        return path
+
+    def _per_image_extremes(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Every tensor ORT's calibrator would calibrate -> (its minimum on each calibration
+        image, its maximum on each): the prepared model run image by image with those tensors
+        as outputs."""
+        if self._extremes is None:
+            import onnxruntime
+            from onnxruntime.quantization.calibrate import MinMaxCalibrater
+
+            # the calibrator loads the model with its shapes inferred and chooses the tensors
+            calibrator = MinMaxCalibrater(self.prepared)
+            model = calibrator.model
+            names, value_infos = calibrator.select_tensors_to_calibrate(model)
+            outputs = {o.name for o in model.graph.output}
+            model.graph.output.extend(value_infos[n] for n in sorted(names) if n not in outputs)
+            session = onnxruntime.InferenceSession(model.SerializeToString(),
+                                                   providers=["CPUExecutionProvider"])
+            wanted = [o.name for o in session.get_outputs() if o.name in names]
+            feed = session.get_inputs()[0].name
+            minima, maxima = [], []
+            for batch in self.calibration.batches(self.spec, 1):
+                values = session.run(wanted, {feed: batch})
+                minima.append([float(v.min()) for v in values])
+                maxima.append([float(v.max()) for v in values])
+            low, high = np.array(minima), np.array(maxima)
+            self._extremes = {n: (low[:, i], high[:, i]) for i, n in enumerate(wanted)}
+        return self._extremes
 
     def _entropy_ranges(self, batch_size: int, max_outputs: int) -> None:
         """Entropy (KL) calibration ranges, into the calibration cache quantize_static reads.
@@ -295,12 +353,15 @@ class OrtQuantizer:
         return (self.recipe.short + (" + adaptive rounding" if self.rounding else "")
                 + (" + bias correction" if self.bias_correction else ""))
 
-    def facts(self, settings: dict[str, list[str]]) -> dict[str, Any]:
+    def facts(self, settings: dict[str, Any]) -> dict[str, Any]:
         """What spec.quantization records of this recipe (an OpenVINO IR converted from the
         QDQ model records the same)."""
         import onnxruntime
 
+        ranges = settings.get("ranges", "minmax")
         return {"tool": f"onnxruntime {onnxruntime.__version__}", "method": self.method,
+                **({"activation_ranges": activation_ranges.describe(ranges)}
+                   if ranges != "minmax" else {}),
                 "format": "QDQ", **self.recipe.describe(),
                 "kept_in_float": list(settings.get("kept_in_float", [])),
                 "u8u8_weights": list(settings.get("u8u8_weights", [])),

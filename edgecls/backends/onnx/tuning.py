@@ -1,7 +1,9 @@
 """The ONNX Runtime side of the INT8 recipe search (edgecls.search): candidates, remedies and
 how to measure them so that the numbers are the target's.
 
-Remedies, in the order the target's recipe lists them:
+Base recipes: each start (the FP32 model; its adaptively rounded twin when searching) with
+each activation range the quantizer offers (ORT's min / max; quantiles of the calibration
+images' extremes, backends/ranges.py). Remedies, in the order the target's recipe lists them:
   u8u8 weights  the layers the VPMADDUBSW emulation (saturation.py) ranks first get u8
                 weights, which ORT runs on its exact U8U8 GEMM: the saturation goes, the
                 layer stays INT8 (measured on EfficientNet-Lite0, AMD EPYC AVX2: 4 layers
@@ -24,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgecls import hardware, saturation, targets
+from edgecls.backends import ranges as activation_ranges
 from edgecls.backends.onnx import FORMAT
 from edgecls.backends.onnx.quantize import OrtQuantizer, weighted_layers
 from edgecls.backends.onnx.runtime import OnnxRuntimeSession as open_session
@@ -73,14 +76,17 @@ class OnnxTuner(CandidateKeeper):
 
     # -- the search's side ----------------------------------------------------------------
     def bases(self) -> list[Recipe]:
+        """Each start with each of its quantizer's activation ranges (backends/ranges.py)."""
         found = []
         for start, quantizer in enumerate(self.quantizers):
-            settings = {**quantizer.default_settings(), "start": start}
-            base = f"{self.target.name} {quantizer.label}"
-            if "u8u8 weights" in quantizer.recipe.remedies and not self.measures_target:
-                settings["u8u8_weights"] = self.saturating(SATURATION_BLIND)
-                base += f", u8 weights on {len(settings['u8u8_weights'])} emulated-saturating layers"
-            found.append(Recipe(base, settings))
+            for ranges in quantizer.range_choices:
+                settings = {**quantizer.default_settings(), "start": start, "ranges": ranges}
+                base = f"{self.target.name} {quantizer.label}{activation_ranges.label(ranges)}"
+                if "u8u8 weights" in quantizer.recipe.remedies and not self.measures_target:
+                    settings["u8u8_weights"] = self.saturating(SATURATION_BLIND)
+                    base += (f", u8 weights on {len(settings['u8u8_weights'])} "
+                             "emulated-saturating layers")
+                found.append(Recipe(base, settings))
         return found
 
     def remedies(self, recipe: Recipe) -> list[Remedy]:
@@ -132,7 +138,8 @@ class OnnxTuner(CandidateKeeper):
         scores = {}
         probe = self.work / "probe.onnx"
         for name in candidates:
-            alone = {"only": [name], "u8u8_weights": list(settings.get("u8u8_weights", []))}
+            alone = {"only": [name], "u8u8_weights": list(settings.get("u8u8_weights", [])),
+                     "ranges": settings.get("ranges", "minmax")}
             self.quantizers[settings.get("start", 0)].quantize(
                 alone, probe, self.spec.derive(precision="int8"))
             with open_session(probe, device="cpu", **self.session_options) as session:

@@ -10,7 +10,8 @@ The rounded start's layers kept in float get the FP32 model's weights back befor
 ONNX Runtime path.
 
 For a target that never saturates (q.QDQ_TARGETS) the search also converts ONNX Runtime's
-QDQ models of both starts (OpenVINO runs Q/DQ pairs as its own FakeQuantize): on
+QDQ models of both starts, with each of their activation ranges (backends/ranges.py;
+OpenVINO runs Q/DQ pairs as its own FakeQuantize): on
 EfficientNet-Lite0 they are four times closer to FP32 than NNCF's from the same start (the
 numbers at q.QDQ_TARGETS). The search measures both kinds and keeps the better.
 
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgecls import hardware, targets
+from edgecls.backends import ranges as activation_ranges
 from edgecls.backends.openvino import FORMAT
 from edgecls.backends.openvino import quantize as q
 from edgecls.backends.recipes import CandidateKeeper, Recipe, Remedy
@@ -64,10 +66,11 @@ class OpenVINOTuner(CandidateKeeper):
                        + (" + adaptive rounding" if start.rounding else ""),
                        {"ignored": scope, "overflow_fix": fix, "start": index})
                 for index, start in enumerate(self.starts) for fix in self.recipe.overflow_fixes]
-        return nncf + [Recipe(f"{self.target.name} ONNX Runtime QDQ {ort.label}",
+        return nncf + [Recipe(f"{self.target.name} ONNX Runtime QDQ {ort.label}"
+                              f"{activation_ranges.label(ranges)}",
                               {**ort.default_settings(), "quantizer": "onnxruntime",
-                               "start": index})
-                       for index, ort in enumerate(self.qdq)]
+                               "start": index, "ranges": ranges})
+                       for index, ort in enumerate(self.qdq) for ranges in ort.range_choices]
 
     def remedies(self, recipe: Recipe) -> list[Remedy]:
         return []

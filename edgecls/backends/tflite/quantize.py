@@ -24,19 +24,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from edgecls.backends import ranges as activation_ranges
+
 log = logging.getLogger("edgecls")
 
-#: how activation ranges are set from each calibration image's min / max: (what the spec
-#: says, (quantile of the minima, quantile of the maxima)). Global min/max lets one image's
-#: outlier widen the whole range; the 90th percentile clips the rarest tenth. Measured on
-#: EfficientNet-Lite0 (pixel input, bias-corrected, 84 calibration crops, AMD EPYC): mean KL
-#: to FP32 0.0149 -> 0.0141 on the 72 selection crops, 0.0211 -> 0.0188 on the 351
-#: verification crops; the mean of the images' extremes instead: 0.026 / 0.032. The search
-#: measures both on the selection images.
-ACTIVATION_RANGES = {
-    "minmax": ("min / max over every calibration image", (0.0, 1.0)),
-    "p90": ("10th / 90th percentile of each calibration image's min / max", (0.1, 0.9)),
-}
 #: ops that may legitimately touch float tensors in a full-integer model with float I/O
 BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
 _INTEGER_TYPES = {"INT8", "UINT8", "INT16", "INT32", "INT64", "BOOL"}
@@ -73,16 +64,16 @@ class Int8Quantizer:
         self._ranges: dict[str, dict[str, Any]] = {}
 
     def ranges(self, method: str) -> dict[str, dict[str, Any]]:
-        """Every tensor's quantization statistics (ai-edge-quantizer's form) as
-        ACTIVATION_RANGES[method] sets them from the per-image min / max."""
+        """Every tensor's quantization statistics (ai-edge-quantizer's form) with the
+        activation ranges `method` (backends/ranges.py) sets from the per-image min / max."""
         if method not in self._ranges:
-            low, high = ACTIVATION_RANGES[method][1]
+            activation_ranges.check(method)
             stats = {}
             for tensor, (template, mins, maxs) in self.per_image.items():
                 stats[tensor] = dict(template)
                 if mins is not None:
-                    stats[tensor].update(min=np.quantile(mins, low, axis=0).astype(np.float32),
-                                         max=np.quantile(maxs, high, axis=0).astype(np.float32))
+                    low, high = activation_ranges.from_extremes(mins, maxs, method)
+                    stats[tensor].update(min=low, max=high)
             if self.input_range is not None:     # in the calibrated statistics' own shapes
                 given = stats[self.input_tensor]
                 given["min"] = np.full_like(given["min"], self.input_range[0])
@@ -118,14 +109,14 @@ class Int8Quantizer:
     def quantize(self, float_ops: Sequence[str] = (),
                  ranges: str = "minmax") -> tuple[bytes, dict[str, Any]]:
         """INT8 model bytes (full-integer unless `float_ops` names ops by their output
-        tensor) with activation ranges set as ACTIVATION_RANGES[ranges] says, plus the recipe
+        tensor) with the activation ranges `ranges` (backends/ranges.py), plus the recipe
         facts for the spec."""
         result = self._quantizer(float_ops).quantize(self.ranges(ranges),
                                                      enable_progress_report=False)
         facts = {"method": "static", "tool": "ai-edge-quantizer", "algorithm": "min_max",
                  "weights": "int8 symmetric per-channel",
                  "activations": "int8 asymmetric per-tensor", "io": self.int8_io or "float32",
-                 "activation_ranges": ACTIVATION_RANGES[ranges][0],
+                 "activation_ranges": activation_ranges.describe(ranges),
                  "calibration_samples": self.samples}
         return bytes(result.quantized_model), facts
 
@@ -143,7 +134,8 @@ def weighted_ops(model: bytes) -> list[str]:
 
 def _calibrate_per_image(qt, key: str, data: list[dict[str, np.ndarray]]) -> dict:
     """Each tensor's statistics template and its min / max on each calibration image
-    (stacked; None for tensors without statistics), from which ACTIVATION_RANGES are set.
+    (stacked; None for tensors without statistics), from which the activation ranges are
+    set (backends/ranges.py).
 
     ai-edge-quantizer's own calibrate() folds samples in with a moving average (weight 0.95
     on the past), which keeps roughly the last ~20 samples' ranges and clips the rest:

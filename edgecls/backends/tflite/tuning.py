@@ -1,14 +1,14 @@
 """The TFLite side of the INT8 recipe search (edgecls.search).
 
-Full-integer INT8 for every CPU target, two base recipes per start (backends/onnx/
-torch_start.py): the bias-corrected model and, when the search runs, the adaptively rounded
-and corrected one, each with activation ranges from global min/max and from the 90th
-percentile of the calibration images' own extremes (quantize.ACTIVATION_RANGES) - the same
-graph at the same speed, so the search keeps the one closest to FP32 on the selection
-images. XNNPACK widens int8 to 16 bits before it
-multiplies, so no x86 CPU saturates it (measured: EfficientNet-Lite0 agrees with FP32 on the
-same 91.7% of the held-out photo crops on AVX2 and VNNI machines) - what it loses is
-ordinary quantization noise, and full-integer TFLite's remedy for that is QAT (--qat).
+Full-integer INT8 for every CPU target, one base recipe per start (backends/onnx/
+torch_start.py: the bias-corrected model and, when the search runs, the adaptively rounded
+and corrected one) and way of setting activation ranges (global min / max, quantiles of the
+calibration images' own extremes: backends/ranges.py) - the same graph at the same speed,
+so the search keeps the one closest to FP32 on the selection images. XNNPACK widens int8
+to 16 bits before it multiplies, so no x86 CPU saturates it (measured: EfficientNet-Lite0
+agrees with FP32 on the same 91.7% of the held-out photo crops on AVX2 and VNNI machines) -
+what it loses is ordinary quantization noise, and full-integer TFLite's remedy for that is
+QAT (--qat).
 
 With --allow-float-ops the search may keep ops in float: the convolutions and fully
 connected ops, ranked by how much keeping each ONE in float lowers KL against FP32 on the
@@ -25,6 +25,7 @@ import numpy as np
 
 from edgecls import hardware, targets
 from edgecls.backends import pixel_input
+from edgecls.backends import ranges as activation_ranges
 from edgecls.backends.onnx.torch_start import Start
 from edgecls.backends.recipes import CandidateKeeper, Recipe, Remedy
 from edgecls.backends.tflite import FORMAT
@@ -40,8 +41,6 @@ log = logging.getLogger("edgecls")
 
 #: calibration images each one-op probe runs on
 PROBE_IMAGES = 16
-#: how a recipe's label names its activation ranges (quantize.ACTIVATION_RANGES)
-RANGE_WORDS = {"minmax": "", "p90": ", 90th-percentile ranges"}
 
 
 class TFLiteTuner(CandidateKeeper):
@@ -74,10 +73,12 @@ class TFLiteTuner(CandidateKeeper):
         return self._quantizers[start]
 
     def bases(self) -> list[Recipe]:
-        """Each start with each way of setting activation ranges (quantize.ACTIVATION_RANGES)."""
-        return [Recipe(f"{self.target.name} full-integer{start.label}{RANGE_WORDS[ranges]}",
+        """Each start with each way of setting activation ranges (backends/ranges.py)."""
+        return [Recipe(f"{self.target.name} full-integer{start.label}"
+                       f"{activation_ranges.label(ranges)}",
                        {"start": i, "ranges": ranges, "float_ops": []})
-                for i, (start, _) in enumerate(self.starts) for ranges in q.ACTIVATION_RANGES]
+                for i, (start, _) in enumerate(self.starts)
+                for ranges in activation_ranges.ACTIVATION_RANGES]
 
     def remedies(self, recipe: Recipe) -> list[Remedy]:
         if not self.allow_float_ops:
