@@ -360,7 +360,9 @@ def test_quantile_ranges_lie_inside_onnx_runtimes_own(digits_onnx, digits_data, 
     """The activation ranges set from each calibration image's extremes (backends/ranges.py)
     against ONNX Runtime's own min / max calibration of the same images (its calibration
     cache, the oracle): every quantile range lies inside ORT's, some are narrower, the same
-    tensors have one, and the QDQ model keeps the digits accuracy on images no choice saw."""
+    tensors have one, and the QDQ model keeps the digits accuracy on images no choice saw.
+    The QDQ graphs have the same ops in the same order: the search times them as one graph
+    (recipes.VALUES_ONLY)."""
     from onnxruntime.quantization.calibrate import load_tensors_data
 
     from edgecls.backends.onnx.quantize import OrtQuantizer
@@ -375,6 +377,7 @@ def test_quantile_ranges_lie_inside_onnx_runtimes_own(digits_onnx, digits_data, 
     quantizer = OrtQuantizer(digits_onnx, spec, calibration, tmp_path, target="x86-vnni")
     assert quantizer.range_choices == ("minmax", "p90", "p75")
     torch_accuracy = float((ref.argmax(1) == labels).mean())
+    ops = {}
     for ranges in quantizer.range_choices:
         out = tmp_path / f"{ranges}.onnx"
         quantizer.quantize({**quantizer.default_settings(), "ranges": ranges}, out,
@@ -382,6 +385,8 @@ def test_quantile_ranges_lie_inside_onnx_runtimes_own(digits_onnx, digits_data, 
         with open_session(out, device="cpu", precise_int8=True) as session:
             got = session.run(to_model_input(crops, spec))
         assert float((got.argmax(1) == labels).mean()) >= torch_accuracy - 0.01, ranges
+        ops[ranges] = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ops["p90"] == ops["p75"] == ops["minmax"]
 
     def ranges_in(path):
         return {name: (float(np.ravel(d.lowest)[0]), float(np.ravel(d.highest)[0]))
