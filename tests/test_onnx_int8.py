@@ -397,6 +397,10 @@ def test_quantile_ranges_lie_inside_onnx_runtimes_own(digits_onnx, digits_data, 
         quantile = ranges_in(tmp_path / f"calibration.{name}.json")
         assert quantile.keys() == own.keys()
         for tensor, (low, high) in quantile.items():
-            assert own[tensor][0] - 1e-5 <= low <= high <= own[tensor][1] + 1e-5, tensor
+            # ORT calibrates in batches of 8, edgecls image by image: the same float
+            # tensors up to float32 summation order (measured on EfficientNet-Lite0: all 95
+            # ranges equal within 1e-4 relative)
+            slack = 1e-4 * max(1.0, abs(own[tensor][0]), abs(own[tensor][1]))
+            assert own[tensor][0] - slack <= low <= high <= own[tensor][1] + slack, tensor
         assert any(high < own[t][1] - 1e-3 or low > own[t][0] + 1e-3
                    for t, (low, high) in quantile.items()), name
