@@ -230,6 +230,14 @@ class OrtQuantizer:
         quantiles of the images' extremes too."""
         return tuple(activation_ranges.ACTIVATION_RANGES) if self.method == "minmax" else ("minmax",)
 
+    def bases(self, start: int) -> list[tuple[str, dict[str, Any]]]:
+        """(label, settings) of this quantizer's base recipes as the search's `start`: its
+        default settings with each of its activation ranges (what ONNX Runtime's search and
+        OpenVINO's QDQ candidates both start from)."""
+        return [(self.label + activation_ranges.label(ranges),
+                 {**self.default_settings(), "start": start, "ranges": ranges})
+                for ranges in self.range_choices]
+
     def quantize(self, settings: dict[str, Any], out: Path,
                  spec: ModelSpec | None = None) -> None:
         """Write the QDQ model for `settings`; its recipe goes into `spec` (when given)."""

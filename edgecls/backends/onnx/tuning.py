@@ -26,7 +26,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgecls import hardware, saturation, targets
-from edgecls.backends import ranges as activation_ranges
 from edgecls.backends.onnx import FORMAT
 from edgecls.backends.onnx.quantize import OrtQuantizer, weighted_layers
 from edgecls.backends.onnx.runtime import OnnxRuntimeSession as open_session
@@ -79,9 +78,8 @@ class OnnxTuner(CandidateKeeper):
         """Each start with each of its quantizer's activation ranges (backends/ranges.py)."""
         found = []
         for start, quantizer in enumerate(self.quantizers):
-            for ranges in quantizer.range_choices:
-                settings = {**quantizer.default_settings(), "start": start, "ranges": ranges}
-                base = f"{self.target.name} {quantizer.label}{activation_ranges.label(ranges)}"
+            for label, settings in quantizer.bases(start):
+                base = f"{self.target.name} {label}"
                 if "u8u8 weights" in quantizer.recipe.remedies and not self.measures_target:
                     settings["u8u8_weights"] = self.saturating(SATURATION_BLIND)
                     base += (f", u8 weights on {len(settings['u8u8_weights'])} "

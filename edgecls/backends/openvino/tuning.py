@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgecls import hardware, targets
-from edgecls.backends import ranges as activation_ranges
 from edgecls.backends.openvino import FORMAT
 from edgecls.backends.openvino import quantize as q
 from edgecls.backends.recipes import CandidateKeeper, Recipe, Remedy
@@ -66,11 +65,10 @@ class OpenVINOTuner(CandidateKeeper):
                        + (" + adaptive rounding" if start.rounding else ""),
                        {"ignored": scope, "overflow_fix": fix, "start": index})
                 for index, start in enumerate(self.starts) for fix in self.recipe.overflow_fixes]
-        return nncf + [Recipe(f"{self.target.name} ONNX Runtime QDQ {ort.label}"
-                              f"{activation_ranges.label(ranges)}",
-                              {**ort.default_settings(), "quantizer": "onnxruntime",
-                               "start": index, "ranges": ranges})
-                       for index, ort in enumerate(self.qdq) for ranges in ort.range_choices]
+        return nncf + [Recipe(f"{self.target.name} ONNX Runtime QDQ {label}",
+                              {**settings, "quantizer": "onnxruntime"})
+                       for index, ort in enumerate(self.qdq)
+                       for label, settings in ort.bases(index)]
 
     def remedies(self, recipe: Recipe) -> list[Remedy]:
         return []

@@ -52,7 +52,8 @@ class TFLiteTuner(CandidateKeeper):
     def __init__(self, starts: Sequence[tuple[Start, bytes]], spec: ModelSpec, calibration,
                  target: targets.Target, int8_io: str | None, allow_float_ops: bool):
         """`starts`: the torch models recipes start from (edgecls.backends.onnx.torch_start)
-        with the float TFLite model each converted to; two base recipes each (bases())."""
+        with the float TFLite model each converted to; one base recipe per way of setting
+        activation ranges each (bases())."""
         self.starts, self.spec, self.calibration = list(starts), spec, calibration
         self.target, self.int8_io, self.allow_float_ops = target, int8_io, allow_float_ops
         self._quantizers: dict[int, q.Int8Quantizer] = {}
