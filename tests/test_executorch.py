@@ -219,6 +219,54 @@ def test_relu6_output_gets_its_own_range_not_the_convolutions():
     assert relu6_step(plain) > 5 * 6 / 255                  # the defect, still upstream
 
 
+def test_quantile_ranges_set_each_activations_range_from_the_images_extremes(digits_model,
+                                                                             digits_data):
+    """Activation ranges from quantiles of each calibration image's extremes
+    (backends/ranges.py), on the digits CNN. Oracle for the logits' range: torch's own logits
+    per calibration image, their minima / maxima and numpy's quantiles (XNNPACK's int8
+    activations: asymmetric, scale = (high - low) / 255 with 0 inside). The input's range stays
+    the pixels' own (a quantile would clip pixels), every range is at most min / max's, and the
+    quantized model (torch's reference Q/DQ) keeps the digits' accuracy."""
+    import torch
+
+    from edgecls.backends.executorch.quantize import quantize
+    from edgecls.imaging.datasets import CalibrationSet
+    from edgecls.imaging.preprocess import to_model_input
+    model, spec = digits_model
+    _, calib, val, _ = digits_data
+    calibration = CalibrationSet(calib.subset(64, seed=0), spec)
+
+    def scales(converted) -> dict[str, float]:
+        return {n.args[0].name: float(n.args[1]) for n in converted.graph.nodes
+                if "quantize_per_tensor" in str(n.target) and n.op == "call_function"
+                and isinstance(n.args[1], float)}
+
+    minmax = quantize(model, spec, calibration, ranges="minmax")
+    p75 = quantize(model, spec, calibration, ranges="p75")
+    wide, narrow = scales(minmax), scales(p75)
+    assert wide.keys() == narrow.keys() and len(wide) > 5
+    placeholder = next(n.name for n in p75.graph.nodes if n.op == "placeholder")
+    assert narrow[placeholder] == pytest.approx(wide[placeholder], rel=1e-6)
+    assert all(narrow[k] <= wide[k] * (1 + 1e-6) for k in wide)
+    assert sum(narrow[k] < 0.95 * wide[k] for k in wide) >= 2
+
+    with torch.no_grad():
+        logits = np.concatenate([model(torch.from_numpy(b)).numpy() for b in calibration.batches(spec)])
+    low = min(np.quantile(logits.min(1), 0.25), 0.0)
+    high = max(np.quantile(logits.max(1), 0.75), 0.0)
+    output = next(n for n in p75.graph.nodes if n.op == "output").args[0][0]
+    while "quantize_per_tensor" not in str(output.args[0].target):   # back to the logits' Q
+        output = output.args[0]
+    assert float(output.args[0].args[1]) == pytest.approx((high - low) / 255, rel=1e-4)
+
+    x = torch.from_numpy(to_model_input(val.crops(spec), spec))
+    with torch.no_grad():
+        truth = np.array(val.labels())
+        fp32 = (model(x).argmax(1).numpy() == truth).mean()
+        int8 = (p75(x).argmax(1).numpy() == truth).mean()
+    assert int8 >= fp32 - 0.01, (int8, fp32)
+
+
 # -- bad files ---------------------------------------------------------------------------------
 def test_bad_programs_are_one_line_artifact_errors(digits_pte, digits_onnx, tmp_path):
     from edgecls.formats import open_session, read_spec

@@ -3,8 +3,9 @@ partitioner) -> to_executorch(); INT8 through PT2E with ExecuTorch's XNNPACK qua
 
     fp32  the float program, every op the partitioner supports delegated to XNNPACK
     int8  XNNPACKQuantizer: int8 symmetric per-channel weights, int8 asymmetric per-tensor
-          static activations calibrated on the CalibrationSet (global min/max by default,
-          --calib-method histogram for the quantizer's own observer), then lowered: XNNPACK
+          static activations calibrated on the CalibrationSet (global min/max by default, or
+          quantiles of each image's extremes, backends/ranges.py; --calib-method histogram
+          for the quantizer's own observer), then lowered: XNNPACK
           runs the quantized convolutions, adds, multiplies and pools as integer kernels.
           Searched like the other backends (tuning.py) when it misses its tolerance.
 

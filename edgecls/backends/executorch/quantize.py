@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
+from edgecls.backends import ranges as activation_ranges
 from edgecls.backends.executorch.program import capture, lower, quiet
 from edgecls.spec import ModelSpec
 
@@ -106,31 +109,67 @@ def weighted_nodes(model, spec: ModelSpec) -> list[str]:
 
 
 def quantize(model, spec: ModelSpec, calibration, observer: str = "minmax",
-             keep_float: Sequence[str] = ()):
-    """The PT2E-converted INT8 model, calibrated on every calibration image."""
+             keep_float: Sequence[str] = (), ranges: str = "minmax"):
+    """The PT2E-converted INT8 model, calibrated on every calibration image, one image at a
+    time; with the min / max observer, `ranges` (backends/ranges.py) says how each
+    activation's range is set from the images' own extremes."""
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
+    activation_ranges.check(ranges)
+    if ranges != "minmax" and observer != "minmax":
+        raise ValueError(f"activation ranges {ranges!r} need the min / max observer, not {observer!r}")
     graph = capture(model, spec).module()
     with quiet():
         prepared = prepare_pt2e(graph, quantizer(observer, keep_float))
+        observers = _activation_observers(prepared) if ranges != "minmax" else {}
+        extremes: dict[str, list[tuple[float, float]]] = {name: [] for name in observers}
         with torch.no_grad():
             for batch in calibration.batches(spec):
                 for sample in batch:
+                    for obs in observers.values():
+                        obs.reset_min_max_vals()
                     prepared(torch.from_numpy(sample[None]))
+                    for name, obs in observers.items():
+                        extremes[name].append((float(obs.min_val), float(obs.max_val)))
+        for name, obs in observers.items():
+            seen = np.array(extremes[name], dtype=np.float64)
+            low, high = activation_ranges.from_extremes(seen[:, 0], seen[:, 1], ranges)
+            obs.min_val.copy_(torch.tensor(float(low)))
+            obs.max_val.copy_(torch.tensor(float(high)))
         return convert_pt2e(prepared)
 
 
+def _activation_observers(prepared) -> dict[str, Any]:
+    """name -> the per-tensor min / max observer of each activation the quantizer observes,
+    but not the graph's input: its range is the pixels' own (backends/pixel_input.py), which
+    a quantile would clip, and a weight's per-channel observer sees the same tensor on every
+    image."""
+    from torchao.quantization.pt2e.observer import MinMaxObserver
+    modules = dict(prepared.named_modules())
+    found = {}
+    for node in prepared.graph.nodes:
+        observer = modules.get(node.target) if node.op == "call_module" else None
+        if (isinstance(observer, MinMaxObserver)
+                and not any(arg.op in ("placeholder", "get_attr") for arg in node.args
+                            if hasattr(arg, "op"))):
+            found[node.target] = observer
+    return found
+
+
 def int8_program(model, spec: ModelSpec, calibration, observer: str = "minmax",
-                 keep_float: Sequence[str] = ()) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+                 keep_float: Sequence[str] = (), ranges: str = "minmax"
+                 ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """(edge program, delegation facts, recipe facts) of the INT8 model."""
-    converted = quantize(model, spec, calibration, observer, keep_float)
+    converted = quantize(model, spec, calibration, observer, keep_float, ranges)
     edge, facts = lower(converted, spec)
     recipe = {"method": "static", "tool": "executorch XNNPACKQuantizer (PT2E)",
               "weights": "int8 symmetric per-channel",
               "activations": "int8 asymmetric per-tensor",
               "observer": {"minmax": "global min/max",
                            "histogram": "HistogramObserver"}[observer],
+              **({"activation_ranges": activation_ranges.describe(ranges)}
+                 if ranges != "minmax" else {}),
               "kept_in_float": list(keep_float), **calibration.recipe()}
     return edge, facts, recipe
 

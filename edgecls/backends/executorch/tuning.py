@@ -4,7 +4,8 @@ Recipes as rows:
   base      the XNNPACK quantizer with the asked-for activation observer (global min/max
             unless --calib-method histogram), --keep-float nodes in float: one per start
             (backends/onnx/torch_start.py: the bias-corrected model and, when searching, the
-            adaptively rounded and corrected one)
+            adaptively rounded and corrected one) and, with the min / max observer, per way
+            of setting activation ranges from the images' own extremes (backends/ranges.py)
   float     remedy: conv / linear nodes kept in float one at a time (the XNNPACK quantizer
             has no per-module "None" config in 1.4, so a node filter leaves them out), in
             this order: the first convolution and the classifier (the layers every PTQ tool
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgecls import hardware, targets
+from edgecls.backends import ranges as activation_ranges
 from edgecls.backends.executorch import FORMAT, OBSERVERS
 from edgecls.backends.executorch import program
 from edgecls.backends.executorch import quantize as ex
@@ -68,15 +70,20 @@ class ExecuTorchTuner(CandidateKeeper):
             self._nodes = ex.weighted_nodes(self.starts[0].model, self.spec)
         return self._nodes
 
-    def _recipe(self, start: int, observer: str) -> Recipe:
-        label = f"{self.target.name} xnnpack {observer}{self.starts[start].label}"
+    def _recipe(self, start: int, observer: str, ranges: str = "minmax") -> Recipe:
+        label = (f"{self.target.name} xnnpack {observer}{self.starts[start].label}"
+                 f"{activation_ranges.label(ranges)}")
         if self.keep_float:
             label += f", {len(self.keep_float)} node(s) in float"
-        return Recipe(label, {"start": start, "observer": observer,
+        return Recipe(label, {"start": start, "observer": observer, "ranges": ranges,
                               "keep_float": list(self.keep_float)})
 
     def bases(self) -> list[Recipe]:
-        return [self._recipe(i, self.observer) for i in range(len(self.starts))]
+        """Each start with each activation range its observer allows (quantiles need the
+        per-image extremes only the min / max observer gives)."""
+        choices = activation_ranges.ACTIVATION_RANGES if self.observer == "minmax" else ("minmax",)
+        return [self._recipe(i, self.observer, ranges)
+                for i in range(len(self.starts)) for ranges in choices]
 
     def remedies(self, recipe: Recipe) -> list[Remedy]:
         def ranked() -> list[str]:
@@ -96,7 +103,7 @@ class ExecuTorchTuner(CandidateKeeper):
         start = self.starts[recipe.settings["start"]]
         edge, facts, recipe_facts = ex.int8_program(
             start.model, self.spec, self.calibration, recipe.settings["observer"],
-            recipe.settings["keep_float"])
+            recipe.settings["keep_float"], recipe.settings.get("ranges", "minmax"))
         spec = self.spec.derive(tools=dict(self.spec.tools), notes=dict(self.spec.notes))
         spec.notes["executorch"] = facts
         spec.quantization = {**targets.record(self.target, hardware.cpu().int8_isa, True),
