@@ -70,6 +70,15 @@ def test_int8_with_broken_ranges_fails_with_exit_1(digits_model, digits_onnx, di
     assert r["outcome"] == FAIL and code == EXIT_STATUS[FAIL] == 1
     failed = {c["name"] for c in r["criteria"] if c["outcome"] == FAIL}
     assert "mean KL(reference || artifact)" in failed, r["criteria"]
+    # where it departs: digits are one image per photo, so the five images holding most of the
+    # KL, largest share first; a share is that image's KL over the summed KL (n x the mean)
+    shares = r["photo_shares"]
+    assert len(shares) == 5 and all(p["images"] == 1 for p in shares)
+    assert [p["kl_share"] for p in shares] == sorted((p["kl_share"] for p in shares), reverse=True)
+    assert shares[0]["kl_share"] == pytest.approx(shares[0]["kl_mean"] / (r["kl_mean"] * r["n"]))
+    assert shares[0]["kl_mean"] >= r["kl_mean"]
+    for page in ("report.md", "report.html"):
+        assert "broken.int8.onnx" in (tmp_path / "r" / page).read_text().split("departs")[1]
     # the export as made (same recipe, ranges intact) is not what fails
     code, report = parity(capsys, good, "--reference", digits_onnx, "--data", "digits",
                           "--limit", "400", tmp_path / "r2")

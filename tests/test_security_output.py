@@ -78,6 +78,9 @@ def _everything_hostile(report):
         res.worst_layers = [{"module": HOSTILE, "op": HOSTILE, "tensor": HOSTILE,
                              "sqnr_db": 3.0, "kernel_sqnr_db": None, "simulated_sqnr_db": 3.0}]
         res.worst_layers_note = HOSTILE
+        res.outcome = "fail"             # so the photos holding its KL are shown too
+        res.photo_shares = [{"photo": HOSTILE + str(i), "images": 2, "kl_mean": 0.1,
+                             "kl_share": 0.5, "agreement": 0.5} for i in range(2)]
         res.calibration_overlap = 1
     r.predictions = {HOSTILE + ".onnx" if k != "reference" else k: v
                      for k, v in r.predictions.items()}
@@ -176,8 +179,10 @@ def test_every_report_field_is_escaped(report):
     from edgecls.report import render_html, render_markdown
     from edgecls.report.terminal import print_report
     hostile_report = _everything_hostile(report)
-    assert_safe_html(render_html(hostile_report))
-    assert_safe_markdown(render_markdown(hostile_report))
+    page, text = render_html(hostile_report), render_markdown(hostile_report)
+    assert "departs" in page and "departs" in text       # the photos' section is rendered
+    assert_safe_html(page)
+    assert_safe_markdown(text)
     buf = io.StringIO()
     print_report(hostile_report, Console(file=buf, width=400, color_system=None))
     out = buf.getvalue()

@@ -41,6 +41,22 @@ def test_cluster_bootstrap_resamples_whole_groups():
     assert by_view[0] > 0.2 and by_view[1] < 0.8
 
 
+def test_photo_shares_by_hand():
+    """Four views of three photos: a holds KL 0.1 + 0.3 (share 0.4 of 1.0), c 0.6 alone,
+    b nothing; the largest share first, with each photo's views, mean KL and agreement."""
+    from edgecls.verdict import photo_shares
+    kl = np.array([0.1, 0.3, 0.0, 0.6])
+    agree = np.array([True, False, True, True])
+    rows = photo_shares(kl, agree, ["p:a", "p:a", "p:b", "p:c"])
+    assert [r["photo"] for r in rows] == ["p:c", "p:a", "p:b"]
+    assert rows[0] == pytest.approx({"photo": "p:c", "images": 1, "kl_mean": 0.6,
+                                     "kl_share": 0.6, "agreement": 1.0})
+    assert rows[1] == pytest.approx({"photo": "p:a", "images": 2, "kl_mean": 0.2,
+                                     "kl_share": 0.4, "agreement": 0.5})
+    assert photo_shares(kl, agree, ["p:a", "p:a", "p:b", "p:c"], count=1) == rows[:1]
+    assert photo_shares(np.zeros(2), agree[:2], ["x", "y"])[0]["kl_share"] == 0.0
+
+
 def test_decide_three_ways():
     assert v.decide((0.991, 0.999), 0.99, True) == v.PASS
     assert v.decide((0.95, 0.985), 0.99, True) == v.FAIL

@@ -9,7 +9,8 @@ import numpy as np
 
 from edgecls.errors import first_line
 from edgecls.report.escape import html_text, plain_text_plots, plot_text
-from edgecls.report.model import WORST_LAYER_COLUMNS, ParityResults, columns, machine, role, rows
+from edgecls.report.model import (PHOTO_SHARE_COLUMNS, PHOTO_SHARE_HEADING, WORST_LAYER_COLUMNS,
+                                  ParityResults, columns, departs, machine, role, rows)
 
 log = logging.getLogger("edgecls")
 
@@ -117,6 +118,12 @@ def render_html(report: ParityResults) -> str:
                 [h for h, _ in WORST_LAYER_COLUMNS],
                 ["<tr>" + "".join(f"<td>{e(cell(w))}</td>" for _, cell in WORST_LAYER_COLUMNS)
                  + "</tr>" for w in r.worst_layers]))
+        if departs(r):
+            parts.append(f"<h2>{PHOTO_SHARE_HEADING.format(name=e(r.name))}</h2>"
+                         + html_table([h for h, _ in PHOTO_SHARE_COLUMNS],
+                                      ["<tr>" + "".join(f"<td>{e(cell(p))}</td>"
+                                                        for _, cell in PHOTO_SHARE_COLUMNS)
+                                       + "</tr>" for p in r.photo_shares]))
     if report.thumbnails:
         margins = report.data.get("reference_margins") or {}
         top2 = report.predictions.get("reference_top2") or []

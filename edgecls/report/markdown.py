@@ -3,7 +3,8 @@ md_text (or md_code, for names shown as code): no HTML, link or table cell of it
 from __future__ import annotations
 
 from edgecls.report.escape import md_code, md_text
-from edgecls.report.model import WORST_LAYER_COLUMNS, ParityResults, columns, machine, role, rows
+from edgecls.report.model import (PHOTO_SHARE_COLUMNS, PHOTO_SHARE_HEADING, WORST_LAYER_COLUMNS,
+                                  ParityResults, columns, departs, machine, role, rows)
 
 
 def _table(head: list[str], body: list[list[str]]) -> list[str]:
@@ -39,6 +40,10 @@ def render_markdown(report: ParityResults) -> str:
                       f"Method: {t(r.worst_layers_note)}", ""]
             lines += _table([h for h, _ in WORST_LAYER_COLUMNS],
                             [[t(cell(w)) for _, cell in WORST_LAYER_COLUMNS] for w in r.worst_layers])
+        if departs(r):
+            lines += ["", "## " + PHOTO_SHARE_HEADING.format(name=md_code(r.name)), ""]
+            lines += _table([h for h, _ in PHOTO_SHARE_COLUMNS],
+                            [[t(cell(p)) for _, cell in PHOTO_SHARE_COLUMNS] for p in r.photo_shares])
     if report.failures:
         lines += ["", "## Failures", ""] + [f"- {t(f)}" for f in report.failures]
     if report.undecided:

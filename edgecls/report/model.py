@@ -48,6 +48,8 @@ class ArtifactResult:
     selection_overlap: int = 0          # images that also chose its INT8 recipe (spec's ids)
     worst_layers: list[dict[str, Any]] = field(default_factory=list)
     worst_layers_note: str = ""
+    # the photos holding the largest shares of its KL (verdict.photo_shares): where it departs
+    photo_shares: list[dict[str, Any]] = field(default_factory=list)
     disagreements: list[int] = field(default_factory=list)
     sample_abs_error: list[float] = field(default_factory=list, repr=False)
 
@@ -142,6 +144,24 @@ WORST_LAYER_COLUMNS = (("torch module", lambda w: w["module"]), ("op", lambda w:
                        ("tensor", lambda w: w["tensor"]),
                        ("kernel SQNR dB", lambda w: _db(w.get("kernel_sqnr_db"))),
                        ("simulated SQNR dB", lambda w: _db(w.get("simulated_sqnr_db", w["sqnr_db"]))))
+
+
+#: the photos that hold most of an artifact's KL (ArtifactResult.photo_shares), shown for the
+#: artifacts that did not pass: (header, cell of one entry)
+PHOTO_SHARE_COLUMNS = (("photo", lambda p: p["photo"]), ("images", lambda p: str(p["images"])),
+                       ("mean KL", lambda p: f"{p['kl_mean']:.2g}"),
+                       ("share of the KL %", lambda p: pct(p["kl_share"])),
+                       ("agree %", lambda p: pct(p["agreement"])))
+
+
+#: the heading of that table ({name}: the artifact's, escaped by the renderer)
+PHOTO_SHARE_HEADING = "Where {name} departs: the photos holding the largest shares of its KL"
+
+
+def departs(r: ArtifactResult) -> bool:
+    """Whether the report shows where `r` departs (its photo shares): it did not pass and its
+    images come from more than one photo."""
+    return r.outcome != PASS and len(r.photo_shares) > 1
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgecls.report.escape import term_markup, term_text
-from edgecls.report.model import ParityResults, columns, rows, title
+from edgecls.report.model import ParityResults, columns, departs, rows, title
 from edgecls.verdict import DECISIVE
 
 _VERDICT = {"pass": "[green]pass[/green]", "fail": "[red]FAIL[/red]",
@@ -34,6 +34,10 @@ def print_report(report: ParityResults, console: Any = None) -> None:
             worst = ", ".join(f"{w['module']} ({w['sqnr_db']:.1f} dB)" for w in r.worst_layers[:5])
             kind = "kernel" if r.worst_layers[0].get("kernel_sqnr_db") is not None else "simulated"
             console.print(f"  {m(r.name)}: lowest {kind} SQNR: {m(worst)}")
+        if departs(r):
+            where = ", ".join(f"{p['photo']} ({p['images']} images, KL {p['kl_mean']:.2g}, "
+                              f"{100 * p['kl_share']:.0f}%)" for p in r.photo_shares[:3])
+            console.print(f"  {m(r.name)}: largest shares of its KL: {m(where)}")
         if r.calibration_overlap:
             console.print(f"  [yellow]{m(r.name)}: {r.calibration_overlap} validation images "
                           "were used for its calibration[/yellow]")
