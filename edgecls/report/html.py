@@ -74,7 +74,12 @@ def _draw(report) -> list[tuple[str, str]]:
         ax.hist(np.maximum(r.sample_abs_error, 1e-9), bins=bins, alpha=0.5,
                 label=plot_text(r.name))
     if all_err:
+        from matplotlib.ticker import FuncFormatter, NullFormatter
         ax.set_xscale("log")
+        # a log axis labels its ticks in mathtext ($10^{-1}$), which plain_text_plots turns
+        # off: the page showed "$\mathdefault{10^{-1}}$"; plain numbers instead
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("per-image max |logit error| vs reference")
     ax.set_ylabel("images")
     ax.legend(fontsize=8)
