@@ -404,3 +404,51 @@ def test_quantile_ranges_lie_inside_onnx_runtimes_own(digits_onnx, digits_data, 
             assert own[tensor][0] - slack <= low <= high <= own[tensor][1] + slack, tensor
         assert any(high < own[t][1] - 1e-3 or low > own[t][0] + 1e-3
                    for t, (low, high) in quantile.items()), name
+
+
+def test_sqnr_of_a_tensor_read_through_relu6_counts_only_what_reaches_the_next_layer(tmp_path):
+    """Conv -> ReLU6 (Clip 0..6) as ONNX Runtime's QDQ models have it: the conv output's
+    QuantizeLinear covers [0, 6] (zero point -128, scale 6/255), the Clip after the
+    DequantizeLinear. A hand-built pair of ONNX models, so the oracle is arithmetic: through
+    the Clip only rounding is left (step 6/255 on values spread over 0..6: well above 30 dB);
+    compared before it, the conv's negative half is "noise" (below 6 dB: about as much
+    energy as the signal). The diagnostics' own ranges must find the Clip's 0..6."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import digits_spec
+    from edgecls.backends.onnx import diagnostics
+    from edgecls.imaging.preprocess import to_model_input
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32), "W")
+    lo, hi = numpy_helper.from_array(np.float32(0), "lo"), numpy_helper.from_array(np.float32(6), "hi")
+    scale = numpy_helper.from_array(np.float32(6 / 255), "s")
+    zero = numpy_helper.from_array(np.int8(-128), "z")
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 3, 32, 32])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, None)
+
+    def save(nodes, inits, name):
+        graph = helper.make_graph(nodes, name, [x], [out], inits)
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+        return path
+
+    conv = helper.make_node("Conv", ["input", "W"], ["y"], pads=[1, 1, 1, 1])
+    fp32 = save([conv, helper.make_node("Clip", ["y", "lo", "hi"], ["out"])],
+                [weight, lo, hi], "fp32")
+    int8 = save([conv, helper.make_node("QuantizeLinear", ["y", "s", "z"], ["y_QuantizeLinear_Output"]),
+                 helper.make_node("DequantizeLinear", ["y_QuantizeLinear_Output", "s", "z"],
+                                  ["y_DequantizeLinear_Output"]),
+                 helper.make_node("Clip", ["y_DequantizeLinear_Output", "lo", "hi"], ["out"])],
+                [weight, lo, hi, scale, zero], "int8")
+
+    assert diagnostics.activation_ranges(onnx.load(str(fp32))) == {"y": (0.0, 6.0)}
+    pixels = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    spec = digits_spec()
+    rows, _ = diagnostics.worst_onnx_layers(int8, fp32, spec, pixels)
+    [row] = rows
+    assert row["tensor"] == "y" and row["kernel_sqnr_db"] > 30 and row["simulated_sqnr_db"] > 30
+    # the control: the same tensors compared before the Clip
+    inputs = to_model_input(pixels, spec.derive(layout="NCHW", normalization_in_graph=False))
+    before, _ = diagnostics._kernel_sqnr(int8, fp32, inputs, {})
+    assert before["y"] < 6, before
