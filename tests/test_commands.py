@@ -8,6 +8,7 @@ Real artifacts of the digits CNN trained in this session; one of them deliberate
 """
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -73,7 +74,11 @@ def test_parity_report_markdown(parity_run):
     _, folder = parity_run
     md = (folder / "report.md").read_text()
     assert "**Result: FAIL**" in md and "60 images (labelled; verification images)" in md
-    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    lines = md.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    # the parity table: the first table (the failing artifact's photo shares come after it)
+    table = itertools.takewhile(lambda line: line.startswith("|"), lines[first:])
+    rows = [line for line in table if line.startswith("| ")]     # not the |---| line
     header, reference, good, bad = rows[0], rows[1], rows[2], rows[3]
     cells = [re.split(r"(?<!\\)\|", row)[1:-1] for row in rows]   # "\|" stays inside a cell
     assert len({len(c) for c in cells}) == 1                   # every row as wide as the header
@@ -82,6 +87,8 @@ def test_parity_report_markdown(parity_run):
     assert good.startswith("| `digits.xml` |") and good.rstrip().endswith("| pass |")
     assert bad.startswith("| `miswired.onnx` |") and bad.rstrip().endswith("| **FAIL** |")
     assert "## Failures" in md and "- miswired.onnx: " in md
+    # where the failing artifact departs (each digit is its own photo): a table of its own
+    assert "## Where `miswired.onnx` departs" in md and "## Where `digits.xml`" not in md
 
 
 def test_parity_report_html(parity_run):
