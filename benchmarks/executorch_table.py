@@ -79,15 +79,16 @@ def parity(model: str, paths: list[Path], out: Path, limit: int | None) -> dict[
 
 def methods(q: dict[str, Any] | None) -> str:
     """What was applied beyond min/max calibration, from the artifact's spec."""
+    from edgecls.backends.onnx.torch_start import METHOD_WORDS
     q = q or {}
-    done = ["adaptive rounding"] if q.get("rounding") else []
+    done = [METHOD_WORDS["rounding"]] if q.get("rounding") else []
     corrected = q.get("bias_correction")
     if isinstance(corrected, dict):
         done.append(f"bias correction ({corrected.get('layers')} layers)")
     elif corrected:          # a sentence: why it was not applied
         done.append(f"bias correction: {corrected}")
     if q.get("input"):
-        done.append("pixel input")
+        done.append(METHOD_WORDS["input"])
     if q.get("activation_ranges"):
         done.append(f"ranges: {q['activation_ranges']}")
     kept = q.get("kept_in_float") or []

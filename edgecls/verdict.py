@@ -72,28 +72,6 @@ def mean_per_class_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 # -- cluster bootstrap --------------------------------------------------------------------------
-def photo_shares(kl: np.ndarray, agree: np.ndarray, groups: Sequence[Any],
-                 count: int = 5) -> list[dict[str, Any]]:
-    """The `count` photos (groups of views; each image its own where ungrouped) that make the
-    largest share of an artifact's summed KL, each with its images, mean KL, share of the
-    total and top-1 agreement. A mean over many images can be one photo's doing (EfficientNet-
-    Lite2's ExecuTorch INT8: one of the nine verification photos, a grayscale micrograph,
-    held 66% of the KL); the parity verdict resamples whole photos, and this says which."""
-    keys = np.asarray([str(g) for g in groups])
-    if len(keys) != len(kl):
-        raise ValueError(f"{len(keys)} group keys for {len(kl)} inputs")
-    total = float(np.sum(kl))
-    rows = []
-    for key in np.unique(keys):
-        mine = keys == key
-        rows.append({"photo": str(key), "images": int(mine.sum()),
-                     "kl_mean": float(kl[mine].mean()),
-                     "kl_share": float(kl[mine].sum()) / total if total > 0 else 0.0,
-                     "agreement": float(np.mean(agree[mine]))})
-    rows.sort(key=lambda r: -r["kl_share"])
-    return rows[:count]
-
-
 def group_ids(groups: Sequence[Any] | None, n: int) -> np.ndarray:
     """Integer ids 0..G-1 for the group (source photo) of each input; every input its own
     group when `groups` is None."""
@@ -103,6 +81,29 @@ def group_ids(groups: Sequence[Any] | None, n: int) -> np.ndarray:
         raise ValueError(f"{len(groups)} group keys for {n} inputs")
     _, ids = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
     return ids.reshape(-1)
+
+
+def photo_shares(kl: np.ndarray, agree: np.ndarray, groups: Sequence[Any] | None,
+                 count: int = 5) -> list[dict[str, Any]]:
+    """The `count` photos (groups of views, as group_ids() reads them; each image its own
+    where `groups` is None) that make the largest share of an artifact's summed KL, each with
+    its images, mean KL, share of the total and top-1 agreement. A mean over many images can
+    be one photo's doing (EfficientNet-Lite2's ExecuTorch INT8: one of the nine verification
+    photos, a grayscale micrograph, held 66% of the KL); the parity verdict resamples whole
+    photos, and this says which."""
+    ids = group_ids(groups, len(kl))
+    names = (np.unique([str(g) for g in groups]) if groups is not None
+             else [str(i) for i in range(len(kl))])
+    images = np.bincount(ids)
+    summed = np.bincount(ids, weights=kl)
+    agreeing = np.bincount(ids, weights=np.asarray(agree, dtype=np.float64))
+    total = float(summed.sum())
+    rows = [{"photo": str(names[g]), "images": int(images[g]),
+             "kl_mean": float(summed[g] / images[g]),
+             "kl_share": float(summed[g]) / total if total > 0 else 0.0,
+             "agreement": float(agreeing[g] / images[g])} for g in range(len(images))]
+    rows.sort(key=lambda r: -r["kl_share"])
+    return rows[:count]
 
 
 def ratio_ci(numerator: np.ndarray, denominator: np.ndarray, groups: np.ndarray,

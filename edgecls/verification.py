@@ -302,8 +302,7 @@ def _compare(session: Session, pixels, ref_logits, labels, max_drop, digests, gr
         disagreements=[int(i) for i in np.flatnonzero(~agree)],
         sure_disagreements=[int(i) for i in np.flatnonzero(~agree & decisive)],
         sample_abs_error=[float(e) for e in abs_err],
-        photo_shares=verdict.photo_shares(kl, agree, groups if groups is not None
-                                          else range(len(kl))),
+        photo_shares=verdict.photo_shares(kl, agree, groups),
         calibration_overlap=sum(d in calib_ids for d in digests),
         selection_overlap=sum(d in selection_ids for d in digests))
     if labels is not None:

@@ -442,7 +442,7 @@ def test_sqnr_of_a_tensor_read_through_relu6_counts_only_what_reaches_the_next_l
                  helper.make_node("Clip", ["y_DequantizeLinear_Output", "lo", "hi"], ["out"])],
                 [weight, lo, hi, scale, zero], "int8")
 
-    assert diagnostics.activation_ranges(onnx.load(str(fp32))) == {"y": (0.0, 6.0)}
+    assert diagnostics.activation_clamps(onnx.load(str(fp32))) == {"y": (0.0, 6.0)}
     pixels = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     spec = digits_spec()
     rows, _ = diagnostics.worst_onnx_layers(int8, fp32, spec, pixels)

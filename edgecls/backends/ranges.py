@@ -8,9 +8,10 @@ rarest images instead. Each quantizer collects, per tensor it quantizes, the min
 maximum on each calibration image (ONNX Runtime: backends/onnx/quantize.py; TFLite:
 backends/tflite/quantize.py; ExecuTorch: its PT2E observers, backends/executorch/quantize.py)
 and sets the range from them as a row below says. Which row is best is the model's: each
-search builds every row and measures it on the selection images. Measured (EfficientNet-Lite0, real weights, adaptively rounded and bias-corrected,
-AMD EPYC with VNNI; selection = the 72 selection crops, verification = the 351 verification
-crops, neither calibrated anything):
+search builds every row and measures it on the selection images. Measured
+(EfficientNet-Lite0, real weights, adaptively rounded and bias-corrected, AMD EPYC with VNNI;
+selection = the 72 selection crops, verification = the 351 verification crops, neither
+calibrated anything):
 
     ONNX Runtime u8/s8   selection KL   verification KL
     min / max            0.0053         0.0105

@@ -54,7 +54,7 @@ def worst_onnx_layers(int8_path: Path, fp32_path: Path, spec: ModelSpec, pixels:
 
     x = to_model_input(pixels, spec.derive(layout="NCHW", normalization_in_graph=False))
     fp32 = onnx.load(str(fp32_path))
-    clamps = activation_ranges(fp32)
+    clamps = activation_clamps(fp32)
     simulated = _simulated_sqnr(int8_path, fp32_path, x, clamps)
     kernel, method = _kernel_sqnr(int8_path, fp32_path, x, clamps)
     producers = {out: node for node in fp32.graph.node for out in node.output}
@@ -70,7 +70,7 @@ def worst_onnx_layers(int8_path: Path, fp32_path: Path, spec: ModelSpec, pixels:
     return sorted(rows, key=lambda r: r["sqnr_db"])[:count], method
 
 
-def activation_ranges(fp32) -> dict[str, tuple[float, float]]:
+def activation_clamps(fp32) -> dict[str, tuple[float, float]]:
     """float tensor -> (low, high) of the Relu or Clip that is its only reader in the FP32
     model. What reaches the next layer is the activation's output, and ONNX Runtime's QDQ
     quantizer gives such a tensor the activation's range (or drops the Relu): its int8 values
